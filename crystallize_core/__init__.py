@@ -1,0 +1,83 @@
+"""Crystallize: reproducible experiments whose replicates any strategy can drive.
+
+Public names are imported on first use, so that ``import crystallize_core``
+stays cheap: it loads no plugin, no progress bar and no process machinery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Experiment": "crystallize_core.experiment",
+    "Pipeline": "crystallize_core.experiment",
+    "Treatment": "crystallize_core.experiment",
+    "Context": "crystallize_core.context",
+    "ContextKeyError": "crystallize_core.context",
+    "Result": "crystallize_core.result",
+    "ReplicateResult": "crystallize_core.result",
+    "ReplicateError": "crystallize_core.result",
+    "SeedPlugin": "crystallize_core.seed",
+    "derive_seed": "crystallize_core.replicate",
+    "dumps_replicate_fn": "crystallize_core.replicate",
+    "hookimpl": "crystallize_core.hookspecs",
+    "hookspec": "crystallize_core.hookspecs",
+    "StrategyInfo": "crystallize_core.discovery",
+    "available_strategies": "crystallize_core.discovery",
+    "load_strategy": "crystallize_core.discovery",
+    "CrystallizeError": "crystallize_core.errors",
+    "ConfigurationError": "crystallize_core.errors",
+    "ExperimentInterrupted": "crystallize_core.errors",
+    "NotPicklableError": "crystallize_core.errors",
+    "ReproducibilityWarning": "crystallize_core.errors",
+    "StrategyBlockedError": "crystallize_core.errors",
+    "StrategyConflictError": "crystallize_core.errors",
+    "StrategyContractError": "crystallize_core.errors",
+    "StrategyLoadError": "crystallize_core.errors",
+    "StrategyNotFoundError": "crystallize_core.errors",
+    "StrategyOptionError": "crystallize_core.errors",
+    "StrategySpecError": "crystallize_core.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'crystallize_core' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from crystallize_core.context import Context, ContextKeyError
+    from crystallize_core.discovery import StrategyInfo, available_strategies, load_strategy
+    from crystallize_core.errors import (
+        ConfigurationError,
+        CrystallizeError,
+        ExperimentInterrupted,
+        NotPicklableError,
+        ReproducibilityWarning,
+        StrategyBlockedError,
+        StrategyConflictError,
+        StrategyContractError,
+        StrategyLoadError,
+        StrategyNotFoundError,
+        StrategyOptionError,
+        StrategySpecError,
+    )
+    from crystallize_core.experiment import Experiment, Pipeline, Treatment
+    from crystallize_core.hookspecs import hookimpl, hookspec
+    from crystallize_core.replicate import derive_seed, dumps_replicate_fn
+    from crystallize_core.result import ReplicateError, ReplicateResult, Result
+    from crystallize_core.seed import SeedPlugin

@@ -1,0 +1,122 @@
+"""The context a datasource and every step receive for one replicate and condition."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_MISSING = object()
+
+
+class ContextKeyError(KeyError):
+    """A key is missing from the context, or a step tried to overwrite one."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Metrics:
+    """The metrics one replicate records for one condition.
+
+    Each name takes one value per replicate and condition; recording a name a
+    second time is an error, so that two steps cannot silently overwrite each
+    other's measurement.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def add(self, name: str, value: Any) -> None:
+        """Record ``value`` under ``name``."""
+        if name in self._values:
+            raise ValueError(f"metric {name!r} was already recorded for this replicate and condition")
+        self._values[name] = value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recorded metrics as a new dict."""
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"Metrics({self._values!r})"
+
+
+class Context:
+    """Read-mostly state for one replicate and condition.
+
+    Holds the treatment's values, ``replicate``, ``condition``, ``seed``,
+    ``rng`` (a :class:`random.Random` seeded from ``seed``, private to this
+    replicate and condition) and ``metrics``. Steps may add keys with
+    :meth:`add` but never overwrite one.
+    """
+
+    __slots__ = ("_data", "_rng", "condition", "metrics", "replicate", "seed")
+
+    def __init__(self, data: Mapping[str, Any] | None, replicate: int, condition: str, seed: int):
+        self._data: dict[str, Any] = dict(data) if data else {}
+        self.replicate = replicate
+        self.condition = condition
+        self.seed = seed
+        self._rng: random.Random | None = None
+        self.metrics = Metrics()
+
+    @property
+    def rng(self) -> random.Random:
+        """A :class:`random.Random` seeded from :attr:`seed`, created on first use."""
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = random.Random(self.seed)
+        return rng
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            known = ", ".join(map(repr, self._data)) or "none"
+            raise ContextKeyError(
+                f"context of condition {self.condition!r} has no key {key!r} (keys: {known})"
+            ) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is absent."""
+        return self._data.get(key, default)
+
+    def add(self, key: str, value: Any) -> None:
+        """Add ``key``; an existing key cannot be overwritten."""
+        if key in self._data:
+            raise ContextKeyError(f"context key {key!r} already exists and cannot be overwritten")
+        self._data[key] = value
+
+    __setitem__ = add
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def keys(self):
+        return self._data.keys()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The context's keys and values as a new dict."""
+        return dict(self._data)
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(replicate={self.replicate}, condition={self.condition!r}, seed={self.seed}, data={self._data!r})"
+        )

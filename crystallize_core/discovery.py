@@ -1,0 +1,334 @@
+"""Finding, listing, blocking and loading strategies.
+
+Strategies are entry points in the group ``crystallize.strategies`` mapping a
+name to a class (``serial = "crystallize_serial:SerialExecution"``). Listing
+reads package metadata only; a strategy's module is imported when it is
+selected, or when :func:`available_strategies` is asked to ``load``.
+
+Two environment variables steer discovery, in the manner of pytest's
+``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` and ``-p no:NAME``:
+
+``CRYSTALLIZE_DISABLE_PLUGIN_AUTOLOAD``
+    When set to a non-empty value other than ``0``, every entry point except
+    the ``serial`` fallback is ignored. Plugin objects given to an experiment
+    still work.
+``CRYSTALLIZE_BLOCK_STRATEGIES``
+    Comma-separated names that are listed as blocked and cannot be selected.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+from crystallize_core.errors import (
+    StrategyBlockedError,
+    StrategyConflictError,
+    StrategyLoadError,
+    StrategyNotFoundError,
+    StrategyOptionError,
+    StrategySpecError,
+)
+
+ENTRY_POINT_GROUP = "crystallize.strategies"
+FALLBACK_STRATEGY = "serial"
+ENV_STRATEGY = "CRYSTALLIZE_STRATEGY"
+ENV_DISABLE_AUTOLOAD = "CRYSTALLIZE_DISABLE_PLUGIN_AUTOLOAD"
+ENV_BLOCK = "CRYSTALLIZE_BLOCK_STRATEGIES"
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """One strategy entry point, as read from package metadata."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    target: str
+    #: Why the strategy cannot be selected here (blocked, autoload disabled), or None.
+    blocked: str | None = None
+    #: Why the strategy cannot be used (import failure, name conflict), or None.
+    #: Import failures are only known after ``available_strategies(load=True)``.
+    error: str | None = None
+    #: Whether the module was imported to check it.
+    loaded: bool = False
+
+    @property
+    def status(self) -> str:
+        """``blocked``, ``broken: <reason>``, ``ok`` (loaded fine) or ``not loaded``."""
+        if self.blocked:
+            return "blocked"
+        if self.error:
+            return f"broken: {self.error}"
+        return "ok" if self.loaded else "not loaded"
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.name == FALLBACK_STRATEGY
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    info: StrategyInfo
+    entry_point: metadata.EntryPoint
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+def blocked_names() -> frozenset[str]:
+    """The strategy names blocked by ``CRYSTALLIZE_BLOCK_STRATEGIES``."""
+    raw = os.environ.get(ENV_BLOCK, "")
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+@lru_cache(maxsize=1)
+def _scan() -> tuple[_Candidate, ...]:
+    candidates = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        info = StrategyInfo(
+            name=ep.name,
+            distribution=dist.metadata["Name"] if dist is not None else None,
+            version=dist.version if dist is not None else None,
+            target=ep.value,
+        )
+        candidates.append(_Candidate(info, ep))
+    candidates.sort(key=lambda c: (c.info.name, c.info.distribution or ""))
+    return tuple(_mark_conflicts(candidates))
+
+
+def _mark_conflicts(candidates: list[_Candidate]) -> Iterable[_Candidate]:
+    by_name: dict[str, list[_Candidate]] = {}
+    for candidate in candidates:
+        by_name.setdefault(candidate.info.name, []).append(candidate)
+    for name, same in by_name.items():
+        if len(same) == 1:
+            yield same[0]
+            continue
+        for candidate in same:
+            others = ", ".join(c.info.distribution or "?" for c in same if c is not candidate)
+            message = f"name {name!r} is also registered by {others}"
+            yield replace(candidate, info=replace(candidate.info, error=message))
+
+
+def _with_steering(candidate: _Candidate) -> _Candidate:
+    info = candidate.info
+    if info.name in blocked_names():
+        return replace(candidate, info=replace(info, blocked=f"blocked by {ENV_BLOCK}"))
+    if info.name != FALLBACK_STRATEGY and _env_flag(ENV_DISABLE_AUTOLOAD):
+        return replace(candidate, info=replace(info, blocked=f"autoload disabled by {ENV_DISABLE_AUTOLOAD}"))
+    return candidate
+
+
+def _candidates(refresh: bool = False) -> list[_Candidate]:
+    if refresh:
+        _scan.cache_clear()
+    return [_with_steering(c) for c in _scan()]
+
+
+def available_strategies(load: bool = False) -> list[StrategyInfo]:
+    """One record per strategy entry point, sorted by name.
+
+    Reads metadata only and imports nothing, unless ``load`` is true: then
+    each strategy that is not blocked is imported on its own, and a failure
+    is reported in that record's ``error`` without affecting the others.
+    Always reads the installed metadata afresh.
+    """
+    infos = []
+    for candidate in _candidates(refresh=True):
+        info = candidate.info
+        if load and not info.blocked and not info.error:
+            try:
+                _load_class(candidate)
+            except StrategyLoadError as exc:
+                info = replace(info, error=str(exc.__cause__ or exc), loaded=True)
+            else:
+                info = replace(info, loaded=True)
+        infos.append(info)
+    return infos
+
+
+def _load_class(candidate: _Candidate) -> type:
+    info = candidate.info
+    try:
+        return candidate.entry_point.load()
+    except (Exception, SystemExit) as exc:
+        raise StrategyLoadError(
+            f"strategy {info.name!r} from {info.distribution or 'an unknown distribution'} "
+            f"could not be imported from {info.target!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _find(name: str) -> _Candidate:
+    candidates = _candidates()
+    matches = [c for c in candidates if c.info.name == name]
+    if not matches:
+        usable = sorted({c.info.name for c in candidates if not c.info.blocked})
+        installed = ", ".join(usable) or "none"
+        raise StrategyNotFoundError(
+            f"no strategy named {name!r} is installed (installed: {installed}). "
+            f"Install the package that provides it, e.g. `pip install crystallize-{name}`, "
+            "or run `crystallize strategies` to see what is available."
+        )
+    if len(matches) > 1:
+        dists = " and ".join(f"{c.info.distribution} {c.info.version}" for c in matches)
+        raise StrategyConflictError(f"strategy name {name!r} is registered by both {dists}; uninstall one of them")
+    match = matches[0]
+    if match.info.blocked:
+        raise StrategyBlockedError(f"strategy {name!r} is {match.info.blocked}")
+    return match
+
+
+def strategy_info(name: str) -> StrategyInfo:
+    """The record of the selectable strategy ``name``; raises like :func:`load_strategy`."""
+    return _find(name).info
+
+
+def load_strategy(name: str, **options: Any) -> object:
+    """Import the strategy registered as ``name`` and return an instance built with ``options``.
+
+    Raises :class:`StrategyNotFoundError` (listing the installed names),
+    :class:`StrategyBlockedError`, :class:`StrategyConflictError` (naming both
+    distributions), :class:`StrategyLoadError` (naming the distribution and
+    the cause) or :class:`StrategyOptionError` (naming the valid options).
+    """
+    candidate = _find(name)
+    cls = _load_class(candidate)
+    check_options(name, cls, options)
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, StrategyOptionError):
+            raise
+        raise StrategyOptionError(f"strategy {name!r} rejected its options: {exc}") from exc
+
+
+def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
+    """Raise :class:`StrategyOptionError` if ``cls`` does not take every key of ``options``."""
+    if not options:
+        return
+    import inspect
+
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no introspectable signature: let the constructor decide
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        raise StrategyOptionError(
+            f"strategy {name!r} has no option {', '.join(map(repr, unknown))} "
+            f"(valid options: {', '.join(valid) or 'none'})"
+        )
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name:key=value,key=value"`` into a name and options.
+
+    Values are read as Python literals where they parse as one (``4``,
+    ``True``, ``'x'``, ``[1, 2]``) and kept as strings otherwise. Commas inside
+    brackets or quotes do not separate options.
+    """
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if not name or not name.replace("-", "_").replace(".", "_").isidentifier():
+        raise StrategySpecError(
+            f"malformed strategy specification {spec!r}: expected NAME or NAME:KEY=VALUE,KEY=VALUE, "
+            "e.g. 'parallel:executor_type=process,max_workers=4'"
+        )
+    options: dict[str, Any] = {}
+    for item in _split_top_level(rest):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise StrategySpecError(
+                f"malformed option {item.strip()!r} in strategy specification {spec!r}: expected KEY=VALUE"
+            )
+        options[key] = parse_value(value.strip())
+    return name, options
+
+
+def parse_value(text: str) -> Any:
+    """``text`` as a Python literal where it is one, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, quote, start = [], 0, "", 0
+    for position, char in enumerate(text):
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:position])
+            start = position + 1
+    items.append(text[start:])
+    return [item for item in items if item.strip()]
+
+
+def strategy_from_env() -> tuple[str, dict[str, Any]] | None:
+    """The strategy named in ``CRYSTALLIZE_STRATEGY``, parsed, or None when unset."""
+    spec = os.environ.get(ENV_STRATEGY, "").strip()
+    if not spec:
+        return None
+    try:
+        return parse_strategy_spec(spec)
+    except StrategySpecError as exc:
+        raise StrategySpecError(f"{ENV_STRATEGY}: {exc}") from None
+
+
+def identify(plugin: object) -> tuple[str, str | None, str | None]:
+    """``(name, distribution, version)`` of a plugin object, for results and error messages.
+
+    A strategy class registered as an entry point is known by its entry
+    point's name; any other plugin by its class name and the distribution
+    that provides its module, where one does.
+    """
+    cls = type(plugin)
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for candidate in _scan():
+        if candidate.info.target.replace(" ", "") == target:
+            return candidate.info.name, candidate.info.distribution, candidate.info.version
+    distribution = version = None
+    top = cls.__module__.partition(".")[0]
+    if top in sys.modules and top != "__main__":
+        names = _packages_distributions().get(top)
+        if names:
+            distribution = names[0]
+            try:
+                version = metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                version = None
+    name = getattr(plugin, "name", None)
+    return name if isinstance(name, str) and name else cls.__qualname__, distribution, version
+
+
+@lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def describe(plugin: object) -> str:
+    """``"'name' (distribution version)"`` for error messages."""
+    name, distribution, version = identify(plugin)
+    where = f" from {distribution} {version or ''}".rstrip() if distribution else f" ({type(plugin).__module__})"
+    return f"{name!r}{where}"

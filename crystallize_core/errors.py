@@ -1,0 +1,71 @@
+"""The exceptions Crystallize raises on purpose.
+
+Every one derives from :class:`CrystallizeError` except
+:class:`ExperimentInterrupted`, which is a :class:`KeyboardInterrupt` so that
+code which handles Ctrl-C keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CrystallizeError(Exception):
+    """Base class of the errors Crystallize raises for bad input or broken plugins."""
+
+
+class ConfigurationError(CrystallizeError, ValueError):
+    """An experiment, strategy or option was given a value it cannot take."""
+
+
+class StrategyNotFoundError(CrystallizeError, LookupError):
+    """No installed strategy has the requested name."""
+
+
+class StrategyBlockedError(CrystallizeError):
+    """The requested strategy is blocked by ``CRYSTALLIZE_BLOCK_STRATEGIES`` or
+    ignored because ``CRYSTALLIZE_DISABLE_PLUGIN_AUTOLOAD`` is set."""
+
+
+class StrategyConflictError(CrystallizeError):
+    """Two distributions register a strategy under the same name."""
+
+
+class StrategyLoadError(CrystallizeError, ImportError):
+    """A strategy's entry point could not be imported."""
+
+
+class StrategyOptionError(ConfigurationError, TypeError):
+    """A strategy was given an option it does not accept."""
+
+
+class StrategySpecError(ConfigurationError):
+    """A strategy specification such as ``"parallel:max_workers=4"`` is malformed."""
+
+
+class StrategyContractError(CrystallizeError):
+    """A strategy broke the ``run_experiment_loop`` contract."""
+
+
+class NotPicklableError(CrystallizeError, TypeError):
+    """A component of the experiment cannot be sent to another process."""
+
+
+class ExperimentInterrupted(KeyboardInterrupt):
+    """The run was stopped by Ctrl-C (or ``SIGINT``).
+
+    ``partial_result`` is the :class:`~crystallize_core.Result` of the
+    replicates that finished before the interruption (``None`` where the
+    strategy could not report them).
+    """
+
+    def __init__(self, message: str = "experiment interrupted", partial_result: Any = None, completed: Any = None):
+        super().__init__(message)
+        self.partial_result = partial_result
+        #: Replicate results a strategy hands to the core; the core turns them
+        #: into ``partial_result``.
+        self.completed = completed
+
+
+class ReproducibilityWarning(UserWarning):
+    """The chosen way of running cannot promise the same numbers for the same seed."""

@@ -1,0 +1,191 @@
+"""What one replicate is: the ``replicate_fn`` a strategy calls.
+
+This is the per-replicate hot path, so it does as little as it can: no copies
+of the experiment, no hook calls when no plugin implements a replicate hook,
+and a random generator only for the contexts that ask for one.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from crystallize_core.context import Context
+from crystallize_core.errors import NotPicklableError
+from crystallize_core.result import ReplicateError, ReplicateResult
+
+_MASK64 = (1 << 64) - 1
+
+#: The replicate-level hooks; plugins implementing any of them travel with the
+#: replicate function to wherever replicates run.
+REPLICATE_HOOKS = ("replicate_seed", "before_replicate", "after_replicate")
+
+
+def derive_seed(base_seed: int, replicate: int) -> int:
+    """A 32-bit seed for ``replicate``, from the base seed and index only.
+
+    SplitMix64 finalisation: stable across processes, platforms and Python
+    versions (unlike ``hash``), and neighbouring indices give unrelated seeds.
+    The result fits NumPy's legacy ``np.random.seed``.
+    """
+    z = ((base_seed & _MASK64) + (replicate + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 32
+
+
+class Condition:
+    """The baseline or one treatment, as the replicate function applies it."""
+
+    __slots__ = ("apply", "name", "values")
+
+    def __init__(self, name: str, values: Mapping[str, Any] | None, apply: Callable[[Context], None] | None):
+        self.name = name
+        self.values = values
+        self.apply = apply
+
+    def __getstate__(self):
+        return (self.name, self.values, self.apply)
+
+    def __setstate__(self, state):
+        self.name, self.values, self.apply = state
+
+
+class ReplicateRunner:
+    """Runs replicate ``i`` for every condition and returns its :class:`ReplicateResult`.
+
+    Picklable whenever the datasource, steps, treatments and replicate-level
+    plugins are. Errors raised by the user's code are captured in the result;
+    ``KeyboardInterrupt`` and other ``BaseException``\\ s propagate.
+    """
+
+    def __init__(
+        self,
+        datasource: Callable[[Context], Any],
+        steps: Sequence[Callable[[Any, Context], Any]],
+        conditions: Sequence[Condition],
+        plugins: Sequence[object] = (),
+        base_seed: int = 0,
+    ):
+        self.datasource = datasource
+        self.steps = tuple(steps)
+        self.conditions = tuple(conditions)
+        self.plugins = tuple(plugins)
+        self.base_seed = base_seed
+        self._hook = self._relay(self.plugins)
+
+    @staticmethod
+    def _relay(plugins: Sequence[object]):
+        if not plugins:
+            return None
+        from crystallize_core._manager import new_plugin_manager
+
+        manager = new_plugin_manager()
+        for plugin in reversed(plugins):  # pluggy asks the last registered first
+            manager.register(plugin)
+        return manager.hook
+
+    def __getstate__(self):
+        return (self.datasource, self.steps, self.conditions, self.plugins, self.base_seed)
+
+    def __setstate__(self, state):
+        self.datasource, self.steps, self.conditions, self.plugins, self.base_seed = state
+        self._hook = self._relay(self.plugins)
+
+    def components(self) -> Iterator[tuple[str, object]]:
+        """Each user-supplied part with a label, for error messages."""
+        yield "datasource", self.datasource
+        for step in self.steps:
+            yield f"step {_describe(step)}", step
+        for condition in self.conditions:
+            for part in (condition.values, condition.apply):
+                if part is not None:
+                    yield f"treatment {condition.name!r}", part
+        for plugin in self.plugins:
+            yield f"plugin {type(plugin).__qualname__}", plugin
+
+    def seed(self, replicate: int) -> int:
+        """The seed of ``replicate``: a plugin's answer, else derived from the run's base seed."""
+        if self._hook is not None:
+            seed = self._hook.replicate_seed(replicate=replicate)
+            if seed is not None:
+                return seed
+        return derive_seed(self.base_seed, replicate)
+
+    def error_result(self, replicate: int, exc_type: str, message: str) -> ReplicateResult:
+        """The result of a replicate that could not run, for a strategy to record.
+
+        For faults outside the user's code, such as a worker process that died
+        or a replicate past its timeout. Call it where the run is driven.
+        """
+        error = ReplicateError(replicate, None, exc_type, message, "")
+        return ReplicateResult(replicate, self.seed(replicate), {}, (error,))
+
+    def __call__(self, replicate: int) -> ReplicateResult:
+        hook = self._hook
+        errors: list[ReplicateError] = []
+        if hook is None:
+            seed = derive_seed(self.base_seed, replicate)
+        else:
+            try:
+                seed = self.seed(replicate)
+                hook.before_replicate(replicate=replicate, seed=seed)
+            except Exception as exc:
+                errors.append(ReplicateError.from_exception(replicate, None, exc))
+                return ReplicateResult(replicate, derive_seed(self.base_seed, replicate), {}, tuple(errors))
+
+        metrics: dict[str, dict[str, Any]] = {}
+        datasource = self.datasource
+        steps = self.steps
+        for condition in self.conditions:
+            ctx = Context(condition.values, replicate, condition.name, seed)
+            try:
+                if condition.apply is not None:
+                    condition.apply(ctx)
+                data = datasource(ctx)
+                for step in steps:
+                    data = step(data, ctx)
+            except Exception as exc:
+                errors.append(ReplicateError.from_exception(replicate, condition.name, exc))
+                continue
+            metrics[condition.name] = ctx.metrics._values
+
+        result = ReplicateResult(replicate, seed, metrics, tuple(errors))
+        if hook is not None:
+            try:
+                hook.after_replicate(replicate=replicate, result=result)
+            except Exception as exc:
+                result = result._replace(errors=(*errors, ReplicateError.from_exception(replicate, None, exc)))
+        return result
+
+
+def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:
+    """Pickle ``replicate_fn`` once for shipping to other processes.
+
+    Raises :class:`NotPicklableError` naming the component (datasource, step,
+    treatment or plugin) that cannot be pickled and how to fix it, so that a
+    strategy can fail before any replicate starts.
+    """
+    try:
+        return pickle.dumps(replicate_fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as whole_failed:
+        components = getattr(replicate_fn, "components", None)
+        label, reason = "the replicate function", whole_failed
+        for part_label, part in components() if components is not None else ():
+            try:
+                pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as part_failed:
+                label, reason = part_label, part_failed
+                break
+        raise NotPicklableError(
+            f"{label} cannot be pickled ({type(reason).__name__}: {reason}). Strategies that run replicates "
+            "in other processes must send it there: define it at the top level of an importable module "
+            "(not as a lambda, a nested function or an object holding locks, files or sockets), "
+            "or choose a strategy that runs in this process, such as executor_type='thread'."
+        ) from whole_failed
+
+
+def _describe(obj: object) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return repr(name)

@@ -1,0 +1,59 @@
+"""Seeding: one seed per replicate, shared by the baseline and every treatment."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import sys
+from collections.abc import Callable
+
+from crystallize_core.errors import ConfigurationError
+from crystallize_core.hookspecs import hookimpl
+from crystallize_core.replicate import derive_seed
+
+
+class SeedPlugin:
+    """Give replicate ``i`` the seed ``derive_seed(seed, i)`` and seed global state with it.
+
+    The seed depends on the base ``seed`` and the replicate index only, so
+    every strategy sees the same seeds, and the baseline and each treatment of
+    a replicate share one (paired comparisons). ``seed=None`` draws a base seed
+    once, when the plugin is created; it is kept in :attr:`seed`.
+
+    Where the replicate runs, before it starts, ``seed_fn(seed)`` is called if
+    given; otherwise, with ``auto_seed=True``, the global :mod:`random` module
+    and, if it is imported, NumPy's global generator are seeded. Seeding global
+    state is only reproducible when each replicate has its process to itself:
+    under threads prefer ``ctx.rng``.
+    """
+
+    def __init__(self, seed: int | None = None, auto_seed: bool = True, seed_fn: Callable[[int], None] | None = None):
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ConfigurationError(f"SeedPlugin seed must be an int or None, not {type(seed).__name__}")
+        if seed_fn is not None and not callable(seed_fn):
+            raise ConfigurationError("SeedPlugin seed_fn must be callable with the replicate's seed")
+        self.seed: int = secrets.randbits(32) if seed is None else seed
+        self.auto_seed = bool(auto_seed)
+        self.seed_fn = seed_fn
+
+    @property
+    def seeds_global_state(self) -> bool:
+        """Whether this plugin touches process-global random state."""
+        return self.seed_fn is not None or self.auto_seed
+
+    @hookimpl
+    def replicate_seed(self, replicate: int) -> int:
+        return derive_seed(self.seed, replicate)
+
+    @hookimpl
+    def before_replicate(self, seed: int) -> None:
+        if self.seed_fn is not None:
+            self.seed_fn(seed)
+        elif self.auto_seed:
+            random.seed(seed)
+            numpy = sys.modules.get("numpy")
+            if numpy is not None:
+                numpy.random.seed(seed)
+
+    def __repr__(self) -> str:
+        return f"SeedPlugin(seed={self.seed}, auto_seed={self.auto_seed}, seed_fn={self.seed_fn!r})"

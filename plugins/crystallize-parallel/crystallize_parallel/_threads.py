@@ -1,0 +1,52 @@
+"""Replicates on a thread pool.
+
+Each worker thread pulls the next replicate index from a shared counter until
+none is left, so a run holds ``max_workers`` futures however many replicates
+it has, and costs no future, queue or wake-up per replicate.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from crystallize_parallel._progress import progress_bar
+
+
+def run_on_threads(replicate_fn: Callable[[int], Any], total: int, workers: int, progress: bool) -> list:
+    results: list = [None] * total
+    claim_lock = threading.Lock()
+    next_index = iter(range(total))
+    stopping = threading.Event()
+    bar = progress_bar(progress, total)
+
+    def drain() -> None:
+        while not stopping.is_set():
+            with claim_lock:
+                replicate = next(next_index, None)
+            if replicate is None:
+                return
+            results[replicate] = replicate_fn(replicate)
+            if bar is not None:
+                bar.update()
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crystallize-replicate")
+    try:
+        futures = [pool.submit(drain) for _ in range(workers)]
+        for future in futures:
+            future.result()
+    except BaseException as stopped:
+        # Ctrl-C or an exception that escaped replicate_fn: start nothing new;
+        # replicates already running cannot be interrupted and finish first.
+        stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(stopped, KeyboardInterrupt):
+            stopped.completed = [r for r in results if r is not None]
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if bar is not None:
+            bar.close()
+    return results
