@@ -30,7 +30,7 @@ def plugin_manager_for_run(plugins: Sequence[object], named: object | None, fall
     ordered = [p for p in (fallback, named) if p is not None] + list(reversed(plugins))
     for plugin in ordered:
         try:
-            manager.register(plugin)
+            manager.register(plugin, name=f"{type(plugin).__qualname__}@{id(plugin):x}")
         except (ValueError, pluggy.PluginValidationError) as exc:
             raise ConfigurationError(f"plugin {describe(plugin)} cannot be registered: {exc}") from exc
     try:

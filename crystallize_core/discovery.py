@@ -170,6 +170,9 @@ def _load_class(candidate: _Candidate) -> type:
 def _find(name: str) -> _Candidate:
     candidates = _candidates()
     matches = [c for c in candidates if c.info.name == name]
+    if not matches:  # perhaps installed since the last scan
+        candidates = _candidates(refresh=True)
+        matches = [c for c in candidates if c.info.name == name]
     if not matches:
         usable = sorted({c.info.name for c in candidates if not c.info.blocked})
         installed = ", ".join(usable) or "none"

@@ -1,0 +1,48 @@
+from importlib import metadata
+
+import pytest
+from crystallize_core import Experiment, load_strategy
+from crystallize_core.testing import StrategyConformance, numbers, record
+
+from crystallize_serial import SerialExecution
+
+
+class TestSerialConformance(StrategyConformance):
+    strategy_name = "serial"
+
+    def make_strategy(self):
+        return SerialExecution()
+
+
+def test_registered_under_its_entry_point():
+    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "serial"]
+    assert entry_point.value == "crystallize_serial:SerialExecution"
+    assert entry_point.dist.metadata["Name"] == "crystallize-serial"
+    assert isinstance(load_strategy("serial", progress=True), SerialExecution)
+
+
+def test_is_the_fallback_when_no_strategy_is_given(monkeypatch):
+    monkeypatch.delenv("CRYSTALLIZE_STRATEGY", raising=False)
+    result = Experiment(numbers, [record]).run(replicates=3)
+    assert result.strategy == "serial"
+    assert result.metrics["baseline"]["replicate"] == [0, 1, 2]
+
+
+def test_progress_bar_counts_replicates(capsys):
+    Experiment(numbers, [record], plugins=[SerialExecution(progress=True)]).run(replicates=7)
+    assert "7/7" in capsys.readouterr().err
+
+
+def test_no_progress_bar_for_a_single_replicate(capsys):
+    Experiment(numbers, [record], plugins=[SerialExecution(progress=True)]).run(replicates=1)
+    assert capsys.readouterr().err == ""
+
+
+def test_rejects_a_progress_that_is_not_a_bool():
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        SerialExecution(progress="yes")
+
+
+def test_does_not_depend_on_the_core():
+    requirements = metadata.requires("crystallize-serial") or []
+    assert not [r for r in requirements if r.startswith("crystallize")], requirements

@@ -1,0 +1,172 @@
+"""Discovery against real distribution metadata on sys.path."""
+
+import subprocess
+import sys
+
+import pytest
+
+from crystallize_core import (
+    Experiment,
+    StrategyBlockedError,
+    StrategyConflictError,
+    StrategyLoadError,
+    StrategyNotFoundError,
+    StrategyOptionError,
+    StrategySpecError,
+    available_strategies,
+    load_strategy,
+)
+from crystallize_core.discovery import _scan, parse_strategy_spec
+from crystallize_core.testing import numbers, record
+
+from installed import GOOD_STRATEGY, install_distribution
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    _scan.cache_clear()
+    yield folder
+    _scan.cache_clear()
+    for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "")).startswith(str(folder))]:
+        del sys.modules[name]
+
+
+def by_name(infos):
+    return {(i.name, i.distribution): i for i in infos}
+
+
+def test_lists_installed_strategies_from_metadata_without_importing(site):
+    install_distribution(site, "reverse-strategy", "2.5", {"reverse": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    infos = by_name(available_strategies())
+    info = infos[("reverse", "reverse-strategy")]
+    assert (info.version, info.target, info.status) == ("2.5", "reverse_mod:Reverse", "not loaded")
+    assert infos[("serial", "crystallize-serial")].is_fallback
+    assert "reverse_mod" not in sys.modules
+
+
+def test_load_checks_each_strategy_and_a_broken_one_hides_nothing(site):
+    install_distribution(site, "broken-strategy", "0.1", {"broken": "broken_mod:Nope"}, {"broken_mod": "import does_not_exist\n"})
+    install_distribution(site, "reverse-strategy", "2.5", {"reverse": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    infos = by_name(available_strategies(load=True))
+    broken = infos[("broken", "broken-strategy")]
+    assert broken.status.startswith("broken: ") and "does_not_exist" in broken.error
+    assert infos[("reverse", "reverse-strategy")].status == "ok"
+    assert infos[("serial", "crystallize-serial")].status == "ok"
+
+
+def test_a_strategy_that_fails_to_import_is_named_with_its_distribution(site):
+    install_distribution(site, "broken-strategy", "0.1", {"broken": "broken_mod:Nope"}, {"broken_mod": "1 / 0\n"})
+    with pytest.raises(StrategyLoadError, match=r"'broken' from broken-strategy .*ZeroDivisionError"):
+        load_strategy("broken")
+    assert load_strategy("serial") is not None
+
+
+def test_two_distributions_claiming_one_name_are_both_named(site):
+    install_distribution(site, "first-dist", "1.0", {"dup": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    install_distribution(site, "second-dist", "2.0", {"dup": "reverse_mod:Reverse"}, {})
+    with pytest.raises(StrategyConflictError, match="first-dist 1.0 and second-dist 2.0"):
+        load_strategy("dup")
+    statuses = {i.distribution: i.status for i in available_strategies() if i.name == "dup"}
+    assert statuses == {
+        "first-dist": "broken: name 'dup' is also registered by second-dist",
+        "second-dist": "broken: name 'dup' is also registered by first-dist",
+    }
+
+
+def test_unknown_name_lists_what_is_installed_and_suggests_a_package(site):
+    with pytest.raises(StrategyNotFoundError, match=r"no strategy named 'ray' .*installed: .*serial.*pip install crystallize-ray"):
+        load_strategy("ray")
+
+
+def test_unknown_option_names_the_valid_ones(site):
+    install_distribution(site, "reverse-strategy", "2.5", {"reverse": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    with pytest.raises(StrategyOptionError, match=r"no option 'workers' \(valid options: decline, tag\)"):
+        load_strategy("reverse", workers=2)
+
+
+def test_selected_by_name_through_run_and_the_environment(site, monkeypatch):
+    install_distribution(site, "reverse-strategy", "2.5", {"reverse": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    result = Experiment(numbers, [record]).run(replicates=4, strategy="reverse")
+    assert (result.strategy, result.strategy_version) == ("reverse", "2.5")
+    monkeypatch.setenv("CRYSTALLIZE_STRATEGY", "reverse:tag='x'")
+    assert Experiment(numbers, [record]).run(replicates=2).strategy == "reverse"
+    monkeypatch.setenv("CRYSTALLIZE_STRATEGY", "reverse:decline=True")
+    assert Experiment(numbers, [record]).run(replicates=2).strategy == "serial", "a declining strategy must pass on"
+
+
+def test_blocked_names_are_listed_and_refused(site, monkeypatch):
+    install_distribution(site, "reverse-strategy", "2.5", {"reverse": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    monkeypatch.setenv("CRYSTALLIZE_BLOCK_STRATEGIES", "reverse, other")
+    (info,) = [i for i in available_strategies(load=True) if i.name == "reverse"]
+    assert info.status == "blocked" and "CRYSTALLIZE_BLOCK_STRATEGIES" in info.blocked
+    assert "reverse_mod" not in sys.modules, "a blocked strategy must not be imported"
+    with pytest.raises(StrategyBlockedError, match="'reverse' is blocked by CRYSTALLIZE_BLOCK_STRATEGIES"):
+        load_strategy("reverse")
+
+
+def test_disabled_autoload_keeps_only_the_fallback(site, monkeypatch):
+    install_distribution(site, "reverse-strategy", "2.5", {"reverse": "reverse_mod:Reverse"}, {"reverse_mod": GOOD_STRATEGY})
+    monkeypatch.setenv("CRYSTALLIZE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    statuses = {i.name: i.status for i in available_strategies(load=True)}
+    assert statuses["serial"] == "ok" and statuses["reverse"] == "blocked" and statuses["parallel"] == "blocked"
+    with pytest.raises(StrategyBlockedError, match="autoload disabled"):
+        load_strategy("reverse")
+    assert Experiment(numbers, [record]).run(replicates=2).strategy == "serial"
+
+
+def test_a_blocked_fallback_fails_only_when_needed(site, monkeypatch):
+    monkeypatch.setenv("CRYSTALLIZE_BLOCK_STRATEGIES", "serial")
+    from crystallize_core import StrategyContractError
+    from crystallize_core.testing import Recorder
+
+    assert Experiment(numbers, [record], plugins=[Recorder()]).run(replicates=2).strategy == "recorder"
+    with pytest.raises(StrategyContractError, match="'serial' is blocked"):
+        Experiment(numbers, [record]).run(replicates=2)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("parallel", ("parallel", {})),
+        ("parallel:executor_type=process,max_workers=4", ("parallel", {"executor_type": "process", "max_workers": 4})),
+        (" ray : resources={'a': 1, 'b': 2}, num_gpus=0.5 ", ("ray", {"resources": {"a": 1, "b": 2}, "num_gpus": 0.5})),
+        ("x:flag=True,name='a,b'", ("x", {"flag": True, "name": "a,b"})),
+    ],
+)
+def test_strategy_specifications_parse(spec, expected):
+    assert parse_strategy_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["", ":x=1", "parallel:executor_type", "parallel:=3", "para llel"])
+def test_malformed_specifications_say_what_is_expected(spec):
+    with pytest.raises(StrategySpecError, match="malformed"):
+        parse_strategy_spec(spec)
+
+
+def test_malformed_environment_specification_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CRYSTALLIZE_STRATEGY", "parallel:workers")
+    with pytest.raises(StrategySpecError, match="CRYSTALLIZE_STRATEGY: malformed option 'workers'"):
+        Experiment(numbers, [record]).run(replicates=1)
+
+
+def test_import_loads_no_plugin_no_tqdm_and_no_process_machinery():
+    code = (
+        "import sys, crystallize_core\n"
+        "from crystallize_core import available_strategies\n"
+        "available_strategies()\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('crystallize_serial', 'crystallize_parallel', 'tqdm', 'multiprocessing') "
+        "or m == 'concurrent.futures.process']\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bare_import_loads_only_the_package_itself():
+    code = "import sys; import crystallize_core; print(sorted(m for m in sys.modules if 'crystallize' in m or m == 'pluggy'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['crystallize_core']"
