@@ -306,7 +306,9 @@ class StrategyConformance:
         result = self.run_with_strategy(self.experiment(datasource=CountUnpickles(str(log))), n)
         assert result.errors == []
         per_process = Counter(log.read_text().split())
-        assert all(count == 1 for count in per_process.values()), f"unpickled more than once in a process: {per_process}"
+        assert all(count == 1 for count in per_process.values()), (
+            f"unpickled more than once in a process: {per_process}"
+        )
         assert sum(per_process.values()) < n, f"the experiment was unpickled {sum(per_process.values())} times"
 
     def test_same_seed_same_metrics_as_serial(self):
@@ -332,4 +334,3 @@ class StrategyConformance:
         else:
             raise AssertionError("a lambda step was shipped to another process without a NotPicklableError")
         assert not log.exists(), "replicates started before the pickling error was raised"
-

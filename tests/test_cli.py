@@ -101,13 +101,17 @@ def test_run_summarises_and_writes_json(target, tmp_path, name):
 
 
 def test_run_with_a_strategy_and_options(target):
-    done = crystallize("run", f"{target}:experiment", "--strategy", "parallel", "-o", "executor_type=process", "-o", "max_workers=2")
+    done = crystallize(
+        "run", f"{target}:experiment", "--strategy", "parallel", "-o", "executor_type=process", "-o", "max_workers=2"
+    )
     assert done.returncode == 0, done.stderr
     assert "strategy: parallel" in done.stdout
 
 
 def test_run_the_quickstart_with_processes():
-    done = crystallize("run", f"{QUICKSTART}:build_experiment", "--strategy", "parallel", "-o", "executor_type=process", "-n", "6")
+    done = crystallize(
+        "run", f"{QUICKSTART}:build_experiment", "--strategy", "parallel", "-o", "executor_type=process", "-n", "6"
+    )
     assert done.returncode == 0, done.stderr
     assert "replicates: 6" in done.stdout and "half" in done.stdout
 

@@ -1,5 +1,4 @@
 from crystallize_core.testing import StrategyConformance
-
 from crystallize_shuffled import ShuffledExecution
 
 

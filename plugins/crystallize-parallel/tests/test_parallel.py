@@ -4,6 +4,7 @@ import warnings
 from importlib import metadata
 
 import pytest
+
 from crystallize_core import (
     ConfigurationError,
     Experiment,
@@ -13,7 +14,6 @@ from crystallize_core import (
     load_strategy,
 )
 from crystallize_core.testing import StrategyConformance, numbers, record
-
 from crystallize_parallel import ParallelExecution, default_max_workers
 
 
@@ -101,9 +101,7 @@ def test_process_mode_names_an_unpicklable_treatment():
 
 
 def test_progress_bar_advances_to_the_total(capsys):
-    Experiment(numbers, [record], plugins=[ParallelExecution(executor_type="process", progress=True)]).run(
-        replicates=9
-    )
+    Experiment(numbers, [record], plugins=[ParallelExecution(executor_type="process", progress=True)]).run(replicates=9)
     assert "9/9" in capsys.readouterr().err
 
 

@@ -1,9 +1,9 @@
 from importlib import metadata
 
 import pytest
+
 from crystallize_core import Experiment, load_strategy
 from crystallize_core.testing import StrategyConformance, numbers, record
-
 from crystallize_serial import SerialExecution
 
 
