@@ -51,6 +51,30 @@ class NotPicklableError(CrystallizeError, TypeError):
     """A component of the experiment cannot be sent to another process."""
 
 
+class StrategyCapabilityError(ConfigurationError):
+    """The chosen strategy cannot honour a run option, such as a timeout."""
+
+
+class CheckpointMismatchError(ConfigurationError):
+    """A checkpoint file belongs to a different experiment or seed."""
+
+
+class ReplicateFailed(CrystallizeError):
+    """With ``fail_fast``, the first error inside a replicate.
+
+    ``error`` is the :class:`~crystallize_core.ReplicateError`;
+    ``partial_result`` the result of the replicates that finished, when known.
+    """
+
+    def __init__(self, error: Any, partial_result: Any = None):
+        super().__init__(f"{error} (fail_fast stopped the run)\n{error.traceback}".rstrip())
+        self.error = error
+        self.partial_result = partial_result
+
+    def __reduce__(self):
+        return (type(self), (self.error,))
+
+
 class ExperimentInterrupted(KeyboardInterrupt):
     """The run was stopped by Ctrl-C (or ``SIGINT``).
 

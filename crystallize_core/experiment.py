@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from crystallize_core.context import Context
 from crystallize_core.errors import ConfigurationError, ExperimentInterrupted
-from crystallize_core.replicate import REPLICATE_HOOKS, Condition, ReplicateRunner
-from crystallize_core.result import BASELINE, Result, replicate_results_from
+from crystallize_core.replicate import REPLICATE_HOOKS, Condition, ReplicateRunner, ReplicateSubset
+from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
 
 
 class Pipeline:
@@ -70,7 +71,8 @@ class Experiment:
 
     ``run()`` decides *what* a replicate is; the execution strategy decides
     *how* the replicates are driven (see :mod:`crystallize_core.hookspecs`).
-    Treatments and a replicate count given here are the defaults of ``run()``.
+    Treatments, a replicate count and ``fail_fast`` given here are the
+    defaults of ``run()``.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Experiment:
         plugins: Sequence[object] = (),
         treatments: Sequence[Treatment] = (),
         replicates: int = 1,
+        fail_fast: bool = False,
     ):
         if not callable(datasource):
             raise ConfigurationError(f"datasource must be a callable (ctx) -> data, not {type(datasource).__name__}")
@@ -93,8 +96,11 @@ class Experiment:
                     "select a strategy by name with run(strategy=...) or load_strategy(name)"
                 )
         self.treatments: list[Treatment] = _check_treatments(treatments)
-        #: The replicate count; during ``run()`` the count of that run.
+        #: The replicate count; during ``run()``, how many replicates the strategy must run.
         self.replicates: int = _check_replicates(replicates)
+        self.fail_fast: bool = _check_flag("fail_fast", fail_fast)
+        #: During ``run()``, the per-replicate timeout in seconds the strategy must enforce, or None.
+        self.timeout: float | None = None
 
     def run(
         self,
@@ -102,18 +108,31 @@ class Experiment:
         replicates: int | None = None,
         *,
         strategy: str | object | None = None,
+        timeout: float | None = None,
+        fail_fast: bool | None = None,
+        checkpoint: str | os.PathLike | None = None,
     ) -> Result:
         """Run every replicate for the baseline and each treatment and return the :class:`Result`.
 
         ``strategy`` is a strategy name with options (``"parallel:max_workers=4"``)
         or a strategy object; it is asked after the experiment's own plugins.
-        Without it, ``CRYSTALLIZE_STRATEGY`` is read. Raises on bad input
-        before any replicate starts; errors inside replicates are captured in
-        the result. Ctrl-C raises :class:`ExperimentInterrupted` carrying the
-        partial result.
+        Without it, ``CRYSTALLIZE_STRATEGY`` is read.
+
+        ``timeout`` limits each replicate to that many seconds; a strategy that
+        cannot enforce it is refused (:class:`StrategyCapabilityError`).
+        ``fail_fast`` stops at the first error inside a replicate and raises
+        :class:`ReplicateFailed`; by default errors are captured, logged as they
+        happen, and the run goes on. ``checkpoint`` names a file that receives
+        each finished replicate; rerunning with the same file skips them and
+        returns the same result as an uninterrupted run.
+
+        Raises on bad input before any replicate starts. Ctrl-C raises
+        :class:`ExperimentInterrupted` carrying the partial result.
         """
         count = self.replicates if replicates is None else _check_replicates(replicates)
         chosen = self.treatments if treatments is None else _check_treatments(treatments)
+        stop_early = self.fail_fast if fail_fast is None else _check_flag("fail_fast", fail_fast)
+        _check_timeout(timeout)
         conditions = [Condition(BASELINE, None, None), *(t.condition() for t in chosen)]
 
         from crystallize_core._callers import call_strategies
@@ -125,31 +144,48 @@ class Experiment:
         manager = plugin_manager_for_run(self.plugins, named, fallback)
         in_replicates = {id(i.plugin) for hook in REPLICATE_HOOKS for i in getattr(manager.hook, hook).get_hookimpls()}
         replicate_plugins = [p for p in (*self.plugins, named, fallback) if id(p) in in_replicates]
-        replicate_fn = ReplicateRunner(
+        runner = ReplicateRunner(
             self.datasource,
             self.pipeline.steps,
             conditions,
             replicate_plugins,
             base_seed=secrets.randbits(32),
+            fail_fast=stop_early,
         )
+        finished: dict[int, ReplicateResult] = {}
+        if checkpoint is not None:
+            from crystallize_core.checkpoint import Checkpoint, fingerprint
+
+            runner.checkpoint, finished, runner.base_seed = Checkpoint.open(
+                checkpoint, fingerprint(runner.components()), runner.base_seed
+            )
+        to_run = [i for i in range(count) if i not in finished]
+        replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
         names = [c.name for c in conditions]
-        previous, self.replicates = self.replicates, count
+
+        saved = self.replicates, self.timeout
+        self.replicates, self.timeout = len(to_run), timeout
         try:
             manager.hook.before_run(experiment=self)
-            try:
-                results, winner = call_strategies(manager, self, replicate_fn, fallback_problem)
-            except ExperimentInterrupted as interrupted:
-                if interrupted.partial_result is None:
-                    interrupted.partial_result = Result(
-                        replicate_results_from(interrupted.completed or ()), names, complete=False
-                    )
-                raise
-            name, _, version = identify(winner)
-            result = Result(results, names, strategy=name, strategy_version=version)
+            name = version = None
+            ran: list[ReplicateResult] = []
+            if to_run:
+                try:
+                    ran, winner = call_strategies(manager, self, replicate_fn, to_run, fallback_problem)
+                except ExperimentInterrupted as interrupted:
+                    if interrupted.partial_result is None:
+                        done = [*finished.values(), *(interrupted.completed or ())]
+                        interrupted.partial_result = Result(replicate_results_from(done), names, complete=False)
+                    raise
+                name, _, version = identify(winner)
+            if finished:
+                ran = [*ran, *(finished[i] for i in range(count) if i in finished)]
+                ran.sort(key=lambda r: r.replicate)
+            result = Result(ran, names, strategy=name, strategy_version=version)
             manager.hook.after_run(experiment=self, result=result)
             return result
         finally:
-            self.replicates = previous
+            self.replicates, self.timeout = saved
 
     def __repr__(self) -> str:
         return (
@@ -187,6 +223,19 @@ def _check_replicates(replicates: object) -> int:
     if not isinstance(replicates, int) or isinstance(replicates, bool) or replicates < 1:
         raise ConfigurationError(f"replicates must be a positive integer, got {replicates!r}")
     return replicates
+
+
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
 
 
 def _check_treatments(treatments: object) -> list[Treatment]:

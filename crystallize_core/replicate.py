@@ -67,12 +67,18 @@ class ReplicateRunner:
         conditions: Sequence[Condition],
         plugins: Sequence[object] = (),
         base_seed: int = 0,
+        fail_fast: bool = False,
+        checkpoint: Any = None,
     ):
         self.datasource = datasource
         self.steps = tuple(steps)
         self.conditions = tuple(conditions)
         self.plugins = tuple(plugins)
         self.base_seed = base_seed
+        #: Raise :class:`ReplicateFailed` at the first captured error instead of continuing.
+        self.fail_fast = fail_fast
+        #: A :class:`~crystallize_core.checkpoint.Checkpoint` that receives each finished replicate.
+        self.checkpoint = checkpoint
         self._hook = self._relay(self.plugins)
 
     @staticmethod
@@ -87,10 +93,20 @@ class ReplicateRunner:
         return manager.hook
 
     def __getstate__(self):
-        return (self.datasource, self.steps, self.conditions, self.plugins, self.base_seed)
+        return (
+            self.datasource,
+            self.steps,
+            self.conditions,
+            self.plugins,
+            self.base_seed,
+            self.fail_fast,
+            self.checkpoint,
+        )
 
     def __setstate__(self, state):
-        self.datasource, self.steps, self.conditions, self.plugins, self.base_seed = state
+        self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast, self.checkpoint = (
+            state
+        )
         self._hook = self._relay(self.plugins)
 
     def components(self) -> Iterator[tuple[str, object]]:
@@ -132,8 +148,8 @@ class ReplicateRunner:
                 seed = self.seed(replicate)
                 hook.before_replicate(replicate=replicate, seed=seed)
             except Exception as exc:
-                errors.append(ReplicateError.from_exception(replicate, None, exc))
-                return ReplicateResult(replicate, derive_seed(self.base_seed, replicate), {}, tuple(errors))
+                error = self._captured(ReplicateError.from_exception(replicate, None, exc))
+                return ReplicateResult(replicate, derive_seed(self.base_seed, replicate), {}, (error,))
 
         metrics: dict[str, dict[str, Any]] = {}
         datasource = self.datasource
@@ -147,7 +163,7 @@ class ReplicateRunner:
                 for step in steps:
                     data = step(data, ctx)
             except Exception as exc:
-                errors.append(ReplicateError.from_exception(replicate, condition.name, exc))
+                errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
                 continue
             metrics[condition.name] = ctx.metrics._values
 
@@ -156,8 +172,43 @@ class ReplicateRunner:
             try:
                 hook.after_replicate(replicate=replicate, result=result)
             except Exception as exc:
-                result = result._replace(errors=(*errors, ReplicateError.from_exception(replicate, None, exc)))
+                error = self._captured(ReplicateError.from_exception(replicate, None, exc))
+                result = result._replace(errors=(*errors, error))
+        if self.checkpoint is not None:
+            self.checkpoint.append(result)
         return result
+
+    def _captured(self, error: ReplicateError) -> ReplicateError:
+        """Report a captured error as it happens; with fail_fast, stop the run with it."""
+        import logging
+
+        logging.getLogger("crystallize").warning("%s", error)
+        if self.fail_fast:
+            from crystallize_core.errors import ReplicateFailed
+
+            raise ReplicateFailed(error)
+        return error
+
+
+class ReplicateSubset:
+    """Runs only some replicates: position ``k`` is replicate ``replicates[k]``.
+
+    What a strategy receives when a checkpoint already holds the others; it
+    looks like any replicate function over ``0 .. len(replicates) - 1``.
+    """
+
+    def __init__(self, runner: ReplicateRunner, replicates: Sequence[int]):
+        self.runner = runner
+        self.replicates = tuple(replicates)
+
+    def __call__(self, position: int) -> ReplicateResult:
+        return self.runner(self.replicates[position])
+
+    def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
+        return self.runner.error_result(self.replicates[position], exc_type, message)
+
+    def components(self) -> Iterator[tuple[str, object]]:
+        return self.runner.components()
 
 
 def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:

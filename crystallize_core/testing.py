@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -28,9 +29,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crystallize_core.errors import NotPicklableError
+from crystallize_core.errors import (
+    ExperimentInterrupted,
+    NotPicklableError,
+    ReplicateFailed,
+    StrategyCapabilityError,
+)
 from crystallize_core.experiment import Experiment, Treatment
 from crystallize_core.hookspecs import hookimpl
+from crystallize_core.result import Result
 from crystallize_core.seed import SeedPlugin
 
 # --- components: top-level and picklable, so they travel to any worker -----------
@@ -126,6 +133,108 @@ class CountUnpickles:
         return numbers(ctx)
 
 
+class SleepEach:
+    """A step that sleeps ``seconds`` in every replicate, so that runs take a while."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, data, ctx):
+        time.sleep(self.seconds)
+        return data
+
+
+class SleepOn:
+    """A step that sleeps ``seconds`` in the given replicates only."""
+
+    def __init__(self, replicates: frozenset[int], seconds: float):
+        self.replicates = frozenset(replicates)
+        self.seconds = seconds
+
+    def __call__(self, data, ctx):
+        if ctx.replicate in self.replicates:
+            time.sleep(self.seconds)
+        return data
+
+
+class InterruptAfter:
+    """A last step that sends SIGINT to process ``pid`` (the run's caller) once
+    ``finished`` replicates have reached it in condition ``last_condition``: a
+    real Ctrl-C, from wherever the replicates run. Replicates are counted in a
+    file beside ``marker``."""
+
+    def __init__(self, finished: int, pid: int, marker: str, last_condition: str = "treated"):
+        self.finished = finished
+        self.pid = pid
+        self.marker = marker
+        self.last_condition = last_condition
+
+    def __call__(self, data, ctx):
+        if ctx.condition != self.last_condition:
+            return data
+        fd = os.open(self.marker + ".count", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b".")
+        finally:
+            os.close(fd)
+        if os.path.getsize(self.marker + ".count") >= self.finished:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return data  # already sent
+            os.kill(self.pid, signal.SIGINT)
+        return data
+
+
+class KillWorkerOn:
+    """A step that kills the process running it, in the given replicates:
+    ``"exit"`` calls ``os._exit(1)``, ``"kill"`` sends itself SIGKILL, and
+    ``"once"`` exits only the first time (it leaves a marker file), to test a
+    retry that succeeds."""
+
+    def __init__(self, how: dict[int, str], marker_dir: str = ""):
+        self.how = dict(how)
+        self.marker_dir = marker_dir
+
+    def __call__(self, data, ctx):
+        how = self.how.get(ctx.replicate)
+        if how == "exit":
+            os._exit(1)
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "once":
+            marker = Path(self.marker_dir) / f"died-{ctx.replicate}"
+            if not marker.exists():
+                marker.touch()
+                os._exit(3)
+        return data
+
+
+def live_child_processes() -> list[int]:
+    """Process ids of this process's living (not zombie) children, from /proc."""
+    me, children = os.getpid(), []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            children.append(int(entry.name))
+    return children
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; return whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class Decliner:
     """A strategy that always declines and remembers being asked."""
 
@@ -149,7 +258,14 @@ class Recorder:
     @hookimpl
     def run_experiment_loop(self, experiment, replicate_fn):
         self.asked += 1
-        return [replicate_fn(i) for i in range(experiment.replicates)]
+        results = []
+        try:
+            for replicate in range(experiment.replicates):
+                results.append(replicate_fn(replicate))
+        except KeyboardInterrupt as interrupt:
+            interrupt.completed = results
+            raise
+        return results
 
 
 class _KeepAnswer:
@@ -334,3 +450,90 @@ class StrategyConformance:
         else:
             raise AssertionError("a lambda step was shipped to another process without a NotPicklableError")
         assert not log.exists(), "replicates started before the pickling error was raised"
+
+    def test_ctrl_c_stops_promptly_with_the_finished_replicates(self):
+        n = 40
+        existing = set(live_child_processes())
+        marker = str(self.scratch() / "interrupted")
+        experiment = self.experiment(steps=[SleepEach(0.1), record, InterruptAfter(3, os.getpid(), marker)])
+        try:
+            self.run_with_strategy(experiment, n)
+        except ExperimentInterrupted as interrupted:
+            partial = interrupted.partial_result
+        else:
+            raise AssertionError("Ctrl-C did not stop the run")
+        assert isinstance(partial, Result) and not partial.complete
+        assert 0 < partial.replicates < n, f"{partial.replicates} of {n} replicates finished: not stopped promptly"
+        assert [r.replicate for r in partial.replicate_results] == sorted(
+            r.replicate for r in partial.replicate_results
+        )
+        assert all(v is not None for v in partial.metrics["baseline"]["replicate"])
+        assert wait_until(lambda: not set(live_child_processes()) - existing), (
+            f"processes left behind: {set(live_child_processes()) - existing}"
+        )
+
+    def test_fail_fast_stops_at_the_first_error(self):
+        n = 30
+        log = self.scratch() / "runs.txt"
+        steps = [SleepEach(0.05), RecordRuns(str(log)), FailOn(frozenset(range(n)))]
+        experiment = self.experiment(steps=steps, fail_fast=True)
+        try:
+            self.run_with_strategy(experiment, n)
+        except ReplicateFailed as failed:
+            error = failed.error
+        else:
+            raise AssertionError("fail_fast did not raise ReplicateFailed")
+        assert (error.condition, error.exc_type) == ("treated", "ValueError")
+        assert "failing on purpose" in error.traceback
+        started = {line.split()[0] for line in log.read_text().splitlines()}
+        assert len(started) < n, "fail_fast did not cancel the pending replicates"
+
+    def test_a_timeout_is_enforced_or_refused(self):
+        strategy = self.make_strategy()
+        steps = [SleepOn(frozenset({1}), 60.0), record]
+        if not getattr(strategy, "supports_timeout", False):
+            try:
+                self.experiment(steps=steps, plugins=[strategy]).run(replicates=3, timeout=1.0)
+            except StrategyCapabilityError:
+                return
+            raise AssertionError("a strategy without supports_timeout accepted a timeout")
+        existing = set(live_child_processes())
+        result = self.experiment(steps=steps, plugins=[strategy]).run(replicates=4, timeout=1.0)
+        (error,) = result.errors
+        assert (error.replicate, error.exc_type) == (1, "ReplicateTimeout"), error
+        assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3]
+        assert wait_until(lambda: not set(live_child_processes()) - existing)
+
+    def test_a_dying_worker_costs_only_its_replicate(self):
+        strategy = self.make_strategy()
+        if not getattr(strategy, "retries_dead_workers", False):
+            return  # replicates run in this process: nothing can die alone
+        existing = set(live_child_processes())
+        marker_dir = str(self.scratch())
+        killer = KillWorkerOn({3: "exit", 7: "kill", 9: "once"}, marker_dir)
+        result = self.run_with_strategy(self.experiment(steps=[killer, record]), 12, strategy)
+        died = {e.replicate: e for e in result.errors}
+        assert sorted(died) == [3, 7], result.errors
+        assert died[3].exc_type == died[7].exc_type == "WorkerDied"
+        assert "exit code 1" in died[3].message and "SIGKILL" in died[7].message
+        assert "memory" in died[3].message
+        expected = [None if i in (3, 7) else i for i in range(12)]
+        assert result.metrics["baseline"]["replicate"] == expected, "a death lost other replicates' results"
+        assert wait_until(lambda: not set(live_child_processes()) - existing)
+
+    def test_resuming_from_a_checkpoint_runs_only_what_is_missing(self):
+        log = self.scratch() / "runs.txt"
+        path = self.scratch() / "checkpoint.sqlite"
+
+        def experiment():
+            return self.experiment(steps=[RecordRuns(str(log)), record], plugins=[SeedPlugin(seed=5, auto_seed=False)])
+
+        experiment().run(replicates=4, checkpoint=path, strategy="serial")
+        resumed = self.experiment(
+            steps=[RecordRuns(str(log)), record], plugins=[SeedPlugin(seed=5, auto_seed=False), self.make_strategy()]
+        ).run(replicates=10, checkpoint=path)
+        self.assert_strategy_ran(resumed)
+        runs = Counter(line.split()[0] for line in log.read_text().splitlines())
+        assert runs == Counter({str(i): 2 for i in range(10)}), f"replicates run more than once: {runs}"
+        uninterrupted = experiment().run(replicates=10, strategy="serial")
+        assert resumed.metrics == uninterrupted.metrics and resumed.seeds == uninterrupted.seeds

@@ -2,6 +2,8 @@
 
 import textwrap
 
+KIT_CHECKS = 16
+
 BROKEN_STRATEGIES = textwrap.dedent(
     """
     import threading
@@ -12,27 +14,49 @@ BROKEN_STRATEGIES = textwrap.dedent(
     from crystallize_core.testing import StrategyConformance
 
 
+    def in_order(replicate_fn, replicates, run_twice=False):
+        # A correct loop (Ctrl-C reports what finished), but for run_twice.
+        results = []
+        try:
+            for i in replicates:
+                if run_twice:
+                    replicate_fn(i)
+                results.append(replicate_fn(i))
+        except KeyboardInterrupt as interrupt:
+            interrupt.completed = results
+            raise
+        return results
+
+
     class RunsTwice:
         @hookimpl
         def run_experiment_loop(self, experiment, replicate_fn):
-            for i in range(experiment.replicates):
-                replicate_fn(i)
-            return [replicate_fn(i) for i in range(experiment.replicates)]
+            return in_order(replicate_fn, range(experiment.replicates), run_twice=True)
 
 
     class ShipsPerReplicate:
+        # Pickles the replicate function with every task, and never checks it first.
         ships_work = True
 
         @hookimpl
         def run_experiment_loop(self, experiment, replicate_fn):
             with ProcessPoolExecutor(max_workers=2) as pool:
-                return list(pool.map(replicate_fn, range(experiment.replicates)))
+                futures = [pool.submit(replicate_fn, i) for i in range(experiment.replicates)]
+                try:
+                    return [future.result() for future in futures]
+                except BaseException as stopped:
+                    for future in futures:
+                        future.cancel()
+                    if isinstance(stopped, KeyboardInterrupt):
+                        done = [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+                        stopped.completed = [f.result() for f in done]
+                    raise
 
 
     class TouchesLater:
         @hookimpl
         def run_experiment_loop(self, experiment, replicate_fn):
-            results = [replicate_fn(i) for i in range(experiment.replicates)]
+            results = in_order(replicate_fn, range(experiment.replicates))
 
             def meddle():
                 time.sleep(0.05)
@@ -62,15 +86,15 @@ BROKEN_STRATEGIES = textwrap.dedent(
 def test_kit_fails_exactly_the_broken_promises(pytester):
     pytester.makepyfile(test_broken=BROKEN_STRATEGIES)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    failed = sorted(report.split("::", 1)[1].split(" ")[0] for report in result.outlines if report.startswith("FAILED"))
+    failed = sorted(line.split("::", 1)[1].split(" ")[0] for line in result.outlines if line.startswith("FAILED "))
     assert failed == [
         "TestRunsTwice::test_each_replicate_runs_exactly_once",
+        "TestRunsTwice::test_resuming_from_a_checkpoint_runs_only_what_is_missing",
         "TestShipsPerReplicate::test_experiment_is_unpickled_at_most_once_per_worker",
         "TestShipsPerReplicate::test_unpicklable_component_is_named_before_any_work",
         "TestTouchesLater::test_result_list_is_not_touched_after_return",
-    ], result.outlines[-30:]
-    outcomes = result.parseoutcomes()
-    assert outcomes["passed"] > 20
+    ], result.outlines[-40:]
+    assert result.parseoutcomes()["passed"] == 3 * KIT_CHECKS - len(failed)
 
 
 def test_kit_passes_a_correct_strategy(pytester):
@@ -88,4 +112,4 @@ def test_kit_passes_a_correct_strategy(pytester):
         )
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
-    result.assert_outcomes(passed=11)
+    result.assert_outcomes(passed=KIT_CHECKS)

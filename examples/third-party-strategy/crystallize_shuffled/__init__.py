@@ -8,7 +8,7 @@ them back in order shows the contract's order restoration at work.
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from crystallize_core import hookimpl
 
@@ -40,11 +40,14 @@ class ShuffledExecution:
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             futures = {pool.submit(replicate_fn, i): i for i in order}
             try:
-                for future, replicate in futures.items():
-                    results[replicate] = future.result()
-            except KeyboardInterrupt as interrupt:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+            except BaseException as stopped:  # Ctrl-C or fail_fast: start nothing new
                 for future in futures:
                     future.cancel()
-                interrupt.completed = [r for r in results if r is not None]
+                if isinstance(stopped, KeyboardInterrupt):
+                    # Report every finished replicate, including those not yet collected above.
+                    finished = [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+                    stopped.completed = [f.result() for f in finished]
                 raise
         return results

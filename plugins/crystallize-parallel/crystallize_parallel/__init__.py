@@ -58,28 +58,62 @@ class ParallelExecution:
     With ``progress=True`` a tqdm bar advances as replicates finish. At most
     a small multiple of ``max_workers`` batches are in flight at any time, so
     memory does not grow with the replicate count.
+
+    Process mode only: ``timeout`` (seconds) is enforced per replicate by
+    killing and replacing the worker, and the replicate is recorded as timed
+    out; a worker that dies (out of memory, a crash, ``os._exit``) costs only
+    the replicate that killed it, which is run again, alone, and recorded as an
+    error once its worker has died under it more than ``max_retries`` times.
+    Threads cannot be stopped, so ``timeout`` with threads is refused.
     """
 
     name = "parallel"
 
-    def __init__(self, max_workers: int | None = None, executor_type: str = "thread", progress: bool = False):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        executor_type: str = "thread",
+        progress: bool = False,
+        timeout: float | None = None,
+        max_retries: int = 1,
+    ):
         if executor_type not in EXECUTOR_TYPES:
             raise ConfigurationError(
                 f"unknown executor_type {executor_type!r}; valid executor types: {', '.join(EXECUTOR_TYPES)}"
             )
-        if max_workers is not None and (
-            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
-        ):
+        if max_workers is not None and not _positive_int(max_workers):
             raise ConfigurationError(f"max_workers must be a positive integer or None, got {max_workers!r}")
         if not isinstance(progress, bool):
             raise ConfigurationError(f"progress must be True or False, got {progress!r}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise ConfigurationError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+            if executor_type == "thread":
+                raise ConfigurationError(
+                    "timeout cannot be enforced with executor_type='thread': a running thread cannot be "
+                    "stopped. Use executor_type='process', where a replicate past its timeout is killed."
+                )
+        if not _positive_int(max_retries) and max_retries != 0:
+            raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         self.max_workers = max_workers
         self.executor_type = executor_type
         self.progress = progress
+        self.timeout = timeout
+        self.max_retries = max_retries
 
     @property
     def ships_work(self) -> bool:
         """Whether replicates run in other processes (and must be picklable)."""
+        return self.executor_type == "process"
+
+    @property
+    def supports_timeout(self) -> bool:
+        """Whether a per-replicate timeout is enforced: only processes can be killed."""
+        return self.executor_type == "process"
+
+    @property
+    def retries_dead_workers(self) -> bool:
+        """Whether a replicate whose worker process died is run again."""
         return self.executor_type == "process"
 
     @hookimpl
@@ -100,10 +134,17 @@ class ParallelExecution:
             return run_on_threads(replicate_fn, total, workers, self.progress)
         from crystallize_parallel._processes import run_on_processes
 
-        return run_on_processes(replicate_fn, total, workers, self.progress)
+        limits = [t for t in (self.timeout, getattr(experiment, "timeout", None)) if t is not None]
+        return run_on_processes(
+            replicate_fn, total, workers, self.progress, self.max_retries, min(limits) if limits else None
+        )
 
     def __repr__(self) -> str:
         return (
             f"ParallelExecution(max_workers={self.max_workers!r}, executor_type={self.executor_type!r}, "
-            f"progress={self.progress})"
+            f"progress={self.progress}, timeout={self.timeout!r}, max_retries={self.max_retries})"
         )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -9,8 +9,10 @@ replicates are not dominated by messaging and long ones stay one per task.
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -27,6 +29,7 @@ MAX_BATCH = 4096
 #: Batches in flight per worker: enough to keep every worker busy while
 #: results travel back, few enough that memory does not grow with the run.
 IN_FLIGHT_PER_WORKER = 2
+PARENT_CHECK_SECONDS = 0.5
 
 # --- in the worker ---------------------------------------------------------
 
@@ -38,15 +41,23 @@ class WorkerSetupError(RuntimeError):
     """A worker could not unpickle the replicate function."""
 
 
-def _init_worker(payload: bytes) -> None:
+def _init_worker(payload: bytes, parent: int) -> None:
     global _replicate_fn, _setup_failure
     # Ctrl-C in a terminal reaches the whole process group; the parent decides
     # what stops, and terminates the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     try:
         _replicate_fn = pickle.loads(payload)
     except BaseException:  # reported with the first task instead of breaking the pool
         _setup_failure = traceback.format_exc()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A parent killed with SIGKILL cannot stop its workers; they stop themselves.
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _run_span(start: int, stop: int) -> tuple[list, float]:
@@ -79,8 +90,9 @@ class _ProcessRun:
     When a worker dies, every batch in flight is lost with the pool, and
     which replicate killed it is unknown. The lost replicates become
     *suspects* and are run again one at a time, alone in the pool, so that a
-    further death is pinned on exactly one replicate; after ``max_retries``
-    such deaths it is recorded as an error and the run goes on.
+    further death is pinned on exactly one replicate. A replicate whose worker
+    has died under it more than ``max_retries`` times is recorded as an error
+    and the run goes on; the others lost with it are not blamed.
     """
 
     def __init__(self, replicate_fn, payload, total, workers, progress, max_retries, timeout):
@@ -101,7 +113,9 @@ class _ProcessRun:
     # scheduling -------------------------------------------------------------
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker, initargs=(self.payload,))
+        return ProcessPoolExecutor(
+            max_workers=self.workers, initializer=_init_worker, initargs=(self.payload, os.getpid())
+        )
 
     def _next_span(self, in_flight: dict) -> range | None:
         if self.suspects:
@@ -167,6 +181,7 @@ class _ProcessRun:
                 elif deadline is not None and time.monotonic() >= deadline:
                     pool = self._recover_from_timeout(pool, in_flight)
         except KeyboardInterrupt as interrupt:
+            self._collect_finished(in_flight)
             _kill_workers(pool)
             interrupt.completed = [r for r in self.results if r is not None]
             raise
@@ -178,19 +193,29 @@ class _ProcessRun:
             if self.bar is not None:
                 self.bar.close()
 
+    def _collect_finished(self, in_flight: dict) -> None:
+        """Store the batches that finished but were not collected yet."""
+        for future, (span, _) in in_flight.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.results[span.start : span.stop] = future.result()[0]
+
     # faults -----------------------------------------------------------------
 
     def _recover_from_death(self, pool: ProcessPoolExecutor, in_flight: dict) -> ProcessPoolExecutor:
-        exit_codes = _exit_codes(pool)
+        workers = _workers(pool)
+        # The pool's own thread reaps its workers; read exit codes only after it has.
+        pool.shutdown(wait=True)
         lost = [replicate for span, _ in in_flight.values() for replicate in span]
         in_flight.clear()
-        pool.shutdown(wait=True)
-        if self.suspects and lost == [self.suspects[0]]:
-            culprit = self.suspects[0]
+        if len(lost) == 1:  # alone in the pool: the death is its own
+            (culprit,) = lost
             self.deaths[culprit] = self.deaths.get(culprit, 0) + 1
             if self.deaths[culprit] > self.max_retries:
-                self.suspects.popleft()
-                self._record_error(culprit, "WorkerDied", _death_message(exit_codes, self.deaths[culprit]))
+                if self.suspects and self.suspects[0] == culprit:
+                    self.suspects.popleft()
+                self._record_error(culprit, "WorkerDied", _death_message(_exit_codes(workers), self.deaths[culprit]))
+            elif not self.suspects or self.suspects[0] != culprit:
+                self.suspects.appendleft(culprit)
         else:
             known = set(self.suspects)
             self.suspects.extend(r for r in lost if r not in known)
@@ -237,20 +262,16 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
         process.join(timeout=5)
 
 
-def _exit_codes(pool: ProcessPoolExecutor) -> list[int]:
-    codes = []
-    for process in _workers(pool):
-        process.join(timeout=1)
-        if process.exitcode not in (None, 0, -signal.SIGTERM):
-            codes.append(process.exitcode)
-    return codes
+def _exit_codes(workers: list) -> list[int]:
+    """Exit codes of workers that died on their own (the pool terminates the rest)."""
+    return [p.exitcode for p in workers if p.exitcode not in (None, 0, -signal.SIGTERM)]
 
 
 def _death_message(exit_codes: list[int], deaths: int) -> str:
     how = ", ".join(map(_describe_exit, exit_codes)) or "cause unknown"
     return (
-        f"the worker process running this replicate died ({how}) {deaths} time(s), "
-        "each time with the replicate running alone. Common causes: running out of memory "
+        f"the worker process running this replicate died ({how}), {deaths} time(s) with the "
+        "replicate running alone in the pool. Common causes: running out of memory "
         "(the kernel's OOM killer sends SIGKILL), a crash in native code (SIGSEGV), or os._exit()."
     )
 

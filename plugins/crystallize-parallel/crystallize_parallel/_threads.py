@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from crystallize_parallel._progress import progress_bar
@@ -23,18 +23,23 @@ def run_on_threads(replicate_fn: Callable[[int], Any], total: int, workers: int,
     bar = progress_bar(progress, total)
 
     def drain() -> None:
-        while not stopping.is_set():
-            with claim_lock:
-                replicate = next(next_index, None)
-            if replicate is None:
-                return
-            results[replicate] = replicate_fn(replicate)
-            if bar is not None:
-                bar.update()
+        try:
+            while not stopping.is_set():
+                with claim_lock:
+                    replicate = next(next_index, None)
+                if replicate is None:
+                    return
+                results[replicate] = replicate_fn(replicate)
+                if bar is not None:
+                    bar.update()
+        except BaseException:  # e.g. fail_fast: the other threads start nothing new
+            stopping.set()
+            raise
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crystallize-replicate")
     try:
         futures = [pool.submit(drain) for _ in range(workers)]
+        wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             future.result()
     except BaseException as stopped:
