@@ -91,8 +91,8 @@ class Checkpoint:
         if not location.parent.exists():
             raise ConfigurationError(f"checkpoint folder {str(location.parent)!r} does not exist")
         checkpoint = cls(path)
-        connection = checkpoint._connection()
         try:
+            connection = checkpoint._connection()
             connection.executescript(_SCHEMA)
             connection.execute("BEGIN IMMEDIATE")
             stored = dict(connection.execute("SELECT key, value FROM meta"))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--replicates", "-n", type=int, metavar="N", help="replicate count (default: the experiment's)")
     run.add_argument("--seed", type=int, metavar="S", help="base seed (adds or replaces the SeedPlugin)")
     run.add_argument("--output", metavar="PATH", help="write the whole result as JSON to PATH")
+    run.add_argument("--fail-fast", action="store_true", help="stop at the first error inside a replicate")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="per-replicate time limit")
+    run.add_argument(
+        "--checkpoint", metavar="PATH", help="save each finished replicate to PATH; rerun to resume from it"
+    )
     run.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     run.set_defaults(handler=_cmd_run)
     return parser
@@ -131,7 +137,7 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from crystallize_core.errors import CrystallizeError, ExperimentInterrupted
+    from crystallize_core.errors import CrystallizeError, ExperimentInterrupted, ReplicateFailed
 
     try:
         experiment = load_target(args.target)
@@ -148,9 +154,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         plugins=plugins,
         treatments=experiment.treatments,
         replicates=experiment.replicates,
+        fail_fast=args.fail_fast or experiment.fail_fast,
     )
     try:
-        result = runnable.run(replicates=args.replicates, strategy=strategy)
+        result = runnable.run(
+            replicates=args.replicates, strategy=strategy, timeout=args.timeout, checkpoint=args.checkpoint
+        )
+    except ReplicateFailed as failed:
+        print(f"crystallize: stopped by --fail-fast: {failed.error}", file=sys.stderr)
+        print(failed.error.traceback, file=sys.stderr)
+        return EXIT_FAILED
     except ExperimentInterrupted as interrupted:
         partial = interrupted.partial_result
         print(f"\ninterrupted: {partial.replicates if partial else 0} replicate(s) finished", file=sys.stderr)

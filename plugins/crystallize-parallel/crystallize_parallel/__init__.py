@@ -81,7 +81,7 @@ class ParallelExecution:
             raise ConfigurationError(
                 f"unknown executor_type {executor_type!r}; valid executor types: {', '.join(EXECUTOR_TYPES)}"
             )
-        if max_workers is not None and not _positive_int(max_workers):
+        if max_workers is not None and not _whole_number(max_workers, minimum=1):
             raise ConfigurationError(f"max_workers must be a positive integer or None, got {max_workers!r}")
         if not isinstance(progress, bool):
             raise ConfigurationError(f"progress must be True or False, got {progress!r}")
@@ -93,7 +93,7 @@ class ParallelExecution:
                     "timeout cannot be enforced with executor_type='thread': a running thread cannot be "
                     "stopped. Use executor_type='process', where a replicate past its timeout is killed."
                 )
-        if not _positive_int(max_retries) and max_retries != 0:
+        if not _whole_number(max_retries, minimum=0):
             raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         self.max_workers = max_workers
         self.executor_type = executor_type
@@ -146,5 +146,5 @@ class ParallelExecution:
         )
 
 
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _whole_number(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
