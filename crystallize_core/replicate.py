@@ -7,6 +7,7 @@ and a random generator only for the contexts that ask for one.
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -16,6 +17,8 @@ from crystallize_core.errors import NotPicklableError
 from crystallize_core.result import ReplicateError, ReplicateResult
 
 _MASK64 = (1 << 64) - 1
+# NamedTuple's generated __new__ is Python code; tuple.__new__ skips it on the hot path.
+_new_result = tuple.__new__
 
 #: The replicate-level hooks; plugins implementing any of them travel with the
 #: replicate function to wherever replicates run.
@@ -167,7 +170,7 @@ class ReplicateRunner:
                 continue
             metrics[condition.name] = ctx.metrics._values
 
-        result = ReplicateResult(replicate, seed, metrics, tuple(errors))
+        result = _new_result(ReplicateResult, (replicate, seed, metrics, tuple(errors) if errors else ()))
         if hook is not None:
             try:
                 hook.after_replicate(replicate=replicate, result=result)
@@ -218,14 +221,35 @@ def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:
     treatment or plugin) that cannot be pickled and how to fix it, so that a
     strategy can fail before any replicate starts.
     """
+    buffer = io.BytesIO()
+    _pickle_into(replicate_fn, buffer)
+    return buffer.getvalue()
+
+
+def check_picklable(replicate_fn: Callable[[int], Any]) -> None:
+    """Raise :class:`NotPicklableError` as :func:`dumps_replicate_fn` would, keeping nothing.
+
+    For strategies whose workers inherit the replicate function (a ``fork``
+    start method) yet must refuse what other start methods could not ship.
+    Large buffers are streamed to nowhere rather than copied.
+    """
+    _pickle_into(replicate_fn, _Discard())
+
+
+class _Discard:
+    def write(self, data) -> int:
+        return len(data)
+
+
+def _pickle_into(replicate_fn: Callable[[int], Any], sink) -> None:
     try:
-        return pickle.dumps(replicate_fn, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(replicate_fn)
     except Exception as whole_failed:
         components = getattr(replicate_fn, "components", None)
         label, reason = "the replicate function", whole_failed
         for part_label, part in components() if components is not None else ():
             try:
-                pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(part)
             except Exception as part_failed:
                 label, reason = part_label, part_failed
                 break

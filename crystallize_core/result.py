@@ -51,6 +51,22 @@ class ReplicateResult(NamedTuple):
     errors: tuple[ReplicateError, ...] = ()
 
 
+def pack_results(results: Iterable[ReplicateResult]) -> list[tuple]:
+    """Replicate results as plain tuples, for sending to another process.
+
+    Plain tuples pickle about three times faster than named tuples; a strategy
+    that ships results between processes packs them where replicates run and
+    calls :func:`unpack_results` where the run is driven.
+    """
+    return [tuple(result) for result in results]
+
+
+def unpack_results(rows: Iterable[tuple]) -> list[ReplicateResult]:
+    """The inverse of :func:`pack_results`."""
+    make = tuple.__new__
+    return [make(ReplicateResult, row) for row in rows]
+
+
 class MetricSummary(NamedTuple):
     """Count, mean and sample standard deviation of one metric's numeric values."""
 
