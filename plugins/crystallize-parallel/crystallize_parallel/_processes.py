@@ -2,9 +2,7 @@
 
 Each worker receives the replicate function once, through the pool's
 initializer: forked workers inherit it, others unpickle it once. Tasks carry
-only a range of replicate indices. Batches start at one replicate and grow until a batch takes about
-``TARGET_BATCH_SECONDS``, as joblib's automatic batching does, so tiny
-replicates are not dominated by messaging and long ones stay one per task.
+only a range of replicate indices, batched by :class:`~crystallize_core.batching.BatchSizer`.
 Results travel back packed as plain tuples, which pickle far faster.
 """
 
@@ -24,16 +22,14 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from crystallize_core import dumps_replicate_fn
+from crystallize_core.batching import BatchSizer
 from crystallize_core.replicate import check_picklable
 from crystallize_core.result import pack_results, unpack_results
 from crystallize_parallel._progress import progress_bar
 
-TARGET_BATCH_SECONDS = 0.05
-MAX_BATCH = 4096
 #: Batches in flight per worker: enough to keep every worker busy while
 #: results travel back, few enough that memory does not grow with the run.
 IN_FLIGHT_PER_WORKER = 2
-BATCHES_PER_WORKER = 4
 PARENT_CHECK_SECONDS = 0.5
 
 # --- in the worker ---------------------------------------------------------
@@ -117,8 +113,8 @@ class _ProcessRun:
         self.max_retries = max_retries
         self.timeout = timeout
         self.results: list = [None] * total
-        self.next_fresh = 0
-        self.batch_size = 1
+        # With a timeout, every replicate needs a clock of its own: one per task.
+        self.batches = BatchSizer(total, workers, fixed=1 if timeout is not None else None)
         self.suspects: deque[int] = deque()
         self.retry: deque[int] = deque()  # lost for a known cause (a timeout elsewhere): not suspect
         self.deaths: dict[int, int] = {}
@@ -140,12 +136,7 @@ class _ProcessRun:
         if self.retry:
             replicate = self.retry.popleft()
             return range(replicate, replicate + 1)
-        if self.next_fresh >= self.total:
-            return None
-        size = 1 if self.timeout is not None else self.batch_size
-        span = range(self.next_fresh, min(self.next_fresh + size, self.total))
-        self.next_fresh = span.stop
-        return span
+        return self.batches.next_span()
 
     def _window(self) -> int:
         # With a timeout, a task's clock starts when it is sent, so only as
@@ -166,11 +157,7 @@ class _ProcessRun:
             self.suspects.popleft()
         if self.bar is not None:
             self.bar.update(len(span))
-        per_replicate = seconds / len(span)
-        ideal = int(TARGET_BATCH_SECONDS / per_replicate) if per_replicate > 0 else MAX_BATCH
-        # Cut the run into enough batches that every worker gets several.
-        share = max(1, self.total // (self.workers * BATCHES_PER_WORKER))
-        self.batch_size = max(1, min(ideal, share, MAX_BATCH))
+        self.batches.record(len(span), seconds)
 
     def run(self) -> list:
         pool = self._new_pool()

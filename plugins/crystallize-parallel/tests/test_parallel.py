@@ -13,7 +13,7 @@ from crystallize_core import (
     SeedPlugin,
     load_strategy,
 )
-from crystallize_core.testing import StrategyConformance, numbers, record
+from crystallize_core.testing import KillWorkerOn, StrategyConformance, numbers, record
 from crystallize_parallel import ParallelExecution, default_max_workers
 
 
@@ -108,3 +108,14 @@ def test_progress_bar_advances_to_the_total(capsys):
 def test_strategy_object_is_small_and_picklable():
     strategy = ParallelExecution(executor_type="process", max_workers=2)
     assert pickle.loads(pickle.dumps(strategy)).max_workers == 2
+
+
+def test_a_dead_worker_is_reported_with_its_exit_code_or_signal_and_the_likely_cause(tmp_path):
+    killer = KillWorkerOn({1: "exit", 4: "kill"})
+    strategy = ParallelExecution(executor_type="process", max_workers=2, max_retries=0)
+    result = Experiment(numbers, [killer, record], plugins=[strategy]).run(replicates=6)
+    died = {e.replicate: e.message for e in result.errors}
+    assert sorted(died) == [1, 4]
+    assert "exit code 1" in died[1] and "killed by signal SIGKILL" in died[4]
+    assert all("out of memory" in message for message in died.values())
+    assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3, None, 5]
