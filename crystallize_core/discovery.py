@@ -149,7 +149,8 @@ def available_strategies(load: bool = False) -> list[StrategyInfo]:
             try:
                 _load_class(candidate)
             except StrategyLoadError as exc:
-                info = replace(info, error=str(exc.__cause__ or exc), loaded=True)
+                cause = exc.__cause__ or exc
+                info = replace(info, error=f"{type(cause).__name__}: {cause}", loaded=True)
             else:
                 info = replace(info, loaded=True)
         infos.append(info)

@@ -83,9 +83,9 @@ def test_two_distributions_claiming_one_name_are_both_named(site):
 
 def test_unknown_name_lists_what_is_installed_and_suggests_a_package(site):
     with pytest.raises(
-        StrategyNotFoundError, match=r"no strategy named 'ray' .*installed: .*serial.*pip install crystallize-ray"
+        StrategyNotFoundError, match=r"no strategy named 'dask' .*installed: .*serial.*pip install crystallize-dask"
     ):
-        load_strategy("ray")
+        load_strategy("dask")
 
 
 def test_unknown_option_names_the_valid_ones(site):

@@ -19,6 +19,7 @@ DISTRIBUTIONS = {
     "crystallize-serial": ROOT / "plugins" / "crystallize-serial",
     "crystallize-parallel": ROOT / "plugins" / "crystallize-parallel",
     "crystallize-shuffled": ROOT / "examples" / "third-party-strategy",
+    "crystallize-ray": ROOT / "plugins" / "crystallize-ray",
 }
 
 THROWAWAY_PYPROJECT = """
@@ -94,7 +95,7 @@ def wheels(tmp_path_factory):
     for source in [*DISTRIBUTIONS.values(), throwaway]:
         build_wheel(source, outdir)
     built = sorted(p.name for p in outdir.glob("*.whl"))
-    assert len(built) == 5, built
+    assert len(built) == 6, built
     return outdir
 
 
@@ -104,19 +105,12 @@ def env(wheels, tmp_path_factory):
     home = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(home)
     python = home / "bin" / "python"
-    subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            *map(str, wheels.glob("*.whl")),
-        ],
-        check=True,
-        timeout=600,
-    )
+    ray_wheel = next(wheels.glob("crystallize_ray-*.whl"))
+    others = [str(p) for p in wheels.glob("*.whl") if p != ray_wheel]
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, *others], check=True, timeout=600)
+    # crystallize-ray without Ray itself: what a user with a broken install sees.
+    subprocess.run([*pip, "--no-deps", str(ray_wheel)], check=True, timeout=600)
     study = tmp_path_factory.mktemp("study") / "study.py"
     study.write_text(STUDY)
     return home, study
@@ -147,12 +141,21 @@ def test_every_strategy_is_discovered_with_its_version(env):
     done = run_in(env, "crystallize", "strategies", "--json")
     assert done.returncode == 0, done.stderr
     found = {r["name"]: (r["distribution"], r["version"], r["status"]) for r in json.loads(done.stdout)["strategies"]}
+    missing_ray = "broken: ImportError: crystallize-ray needs Ray, which is not installed: pip install 'ray'"
     assert found == {
         "evens": ("evens-only", "3.1.4", "ok"),
         "parallel": ("crystallize-parallel", "0.1.0", "ok"),
+        "ray": ("crystallize-ray", "0.1.0", missing_ray),
         "serial": ("crystallize-serial", "0.1.0", "ok"),
         "shuffled": ("crystallize-shuffled", "0.1.0", "ok"),
     }
+
+
+def test_a_strategy_whose_engine_is_missing_says_what_to_install(env):
+    done = run_in(env, "crystallize", "run", f"{env[1]}:build", "--strategy", "ray")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "'ray' from crystallize-ray" in done.stderr and "pip install 'ray'" in done.stderr
+    assert study(env)["strategy"] == "serial", "one broken strategy must not break the others"
 
 
 def test_the_fallback_is_serial(env):
@@ -194,7 +197,7 @@ def test_blocking_and_disabling_autoload_in_the_installed_environment(env):
         for line in done.stdout.splitlines()[1:]
         if line and not line.startswith("steered")
     }
-    assert rows == {"evens": "blocked", "parallel": "blocked", "serial": "ok", "shuffled": "blocked"}
+    assert rows == {"evens": "blocked", "parallel": "blocked", "ray": "blocked", "serial": "ok", "shuffled": "blocked"}
     done = run_in(
         env,
         "crystallize",
@@ -222,10 +225,10 @@ def test_listing_imports_no_strategy(env):
         import sys
         from crystallize_core import available_strategies
         names = [i.name for i in available_strategies()]
-        strategies = ("crystallize_serial", "crystallize_parallel", "crystallize_shuffled", "evens_only", "tqdm")
+        strategies = ("crystallize_serial", "crystallize_parallel", "crystallize_shuffled", "crystallize_ray", "tqdm")
         loaded = [m for m in sys.modules if m.startswith(strategies)]
         print(sorted(names), loaded)
         """
     )
     done = run_in(env, "python", "-c", code)
-    assert done.stdout.strip() == "['evens', 'parallel', 'serial', 'shuffled'] []", done.stderr
+    assert done.stdout.strip() == "['evens', 'parallel', 'ray', 'serial', 'shuffled'] []", done.stderr

@@ -1,0 +1,108 @@
+"""The ``ray`` strategy: replicates as tasks on a Ray cluster.
+
+This module stays light: Ray itself is imported only when a run starts. It
+refuses to import when Ray is missing, so that ``crystallize strategies``
+reports the strategy as broken with the fix, instead of failing mid-run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from crystallize_core import ConfigurationError, hookimpl
+
+if importlib.util.find_spec("ray") is None:
+    raise ImportError("crystallize-ray needs Ray, which is not installed: pip install 'ray'")
+
+__version__ = "0.1.0"
+__all__ = ["RayExecution", "__version__"]
+
+
+class RayExecution:
+    """Run replicates as Ray tasks, on a cluster or on a local Ray instance.
+
+    ``address=None`` connects to the cluster in ``RAY_ADDRESS`` if it is set,
+    otherwise starts a local Ray instance sized to this machine. A Ray
+    connection that already exists in this process is used as it is. The
+    strategy never shuts down a cluster it did not start; a local instance it
+    started is reused by later runs in this process and shut down at exit.
+
+    The replicate function is put in the object store once; tasks carry its
+    reference and a range of replicate indices, and each Ray worker process
+    fetches and unpickles it once. Tiny replicates are batched automatically
+    (``batch_size="auto"``), or ``batch_size`` replicates go in each task.
+    ``num_cpus``, ``num_gpus`` and ``resources`` are requested for every task
+    (a GPU per replicate: ``num_gpus=1, batch_size=1``). ``runtime_env``
+    ships code and packages: it becomes the job's when this strategy makes
+    the connection (so local folders such as ``working_dir`` upload), and
+    goes with every task when Ray was already connected. The folders of the
+    driver's own modules are put on the workers' import path either way.
+
+    A task lost to a dying worker or node is retried by Ray up to
+    ``max_retries`` times; after that each of its replicates is run on its
+    own, and one that still loses its worker is recorded as ``WorkerDied``.
+    Ctrl-C cancels outstanding tasks and returns the finished replicates.
+    """
+
+    name = "ray"
+    ships_work = True
+    retries_dead_workers = True
+    #: A running Ray task can be cancelled, but not reliably within a bound:
+    #: per-replicate timeouts are refused rather than approximated.
+    supports_timeout = False
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        resources: Mapping[str, float] | None = None,
+        max_retries: int = 3,
+        batch_size: int | str = "auto",
+        progress: bool = False,
+        runtime_env: Mapping[str, Any] | None = None,
+    ):
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ConfigurationError(f"address must be a Ray address such as 'host:6379' or None, got {address!r}")
+        for option, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigurationError(f"{option} must be a non-negative number, got {value!r}")
+        if num_cpus == 0 and num_gpus == 0 and not resources:
+            raise ConfigurationError("a task must request some resource: num_cpus, num_gpus or resources")
+        if resources is not None:
+            if not isinstance(resources, Mapping):
+                raise ConfigurationError(f"resources must be a mapping of name to amount, got {resources!r}")
+            for key, amount in resources.items():
+                if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+                    raise ConfigurationError(f"resource {key!r} must be a non-negative number, got {amount!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigurationError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
+        if not isinstance(progress, bool):
+            raise ConfigurationError(f"progress must be True or False, got {progress!r}")
+        if runtime_env is not None and not isinstance(runtime_env, Mapping):
+            raise ConfigurationError(f"runtime_env must be a mapping, got {runtime_env!r}")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.resources = dict(resources) if resources else None
+        self.max_retries = max_retries
+        self.batch_size = batch_size
+        self.progress = progress
+        self.runtime_env = dict(runtime_env) if runtime_env else None
+
+    @hookimpl
+    def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> list:
+        from crystallize_ray._core import run_on_ray
+
+        return run_on_ray(self, replicate_fn, experiment.replicates)
+
+    def __repr__(self) -> str:
+        return (
+            f"RayExecution(address={self.address!r}, num_cpus={self.num_cpus}, num_gpus={self.num_gpus}, "
+            f"resources={self.resources!r}, max_retries={self.max_retries}, batch_size={self.batch_size!r}, "
+            f"progress={self.progress}, runtime_env={self.runtime_env!r})"
+        )

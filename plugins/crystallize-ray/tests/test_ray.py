@@ -1,0 +1,183 @@
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import ray
+
+import crystallize_ray._core as core
+from crystallize_core import ConfigurationError, Experiment, SeedPlugin, load_strategy
+from crystallize_core.testing import StrategyConformance, numbers, record
+from crystallize_ray import RayExecution
+
+QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.py"
+
+
+class TestRayConformance(StrategyConformance):
+    strategy_name = "ray"
+
+    def make_strategy(self):
+        return RayExecution(max_retries=1)
+
+
+def test_registered_under_its_entry_point():
+    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "ray"]
+    assert entry_point.value == "crystallize_ray:RayExecution"
+    assert load_strategy("ray", num_cpus=0.5, batch_size=4).batch_size == 4
+
+
+def test_the_experiment_goes_to_the_object_store_once(monkeypatch):
+    puts = []
+    real_put = ray.put
+
+    def counting_put(value, *args, **kwargs):
+        puts.append(type(value).__name__)
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(core.ray, "put", counting_put)
+    result = Experiment(numbers, [record], plugins=[RayExecution(batch_size=3)]).run(replicates=30)
+    assert result.metrics["baseline"]["replicate"] == list(range(30))
+    assert puts == ["ReplicateRunner"]
+
+
+def test_same_seed_same_metrics_as_serial_with_fixed_batches():
+    def run(strategy):
+        experiment = Experiment(numbers, [record], plugins=[SeedPlugin(seed=11, auto_seed=False)])
+        return experiment.run(replicates=25, strategy=strategy).metrics
+
+    assert run(RayExecution(batch_size=4)) == run("serial")
+
+
+def test_an_existing_connection_is_used_and_left_running():
+    Experiment(numbers, [record], plugins=[RayExecution()]).run(replicates=2)
+    assert ray.is_initialized() and not core._started_here
+
+
+def test_progress_bar_counts_replicates(capsys):
+    Experiment(numbers, [record], plugins=[RayExecution(progress=True)]).run(replicates=6)
+    assert "6/6" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_cpus": -1}, "num_cpus must be a non-negative number"),
+        ({"num_gpus": -0.5}, "num_gpus must be a non-negative number"),
+        ({"resources": {"TPU": -1}}, "resource 'TPU' must be a non-negative number"),
+        ({"num_cpus": 0}, "must request some resource"),
+        ({"max_retries": -1}, "max_retries must be a non-negative integer"),
+        ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
+        ({"address": ""}, "address must be a Ray address"),
+        ({"runtime_env": "pip"}, "runtime_env must be a mapping"),
+    ],
+)
+def test_bad_options_are_refused_when_built(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        RayExecution(**options)
+
+
+def test_a_timeout_is_refused():
+    from crystallize_core import StrategyCapabilityError
+
+    with pytest.raises(StrategyCapabilityError, match="'ray'"):
+        Experiment(numbers, [record], plugins=[RayExecution()]).run(replicates=2, timeout=5)
+
+
+def ray_subprocess(*args, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CRYSTALLIZE_", "RAY_ADDRESS"))}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env={**environment, **env}, timeout=300
+    )
+
+
+def test_an_unreachable_address_is_named_within_a_bounded_time():
+    # Port 1 on the loopback interface: nothing listens there, the refusal is immediate.
+    code = (
+        "from crystallize_core import Experiment\n"
+        "from crystallize_core.testing import numbers, record\n"
+        "from crystallize_ray import RayExecution\n"
+        "Experiment(numbers, [record], plugins=[RayExecution(address='127.0.0.1:1')]).run(replicates=2)\n"
+    )
+    done = ray_subprocess("-c", code)
+    assert done.returncode != 0
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in done.stderr
+
+
+def test_the_command_line_runs_the_example_on_the_cluster_in_ray_address(local_ray, tmp_path):
+    output = tmp_path / "ray.json"
+    done = ray_subprocess(
+        "-m",
+        "crystallize_core",
+        "run",
+        f"{QUICKSTART}:build_experiment",
+        "--strategy",
+        "ray",
+        "-n",
+        "6",
+        "--output",
+        str(output),
+        RAY_ADDRESS=local_ray,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "strategy: ray" in done.stdout
+    serial = ray_subprocess(
+        "-m",
+        "crystallize_core",
+        "run",
+        f"{QUICKSTART}:build_experiment",
+        "--strategy",
+        "serial",
+        "-n",
+        "6",
+        "--output",
+        str(tmp_path / "serial.json"),
+    )
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    import json
+
+    assert json.loads(output.read_text())["metrics"] == json.loads((tmp_path / "serial.json").read_text())["metrics"]
+
+
+def test_the_example_runs_through_the_api_with_the_same_metrics_as_serial():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", QUICKSTART)
+    quickstart = importlib.util.module_from_spec(spec)
+    sys.modules["quickstart"] = quickstart
+    spec.loader.exec_module(quickstart)
+    # Ray was connected before this module was importable: tell the workers where it is.
+    shipped = RayExecution(runtime_env={"env_vars": {"PYTHONPATH": str(QUICKSTART.parent)}})
+    on_ray = quickstart.build_experiment().run(replicates=6, strategy=shipped)
+    serial = quickstart.build_experiment().run(replicates=6, strategy="serial")
+    assert on_ray.strategy == "ray" and on_ray.errors == []
+    assert on_ray.metrics == serial.metrics
+
+
+def test_a_local_instance_it_starts_is_shut_down_at_exit(tmp_path):
+    code = (
+        "import json, psutil\n"
+        "from crystallize_core import Experiment\n"
+        "from crystallize_core.testing import numbers, record\n"
+        "from crystallize_ray import RayExecution\n"
+        "import crystallize_ray._core as core\n"
+        "result = Experiment(numbers, [record], plugins=[RayExecution()]).run(replicates=4)\n"
+        "started = [p.pid for p in psutil.Process().children(recursive=True)]\n"
+        "print(json.dumps({'started_here': core._started_here, 'pids': started, 'n': result.replicates}))\n"
+    )
+    done = ray_subprocess("-c", code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    from crystallize_core.testing import wait_until
+
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["started_here"] and report["n"] == 4 and report["pids"]
+
+    def gone():
+        import psutil
+
+        return not [p for p in report["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+    assert wait_until(gone, seconds=60), "the local Ray instance outlived the process that started it"
