@@ -191,11 +191,6 @@ def _find(name: str) -> _Candidate:
     return match
 
 
-def strategy_info(name: str) -> StrategyInfo:
-    """The record of the selectable strategy ``name``; raises like :func:`load_strategy`."""
-    return _find(name).info
-
-
 def load_strategy(name: str, **options: Any) -> object:
     """Import the strategy registered as ``name`` and return an instance built with ``options``.
 

@@ -159,7 +159,7 @@ class Experiment:
             runner.checkpoint, finished, runner.base_seed = Checkpoint.open(
                 checkpoint, fingerprint(runner.components()), runner.base_seed
             )
-        to_run = [i for i in range(count) if i not in finished]
+        to_run = [i for i in range(count) if i not in finished] if finished else range(count)
         replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
         names = [c.name for c in conditions]
 
