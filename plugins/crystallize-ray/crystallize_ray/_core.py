@@ -159,11 +159,23 @@ class _RayRun:
 
     @staticmethod
     def _slots(strategy: Any) -> int:
-        """How many tasks the cluster can run at once, by the scarcest resource asked for."""
+        """How many tasks the cluster can run at once, by the scarcest resource asked for.
+
+        A request no node can meet is refused here: Ray would otherwise wait
+        for it forever.
+        """
         available = ray.cluster_resources()
         asked = {"CPU": strategy.num_cpus, "GPU": strategy.num_gpus, **(strategy.resources or {})}
-        counts = [int(available.get(name, 0) // amount) for name, amount in asked.items() if amount > 0]
-        return max(1, min(counts) if counts else 1)
+        counts = {name: int(available.get(name, 0) // amount) for name, amount in asked.items() if amount > 0}
+        lacking = [
+            f"{name} {asked[name]:g} (cluster total: {available.get(name, 0):g})" for name, n in counts.items() if n < 1
+        ]
+        if lacking:
+            raise ConfigurationError(
+                f"each task asks for more than the Ray cluster has: {', '.join(lacking)}. Lower the request, "
+                "or add nodes that have it"
+            )
+        return max(1, min(counts.values(), default=1))
 
     def _next_span(self) -> range | None:
         if self.alone:

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -181,3 +182,20 @@ def test_a_local_instance_it_starts_is_shut_down_at_exit(tmp_path):
         return not [p for p in report["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
 
     assert wait_until(gone, seconds=60), "the local Ray instance outlived the process that started it"
+
+
+@pytest.mark.parametrize(
+    "options, lacking",
+    [({"num_gpus": 1}, "GPU 1 (cluster total: 0)"), ({"resources": {"TPU": 2}}, "TPU 2 (cluster total: 0)")],
+)
+def test_a_resource_request_the_cluster_cannot_meet_is_refused_instead_of_waiting_forever(options, lacking):
+    with pytest.raises(ConfigurationError, match=re.escape(lacking)):
+        Experiment(numbers, [record], plugins=[RayExecution(**options)]).run(replicates=2)
+
+
+def test_resource_requests_reach_every_task():
+    # The session's instance has 2 CPUs: asking 2 per task leaves room for one task at a time.
+    result = Experiment(numbers, [record], plugins=[RayExecution(num_cpus=2, batch_size=1)]).run(replicates=4)
+    assert result.metrics["baseline"]["replicate"] == [0, 1, 2, 3]
+    with pytest.raises(ConfigurationError, match=re.escape("CPU 3 (cluster total: 2)")):
+        Experiment(numbers, [record], plugins=[RayExecution(num_cpus=3)]).run(replicates=2)
