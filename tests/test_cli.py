@@ -155,3 +155,9 @@ def test_environment_strategy_is_used_by_run(target):
     done = crystallize("run", f"{target}:experiment", env={"CRYSTALLIZE_STRATEGY": "parallel:executor_type='thread'"})
     assert done.returncode == 0, done.stderr
     assert "strategy: parallel" in done.stdout
+
+
+def test_run_a_target_named_by_module(target):
+    done = crystallize("run", "study:build", "-n", "2", env={"PYTHONPATH": str(target.parent)})
+    assert done.returncode == 0, done.stderr
+    assert "replicates: 2" in done.stdout and "double" in done.stdout
