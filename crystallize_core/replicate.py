@@ -147,12 +147,14 @@ class ReplicateRunner:
         if hook is None:
             seed = derive_seed(self.base_seed, replicate)
         else:
+            seed = None
             try:
                 seed = self.seed(replicate)
                 hook.before_replicate(replicate=replicate, seed=seed)
             except Exception as exc:
                 error = self._captured(ReplicateError.from_exception(replicate, None, exc))
-                return ReplicateResult(replicate, derive_seed(self.base_seed, replicate), {}, (error,))
+                fallback = derive_seed(self.base_seed, replicate) if seed is None else seed
+                return ReplicateResult(replicate, fallback, {}, (error,))
 
         metrics: dict[str, dict[str, Any]] = {}
         datasource = self.datasource

@@ -27,6 +27,13 @@ TARGET_TASK_SECONDS = 0.1  # Ray's per-task cost is about a millisecond
 
 _started_here = False
 
+#: How Ray reports a task whose worker process or node went away (after its retries).
+WORKER_LOST = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.OutOfMemoryError,
+)
+
 
 def connect(address: str | None, runtime_env: dict | None) -> bool:
     """Connect to ``address``, ``RAY_ADDRESS``, or a local instance started here.
@@ -215,7 +222,7 @@ class _RayRun:
     def _collect(self, reference: ray.ObjectRef, span: range) -> None:
         try:
             batch, seconds = ray.get(reference)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as died:
+        except WORKER_LOST as died:
             if len(span) > 1:  # which replicate killed it is unknown: run each on its own
                 self.alone.extend(span)
                 return
