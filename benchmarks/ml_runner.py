@@ -57,8 +57,7 @@ class PayloadSource(DataSource):
         self.payload = payload
 
     def fetch(self, ctx):
-        i = ctx.get("replicate", 0)
-        return self.payload[i * 997 % len(self.payload)] + len(self.payload)
+        return workloads.payload_with(self.payload, ctx.get("replicate", 0))
 
 
 def build(workload: str, mode: str, n: int, workers: int, arg: int):

@@ -80,7 +80,7 @@ class PayloadSource:
         self.payload = payload
 
     def __call__(self, ctx):
-        return self.payload[ctx.replicate * 997 % len(self.payload)] + len(self.payload)
+        return payload_with(self.payload, ctx.replicate)
 
 
 def payload_step(data, ctx):
