@@ -10,7 +10,7 @@ from __future__ import annotations
 # module's import time. Type checkers recognise the name.
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "Experiment": "crystallize_core.experiment",
@@ -26,6 +26,10 @@ _EXPORTS = {
     "dumps_replicate_fn": "crystallize_core.replicate",
     "hookimpl": "crystallize_core.hookspecs",
     "hookspec": "crystallize_core.hookspecs",
+    "Capabilities": "crystallize_core.hookspecs",
+    "ReplicateFn": "crystallize_core.hookspecs",
+    "RunView": "crystallize_core.hookspecs",
+    "ExecutorStrategy": "crystallize_core.engine",
     "StrategyInfo": "crystallize_core.discovery",
     "available_strategies": "crystallize_core.discovery",
     "load_strategy": "crystallize_core.discovery",
@@ -44,6 +48,7 @@ _EXPORTS = {
     "StrategyNotFoundError": "crystallize_core.errors",
     "StrategyOptionError": "crystallize_core.errors",
     "StrategySpecError": "crystallize_core.errors",
+    "WorkerLostError": "crystallize_core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -67,6 +72,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from crystallize_core.context import Context, ContextKeyError
     from crystallize_core.discovery import StrategyInfo, available_strategies, load_strategy
+    from crystallize_core.engine import ExecutorStrategy
     from crystallize_core.errors import (
         CheckpointMismatchError,
         ConfigurationError,
@@ -83,9 +89,10 @@ if TYPE_CHECKING:
         StrategyNotFoundError,
         StrategyOptionError,
         StrategySpecError,
+        WorkerLostError,
     )
     from crystallize_core.experiment import Experiment, Pipeline, Treatment
-    from crystallize_core.hookspecs import hookimpl, hookspec
+    from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, hookimpl, hookspec
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
     from crystallize_core.result import ReplicateError, ReplicateResult, Result
     from crystallize_core.seed import SeedPlugin

@@ -2,63 +2,105 @@
 
 pluggy's own first-result call returns the value but not who produced it; the
 core needs the winner to check its answer and to name it in results and
-errors, so it walks the implementations in pluggy's call order itself.
+errors, and must pass over strategies that cannot honour the run's options
+without asking them, so it walks the implementations in pluggy's call order
+itself.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from typing import Any
 
-import pluggy
-
-from crystallize_core.discovery import describe
-from crystallize_core.errors import ExperimentInterrupted, StrategyCapabilityError, StrategyContractError
+from crystallize_core._manager import RunPlugins
+from crystallize_core.discovery import FALLBACK_STRATEGY, describe, identify, load_strategy
+from crystallize_core.errors import (
+    CrystallizeError,
+    ExperimentInterrupted,
+    StrategyCapabilityError,
+    StrategyContractError,
+)
+from crystallize_core.hookspecs import ReplicateFn, RunView, capabilities_of
 from crystallize_core.result import ReplicateResult
+
+logger = logging.getLogger("crystallize")
 
 
 def call_strategies(
-    manager: pluggy.PluginManager,
-    experiment: Any,
-    replicate_fn: Any,
-    expected: Sequence[int],
-    fallback_problem: str | None = None,
-) -> tuple[list, object]:
-    """Ask each ``run_experiment_loop`` implementation in turn; return the first
-    non-None answer, checked against the ``expected`` replicate indices, with
-    the plugin that gave it.
+    plugins: RunPlugins, run: RunView, replicate_fn: ReplicateFn, expected: Sequence[int]
+) -> tuple[list[ReplicateResult], str, str | None]:
+    """Ask each ``run_experiment_loop`` implementation in turn, then the
+    ``serial`` fallback; return the first non-None answer, checked against
+    the ``expected`` replicate indices, with the winner's name and version.
 
-    Raises :class:`StrategyContractError` when every implementation declines
-    or the winner's answer breaks the contract.
+    Implementers that cannot honour the run's options are passed over
+    unasked. Raises :class:`StrategyCapabilityError` when one was passed over
+    and no other answered, :class:`StrategyContractError` when every
+    implementation declined or the winner's answer breaks the contract.
     """
-    arguments = {"experiment": experiment, "replicate_fn": replicate_fn}
-    # get_hookimpls() lists implementations in reverse call order.
-    for impl in reversed(manager.hook.run_experiment_loop.get_hookimpls()):
-        check_capabilities(impl.plugin, experiment)
-        try:
-            answer = impl.function(*[arguments[name] for name in impl.argnames])
-        except ExperimentInterrupted:
-            raise
-        except KeyboardInterrupt as exc:
-            raise ExperimentInterrupted(completed=getattr(exc, "completed", None) or []) from exc
+    passed_over: list[str] = []
+    for impl in plugins.strategies():
+        answer = _ask(impl.plugin, impl.function, impl.argnames, run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, impl.plugin)
-            return answer, impl.plugin
-    if fallback_problem:
-        raise StrategyContractError(
-            f"every strategy declined to run the experiment, and the fallback: {fallback_problem}"
+            _log_unasked(plugins, impl.plugin)
+            _, _, version = identify(impl.plugin)
+            return answer, plugins.name_of(impl.plugin), version
+    try:
+        fallback = load_strategy(FALLBACK_STRATEGY)
+    except CrystallizeError as exc:
+        fallback_problem = f", and the fallback: {exc}"
+    else:
+        fallback_problem = ", the 'serial' fallback included"
+        answer = _ask(
+            fallback, fallback.run_experiment_loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over
         )
-    raise StrategyContractError("every strategy declined to run the experiment, the 'serial' fallback included")
-
-
-def check_capabilities(plugin: object, experiment: Any) -> None:
-    """Refuse, before it runs, a strategy that cannot honour the run's options."""
-    if getattr(experiment, "timeout", None) is not None and not getattr(plugin, "supports_timeout", False):
+        if answer is not None:
+            check_answer(answer, expected, fallback)
+            return answer, FALLBACK_STRATEGY, identify(fallback)[2]
+    if passed_over:
         raise StrategyCapabilityError(
-            f"strategy {describe(plugin)} cannot enforce a per-replicate timeout; run without timeout, "
-            "or choose a strategy that can stop a running replicate, such as "
-            "'parallel' with executor_type='process'"
+            f"no strategy able to honour this run's options answered{fallback_problem}. Passed over: "
+            f"{'; '.join(passed_over)}. Choose a strategy that can, such as 'parallel' with "
+            "executor_type='process' for a timeout, or run without the option"
         )
+    raise StrategyContractError(f"every strategy declined to run the experiment{fallback_problem}")
+
+
+def _ask(plugin, function, argnames, run: RunView, replicate_fn: ReplicateFn, passed_over: list[str]):
+    reason = cannot_honour(plugin, run)
+    if reason is not None:
+        passed_over.append(f"{describe(plugin)} {reason}")
+        logger.info("strategy %s passed over: it %s", describe(plugin), reason)
+        return None
+    arguments = {"experiment": run, "replicate_fn": replicate_fn}
+    try:
+        return function(*[arguments[name] for name in argnames])
+    except ExperimentInterrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        raise ExperimentInterrupted(completed=getattr(exc, "completed", None) or []) from exc
+
+
+def cannot_honour(plugin: object, run: RunView) -> str | None:
+    """Why ``plugin`` cannot honour the options of ``run``, or None if it can."""
+    if run.timeout is not None and not capabilities_of(plugin).timeout:
+        return "cannot enforce a per-replicate timeout"
+    return None
+
+
+def _log_unasked(plugins: RunPlugins, winner: object) -> None:
+    """Name the experiment's own strategies that the strategy chosen for the run overrode."""
+    if winner is not plugins.chosen:
+        return
+    for plugin in plugins.experiment_plugins:
+        if plugin is not winner and plugins.implements(plugin, "run_experiment_loop"):
+            logger.info(
+                "strategy %s in the experiment's plugins was passed over: %r was chosen for this run by %s",
+                describe(plugin),
+                plugins.name_of(winner),
+                plugins.chosen_from,
+            )
 
 
 def check_answer(answer: object, replicates: Sequence[int], plugin: object) -> None:

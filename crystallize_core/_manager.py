@@ -1,4 +1,4 @@
-"""The plugin manager of one run: which plugins take part, in which order."""
+"""The plugins of one run: registered with pluggy under their names, in the order strategies are asked."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import pluggy
 
 from crystallize_core import hookspecs
-from crystallize_core.discovery import describe
+from crystallize_core.discovery import describe, identify
 from crystallize_core.errors import ConfigurationError
+from crystallize_core.replicate import REPLICATE_HOOKS
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
@@ -18,32 +19,80 @@ def new_plugin_manager() -> pluggy.PluginManager:
     return manager
 
 
-def plugin_manager_for_run(plugins: Sequence[object], named: object | None, fallback: object | None):
-    """Register the plugins of one run so that pluggy asks them in selection order.
+class RunPlugins:
+    """The experiment's plugins and the strategy chosen for one run.
 
-    pluggy calls the most recently registered implementation first, so the
-    fallback is registered first and the experiment's first plugin last.
-    Invalid plugins (an unknown hook name, a wrong argument name, a wrapper
-    around ``run_experiment_loop``) are refused here, before any work.
+    Each is registered with pluggy under its name — a strategy's entry-point
+    name, any other plugin's class name, with ``#2``, ``#3`` … for repeats —
+    so that the winner of ``run_experiment_loop`` is known by its
+    registration. pluggy calls the most recently registered implementation
+    first, so the experiment's plugins are registered last to first and the
+    chosen strategy after them. Invalid plugins (an unknown hook name, a
+    wrong argument name, a wrapper around ``run_experiment_loop``, a chosen
+    strategy that implements no strategy hook) are refused here, before any
+    work.
     """
-    manager = new_plugin_manager()
-    ordered = [p for p in (fallback, named) if p is not None] + list(reversed(plugins))
-    for plugin in ordered:
+
+    def __init__(self, plugins: Sequence[object], chosen: tuple[object, str] | None = None):
+        self.manager = new_plugin_manager()
+        self.experiment_plugins = list(plugins)
+        self.chosen, self.chosen_from = chosen if chosen is not None else (None, None)
+        self._names: dict[int, str] = {}
+        for plugin in reversed(self.experiment_plugins):
+            self.register(plugin)
+        if self.chosen is not None and not self.manager.is_registered(self.chosen):
+            self.register(self.chosen)
         try:
-            manager.register(plugin, name=f"{type(plugin).__qualname__}@{id(plugin):x}")
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise ConfigurationError(
+                f"plugin {describe(exc.plugin)} implements a hook Crystallize does not define: {exc}. "
+                "The hooks are listed in crystallize_core.hookspecs."
+            ) from exc
+        if self.chosen is not None and not self.implements(self.chosen, "run_experiment_loop"):
+            raise ConfigurationError(
+                f"{describe(self.chosen)}, chosen as the strategy by {self.chosen_from}, implements no "
+                "run_experiment_loop hook: it cannot run an experiment. Choose a strategy "
+                "(`crystallize strategies` lists them), or add it to Experiment(plugins=[...]) instead"
+            )
+
+    def register(self, plugin: object) -> None:
+        """Register ``plugin`` under its name; refuse it if pluggy does."""
+        name = identify(plugin)[0]
+        unique, repeat = name, 1
+        while self.manager.has_plugin(unique):
+            repeat += 1
+            unique = f"{name}#{repeat}"
+        try:
+            self.manager.register(plugin, name=unique)
         except (ValueError, pluggy.PluginValidationError) as exc:
             raise ConfigurationError(f"plugin {describe(plugin)} cannot be registered: {exc}") from exc
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ConfigurationError(
-            f"plugin {describe(exc.plugin)} implements a hook Crystallize does not define: {exc}. "
-            "The hooks are listed in crystallize_core.hookspecs."
-        ) from exc
-    for impl in manager.hook.run_experiment_loop.get_hookimpls():
-        if impl.hookwrapper or impl.wrapper:
-            raise ConfigurationError(
-                f"plugin {describe(impl.plugin)} wraps run_experiment_loop, which is not supported: "
-                "use the before_run and after_run hooks instead"
-            )
-    return manager
+        for impl in self.manager.hook.run_experiment_loop.get_hookimpls():
+            if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                self.manager.unregister(plugin)
+                raise ConfigurationError(
+                    f"plugin {describe(plugin)} wraps run_experiment_loop, which is not supported: "
+                    "use the before_run and after_run hooks instead"
+                )
+        self._names[id(plugin)] = name
+
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        return self.manager.hook
+
+    def name_of(self, plugin: object) -> str:
+        """The name ``plugin`` is registered under, without a repeat suffix."""
+        return self._names[id(plugin)]
+
+    def implements(self, plugin: object, hook: str) -> bool:
+        return any(impl.plugin is plugin for impl in getattr(self.manager.hook, hook).get_hookimpls())
+
+    def strategies(self) -> list[pluggy.HookImpl]:
+        """The ``run_experiment_loop`` implementations, in the order they are asked."""
+        return list(reversed(self.manager.hook.run_experiment_loop.get_hookimpls()))
+
+    def replicate_plugins(self) -> list[object]:
+        """The plugins that implement a replicate-level hook, experiment's first."""
+        candidates = [*self.experiment_plugins, self.chosen]
+        taking_part = [p for p in candidates if p is not None and any(self.implements(p, h) for h in REPLICATE_HOOKS)]
+        return list({id(p): p for p in taking_part}.values())

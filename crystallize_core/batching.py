@@ -1,18 +1,23 @@
-"""Automatic batching of replicate indices, for strategies that ship work elsewhere.
+"""Automatic batching of replicate positions for the dispatch engine.
 
 Shipping one replicate per task lets messaging dominate tiny replicates;
 shipping many at once leaves workers idle at the end of a run of long ones.
 :class:`BatchSizer` starts at one replicate per batch and, as batches come
 back, sizes the next ones so that each takes about ``target_seconds`` of
-work, in the spirit of joblib's automatic batching, while cutting the run
-into at least ``batches_per_worker`` batches per worker.
+work, as joblib's automatic batching does: the measured time per replicate is
+smoothed over batches, the size at most doubles from one step to the next,
+and the run is cut into at least ``batches_per_worker`` batches per worker so
+that no worker idles at the end.
 """
 
 from __future__ import annotations
 
+#: Weight of the newest measurement in the smoothed time per replicate.
+SMOOTHING = 0.3
+
 
 class BatchSizer:
-    """Hands out consecutive ranges of replicate indices, sized by measured speed."""
+    """Hands out consecutive ranges of replicate positions, sized by measured speed."""
 
     def __init__(
         self,
@@ -30,9 +35,11 @@ class BatchSizer:
         self.share = max(1, total // (max(1, workers) * batches_per_worker))
         self.next_index = 0
         self.size = fixed or 1
+        #: Smoothed seconds per replicate, once a batch has been measured.
+        self.per_replicate: float | None = None
 
     def next_span(self) -> range | None:
-        """The next batch of fresh replicates, or None when all have been handed out."""
+        """The next batch of fresh positions, or None when all have been handed out."""
         if self.next_index >= self.total:
             return None
         span = range(self.next_index, min(self.next_index + self.size, self.total))
@@ -43,6 +50,8 @@ class BatchSizer:
         """A batch of ``replicates`` took ``seconds`` of work where it ran."""
         if self.fixed is not None or replicates <= 0:
             return
-        per_replicate = seconds / replicates
-        ideal = int(self.target_seconds / per_replicate) if per_replicate > 0 else self.max_batch
-        self.size = max(1, min(ideal, self.share, self.max_batch))
+        measured = seconds / replicates
+        previous = self.per_replicate
+        self.per_replicate = measured if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * measured
+        ideal = int(self.target_seconds / self.per_replicate) if self.per_replicate > 0 else self.max_batch
+        self.size = max(1, min(ideal, 2 * self.size, self.share, self.max_batch))

@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--checkpoint", metavar="PATH", help="save each finished replicate to PATH; rerun to resume from it"
     )
-    run.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    run.add_argument(
+        "--no-progress", action="store_true", help="show no progress (a bar on a terminal, plain lines elsewhere)"
+    )
     run.set_defaults(handler=_cmd_run)
     return parser
 
@@ -158,7 +160,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     try:
         result = runnable.run(
-            replicates=args.replicates, strategy=strategy, timeout=args.timeout, checkpoint=args.checkpoint
+            replicates=args.replicates,
+            strategy=strategy,
+            timeout=args.timeout,
+            checkpoint=args.checkpoint,
+            progress=not args.no_progress,
         )
     except ReplicateFailed as failed:
         print(f"crystallize: stopped by --fail-fast: {failed.error}", file=sys.stderr)
@@ -203,23 +209,19 @@ def _chosen_strategy(args: argparse.Namespace) -> object | None:
         parse_value,
         strategy_from_env,
     )
-    from crystallize_core.errors import StrategyOptionError
 
     if args.strategy:
         name, options = parse_strategy_spec(args.strategy)
     else:
         from_env = strategy_from_env()
+        if from_env is None and not args.options:
+            return None  # the experiment's own plugins, then the fallback
         name, options = from_env if from_env else (FALLBACK_STRATEGY, {})
     for item in args.options:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise UsageError(f"malformed option {item!r}: expected -o KEY=VALUE, e.g. -o max_workers=4")
         options[key.strip()] = parse_value(value.strip())
-    if not args.no_progress and "progress" not in options:
-        try:
-            return load_strategy(name, **options, progress=True)
-        except StrategyOptionError:  # no progress option (or another bad one, reported below)
-            pass
     return load_strategy(name, **options)
 
 

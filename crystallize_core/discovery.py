@@ -157,15 +157,22 @@ def available_strategies(load: bool = False) -> list[StrategyInfo]:
     return infos
 
 
+#: Strategy classes loaded from entry points: their name, distribution and version.
+_loaded: dict[type, tuple[str, str | None, str | None]] = {}
+
+
 def _load_class(candidate: _Candidate) -> type:
     info = candidate.info
     try:
-        return candidate.entry_point.load()
+        cls = candidate.entry_point.load()
     except (Exception, SystemExit) as exc:
         raise StrategyLoadError(
             f"strategy {info.name!r} from {info.distribution or 'an unknown distribution'} "
             f"could not be imported from {info.target!r}: {type(exc).__name__}: {exc}"
         ) from exc
+    if isinstance(cls, type):
+        _loaded.setdefault(cls, (info.name, info.distribution, info.version))
+    return cls
 
 
 def _find(name: str) -> _Candidate:
@@ -296,17 +303,21 @@ def strategy_from_env() -> tuple[str, dict[str, Any]] | None:
 
 
 def identify(plugin: object) -> tuple[str, str | None, str | None]:
-    """``(name, distribution, version)`` of a plugin object, for results and error messages.
+    """``(name, distribution, version)`` of a plugin object, for registration and messages.
 
-    A strategy class registered as an entry point is known by its entry
+    A strategy whose class an entry point names is known by the entry
     point's name; any other plugin by its class name and the distribution
     that provides its module, where one does.
     """
     cls = type(plugin)
+    known = _loaded.get(cls)
+    if known is not None:
+        return known
     target = f"{cls.__module__}:{cls.__qualname__}"
     for candidate in _scan():
         if candidate.info.target.replace(" ", "") == target:
-            return candidate.info.name, candidate.info.distribution, candidate.info.version
+            info = candidate.info
+            return info.name, info.distribution, info.version
     distribution = version = None
     top = cls.__module__.partition(".")[0]
     if top in sys.modules and top != "__main__":
@@ -317,8 +328,7 @@ def identify(plugin: object) -> tuple[str, str | None, str | None]:
                 version = metadata.version(distribution)
             except metadata.PackageNotFoundError:
                 version = None
-    name = getattr(plugin, "name", None)
-    return name if isinstance(name, str) and name else cls.__qualname__, distribution, version
+    return cls.__qualname__, distribution, version
 
 
 @lru_cache(maxsize=1)

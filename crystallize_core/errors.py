@@ -59,6 +59,11 @@ class CheckpointMismatchError(ConfigurationError):
     """A checkpoint file belongs to a different experiment or seed."""
 
 
+class WorkerLostError(CrystallizeError):
+    """A worker died and its backend can neither replace it nor rerun its
+    replicates (an executor that was passed in, not made by a factory)."""
+
+
 class ReplicateFailed(CrystallizeError):
     """With ``fail_fast``, the first error inside a replicate.
 
@@ -70,6 +75,9 @@ class ReplicateFailed(CrystallizeError):
         super().__init__(f"{error} (fail_fast stopped the run)\n{error.traceback}".rstrip())
         self.error = error
         self.partial_result = partial_result
+        #: Replicate results a strategy hands to the core; the core turns them
+        #: into ``partial_result``.
+        self.completed: Any = None
 
     def __reduce__(self):
         return (type(self), (self.error,))

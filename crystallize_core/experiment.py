@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from crystallize_core.context import Context
-from crystallize_core.errors import ConfigurationError, ExperimentInterrupted
-from crystallize_core.replicate import REPLICATE_HOOKS, Condition, ReplicateRunner, ReplicateSubset
+from crystallize_core.errors import ConfigurationError, ExperimentInterrupted, ReplicateFailed
+from crystallize_core.replicate import Condition, ReplicateRunner, ReplicateSubset
 from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
 
 
@@ -96,11 +96,9 @@ class Experiment:
                     "select a strategy by name with run(strategy=...) or load_strategy(name)"
                 )
         self.treatments: list[Treatment] = _check_treatments(treatments)
-        #: The replicate count; during ``run()``, how many replicates the strategy must run.
+        #: The default replicate count of ``run()``.
         self.replicates: int = _check_replicates(replicates)
         self.fail_fast: bool = _check_flag("fail_fast", fail_fast)
-        #: During ``run()``, the per-replicate timeout in seconds the strategy must enforce, or None.
-        self.timeout: float | None = None
 
     def run(
         self,
@@ -111,81 +109,85 @@ class Experiment:
         timeout: float | None = None,
         fail_fast: bool | None = None,
         checkpoint: str | os.PathLike | None = None,
+        progress: bool | None = None,
     ) -> Result:
         """Run every replicate for the baseline and each treatment and return the :class:`Result`.
 
         ``strategy`` is a strategy name with options (``"parallel:max_workers=4"``)
-        or a strategy object; it is asked after the experiment's own plugins.
+        or a strategy object; it is asked before the experiment's own plugins.
         Without it, ``CRYSTALLIZE_STRATEGY`` is read.
 
-        ``timeout`` limits each replicate to that many seconds; a strategy that
-        cannot enforce it is refused (:class:`StrategyCapabilityError`).
+        ``timeout`` limits each replicate to that many seconds; strategies that
+        cannot enforce it are passed over, and the run is refused
+        (:class:`StrategyCapabilityError`) when none that can answers.
         ``fail_fast`` stops at the first error inside a replicate and raises
         :class:`ReplicateFailed`; by default errors are captured, logged as they
-        happen, and the run goes on. ``checkpoint`` names a file that receives
-        each finished replicate; rerunning with the same file skips them and
-        returns the same result as an uninterrupted run.
+        happen (a bounded number), and the run goes on. ``checkpoint`` names a
+        file that receives each finished replicate; rerunning with the same
+        file skips them and returns the same result as an uninterrupted run.
+        ``progress`` shows a bar on a terminal (``None``, the default, shows it
+        only there; ``True`` also writes plain lines elsewhere; ``False`` hides it).
 
-        Raises on bad input before any replicate starts. Ctrl-C raises
-        :class:`ExperimentInterrupted` carrying the partial result.
+        The experiment itself is never changed, so one experiment may run in
+        several threads at once. Raises on bad input before any replicate
+        starts. Ctrl-C raises :class:`ExperimentInterrupted` carrying the
+        partial result.
         """
         count = self.replicates if replicates is None else _check_replicates(replicates)
         chosen = self.treatments if treatments is None else _check_treatments(treatments)
         stop_early = self.fail_fast if fail_fast is None else _check_flag("fail_fast", fail_fast)
         _check_timeout(timeout)
+        if progress is not None:
+            _check_flag("progress", progress)
         conditions = [Condition(BASELINE, None, None), *(t.condition() for t in chosen)]
 
         from crystallize_core._callers import call_strategies
-        from crystallize_core._manager import plugin_manager_for_run
-        from crystallize_core.discovery import identify
+        from crystallize_core._manager import RunPlugins
+        from crystallize_core.monitor import Monitor
 
-        named = _named_strategy(strategy)
-        fallback, fallback_problem = _fallback_strategy()
-        manager = plugin_manager_for_run(self.plugins, named, fallback)
-        in_replicates = {id(i.plugin) for hook in REPLICATE_HOOKS for i in getattr(manager.hook, hook).get_hookimpls()}
-        replicate_plugins = [p for p in (*self.plugins, named, fallback) if id(p) in in_replicates]
+        plugins = RunPlugins(self.plugins, _chosen_strategy(strategy))
         runner = ReplicateRunner(
             self.datasource,
             self.pipeline.steps,
             conditions,
-            replicate_plugins,
+            plugins.replicate_plugins(),
             base_seed=secrets.randbits(32),
             fail_fast=stop_early,
         )
         finished: dict[int, ReplicateResult] = {}
+        store = None
         if checkpoint is not None:
             from crystallize_core.checkpoint import Checkpoint, fingerprint
 
-            runner.checkpoint, finished, runner.base_seed = Checkpoint.open(
+            store, finished, runner.base_seed = Checkpoint.open(
                 checkpoint, fingerprint(runner.components()), runner.base_seed
             )
         to_run = [i for i in range(count) if i not in finished] if finished else range(count)
         replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
         names = [c.name for c in conditions]
-
-        saved = self.replicates, self.timeout
-        self.replicates, self.timeout = len(to_run), timeout
+        view = ExperimentRun(self, len(to_run), timeout, stop_early, progress)
+        runner.monitor = Monitor(len(to_run), progress, store)
         try:
-            manager.hook.before_run(experiment=self)
+            plugins.hook.before_run(experiment=view)
             name = version = None
             ran: list[ReplicateResult] = []
             if to_run:
                 try:
-                    ran, winner = call_strategies(manager, self, replicate_fn, to_run, fallback_problem)
-                except ExperimentInterrupted as interrupted:
-                    if interrupted.partial_result is None:
-                        done = [*finished.values(), *(interrupted.completed or ())]
-                        interrupted.partial_result = Result(replicate_results_from(done), names, complete=False)
+                    ran, name, version = call_strategies(plugins, view, replicate_fn, to_run)
+                except (ExperimentInterrupted, ReplicateFailed) as stopped:
+                    if stopped.partial_result is None:
+                        done = [*finished.values(), *(stopped.completed or ())]
+                        stopped.partial_result = Result(replicate_results_from(done), names, complete=False)
                     raise
-                name, _, version = identify(winner)
             if finished:
                 ran = [*ran, *(finished[i] for i in range(count) if i in finished)]
                 ran.sort(key=lambda r: r.replicate)
             result = Result(ran, names, strategy=name, strategy_version=version)
-            manager.hook.after_run(experiment=self, result=result)
+            plugins.hook.after_run(experiment=view, result=result)
             return result
         finally:
-            self.replicates, self.timeout = saved
+            runner.monitor.close()
+            runner.monitor = None
 
     def __repr__(self) -> str:
         return (
@@ -195,28 +197,66 @@ class Experiment:
         )
 
 
-def _named_strategy(strategy: str | object | None) -> object | None:
-    from crystallize_core.discovery import load_strategy, parse_strategy_spec, strategy_from_env
+class ExperimentRun:
+    """One run of an :class:`Experiment`: what a strategy receives as ``experiment``.
+
+    It answers the run's options — ``replicates`` (how many to run now),
+    ``timeout``, ``fail_fast``, ``progress`` — and the experiment's
+    ``plugins``; any other attribute is read from :attr:`experiment`. See
+    :class:`crystallize_core.RunView`.
+    """
+
+    __slots__ = ("experiment", "fail_fast", "progress", "replicates", "timeout")
+
+    def __init__(
+        self, experiment: Experiment, replicates: int, timeout: float | None, fail_fast: bool, progress: bool | None
+    ):
+        self.experiment = experiment
+        self.replicates = replicates
+        self.timeout = timeout
+        self.fail_fast = fail_fast
+        self.progress = progress
+
+    @property
+    def plugins(self) -> tuple[object, ...]:
+        return tuple(self.experiment.plugins)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.experiment, name)
+
+    def __repr__(self) -> str:
+        return (
+            f"ExperimentRun(replicates={self.replicates}, timeout={self.timeout!r}, fail_fast={self.fail_fast}, "
+            f"progress={self.progress!r}, experiment={self.experiment!r})"
+        )
+
+
+def _chosen_strategy(strategy: object) -> tuple[object, str] | None:
+    """The strategy chosen for this run, with where the choice came from."""
+    from crystallize_core.discovery import ENV_STRATEGY, load_strategy, parse_strategy_spec, strategy_from_env
 
     if strategy is None:
         spec = strategy_from_env()
-        return None if spec is None else load_strategy(spec[0], **spec[1])
+        return None if spec is None else (load_strategy(spec[0], **spec[1]), f"the {ENV_STRATEGY} environment variable")
     if isinstance(strategy, str):
         name, options = parse_strategy_spec(strategy)
-        return load_strategy(name, **options)
-    return strategy
+        return load_strategy(name, **options), "run(strategy=...)"
+    if isinstance(strategy, type):
+        raise ConfigurationError(
+            f"strategy must be a name or a strategy object, not the class {strategy.__qualname__}: "
+            f"pass {strategy.__qualname__}() instead"
+        )
+    from concurrent.futures import Executor
 
+    if isinstance(strategy, Executor):
+        from crystallize_core.engine import ExecutorStrategy
 
-def _fallback_strategy() -> tuple[object | None, str | None]:
-    """The ``serial`` strategy, or None and the reason when it is blocked or
-    broken: the run then fails only if every other strategy declines."""
-    from crystallize_core.discovery import FALLBACK_STRATEGY, load_strategy
-    from crystallize_core.errors import CrystallizeError
-
-    try:
-        return load_strategy(FALLBACK_STRATEGY), None
-    except CrystallizeError as exc:
-        return None, str(exc)
+        return ExecutorStrategy(strategy), "run(strategy=...)"
+    if isinstance(strategy, (int, float, bool, bytes, list, tuple, dict, set)):
+        raise ConfigurationError(
+            f"strategy must be a name such as 'parallel:max_workers=4' or a strategy object, got {strategy!r}"
+        )
+    return strategy, "run(strategy=...)"
 
 
 def _check_replicates(replicates: object) -> int:

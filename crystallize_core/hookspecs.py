@@ -1,7 +1,10 @@
 """The hook contract between the core and its plugins.
 
-Every hook a plugin may implement is specified here, and nowhere else. A plugin
-is any object whose methods carry ``@hookimpl``; no base class is needed::
+Every hook a plugin may implement is specified here, and nowhere else, with
+the types of what it receives: :class:`RunView` (the run a strategy is asked
+to drive), :class:`ReplicateFn` (the function that runs one replicate) and
+:class:`Capabilities` (what a strategy can honour). A plugin is any object
+whose methods carry ``@hookimpl``; no base class is needed::
 
     from crystallize_core import hookimpl
 
@@ -16,7 +19,15 @@ specification, in any order; pluggy passes them by name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
 import pluggy
+
+if TYPE_CHECKING:
+    from crystallize_core.experiment import Experiment
+    from crystallize_core.result import ReplicateResult, Result
 
 PROJECT_NAME = "crystallize"
 
@@ -24,60 +35,147 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a strategy can honour, declared as its ``capabilities`` attribute.
+
+    Every flag defaults to False, so a strategy declares only what it does;
+    an unknown flag name is a :class:`TypeError` when the object is built.
+    The core passes over a strategy that cannot honour a run's options (a
+    ``timeout`` needs :attr:`timeout`) and the conformance kit holds each
+    strategy to what it claims. A strategy whose abilities depend on its
+    options (threads or processes) makes ``capabilities`` a property.
+    """
+
+    #: Each replicate is stopped after ``run.timeout`` seconds of running and
+    #: recorded as ``ReplicateTimeout``.
+    timeout: bool = False
+    #: Ctrl-C stops running replicates at once, rather than waiting for them.
+    cancellation: bool = False
+    #: A replicate whose worker dies is run again, alone, and recorded as
+    #: ``WorkerDied`` if it keeps dying; the others are not lost.
+    retries_dead_workers: bool = False
+    #: Replicates run in other processes or machines, so every component must
+    #: pickle; unpicklable ones are reported before any work.
+    ships_work: bool = False
+
+
+#: The capabilities of a plugin that declares none.
+NO_CAPABILITIES = Capabilities()
+
+
+def capabilities_of(strategy: object) -> Capabilities:
+    """The :class:`Capabilities` ``strategy`` declares, or :data:`NO_CAPABILITIES`.
+
+    Raises :class:`TypeError` when its ``capabilities`` attribute is not a
+    :class:`Capabilities`, so that a misspelt declaration is never read as
+    "can do nothing".
+    """
+    declared = getattr(strategy, "capabilities", NO_CAPABILITIES)
+    if not isinstance(declared, Capabilities):
+        raise TypeError(
+            f"{type(strategy).__qualname__}.capabilities must be a crystallize_core.Capabilities, "
+            f"not {type(declared).__name__}"
+        )
+    return declared
+
+
+@runtime_checkable
+class ReplicateFn(Protocol):
+    """What a strategy receives as ``replicate_fn``.
+
+    Calling it runs replicate ``position`` (``0 .. run.replicates - 1``) for
+    the baseline and every treatment and returns its
+    :class:`~crystallize_core.ReplicateResult`. On a resumed run the positions
+    stay ``0 .. n - 1`` and the result carries the replicate's real index.
+    It never raises for an error in the user's datasource or steps (that is
+    captured in the result); it raises
+    :class:`~crystallize_core.ReplicateFailed` under ``fail_fast`` and lets
+    ``KeyboardInterrupt`` through. It pickles whenever the user's components
+    do: a strategy that runs work elsewhere pickles it once
+    (:func:`crystallize_core.dumps_replicate_fn`) and ships only positions.
+    """
+
+    def __call__(self, position: int) -> ReplicateResult: ...
+
+    def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
+        """The result to record for a replicate that could not run: its worker
+        died (``"WorkerDied"``) or it ran past its timeout (``"ReplicateTimeout"``)."""
+        ...
+
+
+@runtime_checkable
+class RunView(Protocol):
+    """What a strategy receives as ``experiment``: one run of an experiment.
+
+    A run never changes the user's :class:`~crystallize_core.Experiment`; its
+    options live here, so two runs of one experiment at once do not interfere.
+    """
+
+    #: How many replicates to run: call ``replicate_fn(0 .. replicates - 1)``.
+    replicates: int
+    #: Seconds each replicate may run, or None; only asked of strategies with
+    #: ``Capabilities.timeout``.
+    timeout: float | None
+    #: Whether the first error inside a replicate stops the run.
+    fail_fast: bool
+    #: Whether to show progress (a bar on a terminal, plain lines elsewhere).
+    progress: bool
+    #: The experiment's plugins, in the order given.
+    plugins: Sequence[object]
+    #: The experiment being run (read it; never change it).
+    experiment: Experiment
+
+
 @hookspec(firstresult=True)
-def run_experiment_loop(experiment, replicate_fn):
+def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult] | None:
     """Run replicates ``0 .. experiment.replicates - 1`` and return their results.
 
     This is the execution strategy's hook. The implementers are asked in this
     order, and the first to return something other than ``None`` wins; none
     after it is asked:
 
-    1. the plugins given to ``Experiment(plugins=[...])``, in list order;
-    2. the strategy chosen by name (``Experiment.run(strategy=...)``, the
-       ``CRYSTALLIZE_STRATEGY`` environment variable or ``crystallize run
-       --strategy``);
+    1. the strategy chosen for this run (``Experiment.run(strategy=...)``,
+       ``crystallize run --strategy`` or the ``CRYSTALLIZE_STRATEGY``
+       environment variable): the most specific choice comes first;
+    2. the plugins given to ``Experiment(plugins=[...])``, in list order;
     3. the fallback: the strategy registered under the name ``serial``.
 
-    ``replicate_fn(i)`` runs replicate ``i`` for the baseline and every
-    treatment and returns its :class:`~crystallize_core.ReplicateResult`. It
-    never raises for an error inside the user's datasource or steps: such
-    errors are captured in the result. It is picklable whenever the user's
-    components are, so a strategy that runs work in other processes pickles it
-    once (:func:`crystallize_core.dumps_replicate_fn`) and ships only indices.
+    An implementer that cannot honour the run's options (see
+    :class:`Capabilities`) is passed over without being asked, and the run is
+    refused only when no implementer able to honour them answered.
 
     Return a list of exactly ``experiment.replicates`` results, the result of
-    replicate ``i`` at position ``i``, and do not touch the list afterwards.
-    The core checks this and raises
-    :class:`~crystallize_core.StrategyContractError`, naming the strategy,
-    when it does not hold. Return ``None`` to decline and let the next
-    implementer run the experiment.
+    position ``i`` at index ``i``, and do not touch the list afterwards; the
+    core checks this and raises
+    :class:`~crystallize_core.StrategyContractError`, naming the strategy.
+    Return ``None`` to decline and let the next implementer run it.
 
-    When Ctrl-C (``KeyboardInterrupt``) arrives, stop promptly, leave no
-    worker behind, and re-raise it with the results finished so far in its
-    ``completed`` attribute (a list of replicate results, in any order), or
-    raise :class:`~crystallize_core.ExperimentInterrupted` with
-    ``completed=...``; the caller receives ``ExperimentInterrupted`` carrying
-    the partial :class:`~crystallize_core.Result`.
+    A strategy that runs replicates anywhere but the calling thread should
+    hand them to :func:`crystallize_core.engine.drive` with a backend, which
+    owns batching, order, progress, faults, timeouts, fail-fast and Ctrl-C.
+    One that loops itself must, on Ctrl-C, stop promptly, leave no worker
+    behind and re-raise the ``KeyboardInterrupt`` with the finished results
+    in its ``completed`` attribute; and let ``ReplicateFailed`` propagate.
     """
 
 
 @hookspec
-def before_run(experiment):
+def before_run(experiment: RunView) -> None:
     """Called in the calling process once before the strategy is asked.
 
-    ``experiment.replicates`` is already set. An exception raised here stops
-    the run before any replicate starts.
+    An exception raised here stops the run before any replicate starts.
     """
 
 
 @hookspec
-def after_run(experiment, result):
+def after_run(experiment: RunView, result: Result) -> None:
     """Called in the calling process with the finished
     :class:`~crystallize_core.Result`, after the strategy returned."""
 
 
 @hookspec(firstresult=True)
-def replicate_seed(replicate):
+def replicate_seed(replicate: int) -> int | None:
     """Return the seed of replicate ``replicate``, or ``None`` to pass.
 
     Called where the replicate runs (possibly another process). The same seed
@@ -88,7 +186,7 @@ def replicate_seed(replicate):
 
 
 @hookspec
-def before_replicate(replicate, seed):
+def before_replicate(replicate: int, seed: int) -> None:
     """Called where the replicate runs, before its first condition.
 
     An exception raised here is recorded in the replicate's errors (with
@@ -97,7 +195,7 @@ def before_replicate(replicate, seed):
 
 
 @hookspec
-def after_replicate(replicate, result):
+def after_replicate(replicate: int, result: ReplicateResult) -> None:
     """Called where the replicate runs, with its
     :class:`~crystallize_core.ReplicateResult`, after its last condition.
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from os import getpid as _getpid
+from typing import TYPE_CHECKING, Any
 
 from crystallize_core.context import Context
 from crystallize_core.errors import NotPicklableError
 from crystallize_core.result import ReplicateError, ReplicateResult
+
+if TYPE_CHECKING:
+    from crystallize_core.monitor import Monitor
 
 _MASK64 = (1 << 64) - 1
 # NamedTuple's generated __new__ is Python code; tuple.__new__ skips it on the hot path.
@@ -71,7 +75,6 @@ class ReplicateRunner:
         plugins: Sequence[object] = (),
         base_seed: int = 0,
         fail_fast: bool = False,
-        checkpoint: Any = None,
     ):
         self.datasource = datasource
         self.steps = tuple(steps)
@@ -80,8 +83,10 @@ class ReplicateRunner:
         self.base_seed = base_seed
         #: Raise :class:`ReplicateFailed` at the first captured error instead of continuing.
         self.fail_fast = fail_fast
-        #: A :class:`~crystallize_core.checkpoint.Checkpoint` that receives each finished replicate.
-        self.checkpoint = checkpoint
+        #: The driver's :class:`~crystallize_core.monitor.Monitor`, told of each
+        #: replicate this function finishes in the driver process. It stays
+        #: behind when the function is pickled, and is silent in forked workers.
+        self.monitor: Monitor | None = None
         self._hook = self._relay(self.plugins)
 
     @staticmethod
@@ -96,20 +101,11 @@ class ReplicateRunner:
         return manager.hook
 
     def __getstate__(self):
-        return (
-            self.datasource,
-            self.steps,
-            self.conditions,
-            self.plugins,
-            self.base_seed,
-            self.fail_fast,
-            self.checkpoint,
-        )
+        return (self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast)
 
     def __setstate__(self, state):
-        self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast, self.checkpoint = (
-            state
-        )
+        self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast = state
+        self.monitor = None
         self._hook = self._relay(self.plugins)
 
     def components(self) -> Iterator[tuple[str, object]]:
@@ -139,9 +135,28 @@ class ReplicateRunner:
         or a replicate past its timeout. Call it where the run is driven.
         """
         error = ReplicateError(replicate, None, exc_type, message, "")
-        return ReplicateResult(replicate, self.seed(replicate), {}, (error,))
+        return self._report(ReplicateResult(replicate, self.seed(replicate), {}, (error,)))
+
+    def record(self, results: Sequence[ReplicateResult]) -> None:
+        """Tell the driver of results that finished in another process.
+
+        The dispatch engine calls this with each batch that comes back; results
+        of calls made in the driver process are recorded by the call itself.
+        """
+        monitor = self.monitor
+        if monitor is not None and monitor.pid == _getpid():
+            monitor.finished(results)
+
+    def _report(self, result: ReplicateResult) -> ReplicateResult:
+        monitor = self.monitor
+        if monitor is not None and monitor.pid == _getpid():
+            monitor.finished((result,))
+        return result
 
     def __call__(self, replicate: int) -> ReplicateResult:
+        return self._report(self._run(replicate))
+
+    def _run(self, replicate: int) -> ReplicateResult:
         hook = self._hook
         errors: list[ReplicateError] = []
         if hook is None:
@@ -179,15 +194,10 @@ class ReplicateRunner:
             except Exception as exc:
                 error = self._captured(ReplicateError.from_exception(replicate, None, exc))
                 result = result._replace(errors=(*errors, error))
-        if self.checkpoint is not None:
-            self.checkpoint.append(result)
         return result
 
     def _captured(self, error: ReplicateError) -> ReplicateError:
-        """Report a captured error as it happens; with fail_fast, stop the run with it."""
-        import logging
-
-        logging.getLogger("crystallize").warning("%s", error)
+        """With fail_fast, stop the run at a captured error."""
         if self.fail_fast:
             from crystallize_core.errors import ReplicateFailed
 
@@ -211,6 +221,9 @@ class ReplicateSubset:
 
     def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
         return self.runner.error_result(self.replicates[position], exc_type, message)
+
+    def record(self, results: Sequence[ReplicateResult]) -> None:
+        self.runner.record(results)
 
     def components(self) -> Iterator[tuple[str, object]]:
         return self.runner.components()

@@ -57,3 +57,34 @@ class SeedPlugin:
 
     def __repr__(self) -> str:
         return f"SeedPlugin(seed={self.seed}, auto_seed={self.auto_seed}, seed_fn={self.seed_fn!r})"
+
+
+def warn_if_seeding_globally(plugins: object, where: str) -> None:
+    """Warn, at the user's call, when a plugin seeds global random state that
+    replicates running at once in one process would share (``where`` names
+    the way they run, e.g. ``"executor_type='thread'"``)."""
+    if not any(getattr(plugin, "seeds_global_state", False) for plugin in plugins):  # type: ignore[attr-defined]
+        return
+    import warnings
+
+    from crystallize_core.errors import ReproducibilityWarning
+
+    warnings.warn(
+        f"SeedPlugin seeds the global random state (random, NumPy), which replicates running at once under "
+        f"{where} share, so draws from it are not reproducible. Draw from ctx.rng instead and create "
+        "SeedPlugin(seed=..., auto_seed=False), or run replicates in processes.",
+        ReproducibilityWarning,
+        stacklevel=_user_stacklevel(),
+    )
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the innermost frame outside Crystallize and pluggy,
+    so that a warning points at the user's code."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith(("crystallize_", "pluggy")):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2

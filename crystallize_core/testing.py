@@ -36,7 +36,7 @@ from crystallize_core.errors import (
     StrategyCapabilityError,
 )
 from crystallize_core.experiment import Experiment, Treatment
-from crystallize_core.hookspecs import hookimpl
+from crystallize_core.hookspecs import Capabilities, capabilities_of, hookimpl
 from crystallize_core.result import Result
 from crystallize_core.seed import SeedPlugin
 
@@ -190,18 +190,23 @@ class KillWorkerOn:
     """A step that kills the process running it, in the given replicates:
     ``"exit"`` calls ``os._exit(1)``, ``"kill"`` sends itself SIGKILL, and
     ``"once"`` exits only the first time (it leaves a marker file), to test a
-    retry that succeeds."""
+    retry that succeeds. It never kills the process ``driver`` (the test's
+    own): there it raises instead, so a strategy that runs replicates in the
+    calling process fails the check rather than ending the test session."""
 
-    def __init__(self, how: dict[int, str], marker_dir: str = ""):
+    def __init__(self, how: dict[int, str], marker_dir: str = "", driver: int | None = None):
         self.how = dict(how)
         self.marker_dir = marker_dir
+        self.driver = os.getpid() if driver is None else driver
 
     def __call__(self, data, ctx):
         how = self.how.get(ctx.replicate)
+        if how is not None and os.getpid() == self.driver:
+            raise RuntimeError("KillWorkerOn refused to kill the driver process: the replicate ran in it")
         if how == "exit":
             os._exit(1)
         if how == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
         if how == "once":
             marker = Path(self.marker_dir) / f"died-{ctx.replicate}"
             if not marker.exists():
@@ -210,19 +215,33 @@ class KillWorkerOn:
         return data
 
 
-def live_child_processes() -> list[int]:
-    """Process ids of this process's living (not zombie) children, from /proc."""
-    me, children = os.getpid(), []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
+#: Processes a Python interpreter starts for its own use, not a strategy's workers.
+_INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "resource_tracker")
+
+
+def live_child_processes() -> set[int]:
+    """Process ids of this process's living descendants, except the helper
+    processes ``multiprocessing`` keeps for the interpreter (psutil)."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = " ".join(child.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if int(fields[1]) == me and fields[0] != "Z":
-            children.append(int(entry.name))
-    return children
+        if not any(helper in command for helper in _INTERPRETER_HELPERS):
+            found.add(child.pid)
+    return found
+
+
+def live_threads() -> set[int]:
+    """Identifiers of this process's running threads."""
+    import threading
+
+    return {thread.ident for thread in threading.enumerate() if thread.ident is not None and thread.is_alive()}
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
@@ -249,8 +268,6 @@ class Decliner:
 
 class Recorder:
     """A strategy that runs replicates in a plain loop and remembers being asked."""
-
-    name = "recorder"
 
     def __init__(self):
         self.asked = 0
@@ -286,15 +303,23 @@ class _KeepAnswer:
 
 # --- the kit -------------------------------------------------------------------
 
+#: Seconds a check that can hang or kill may run before the watchdog ends the
+#: test session with every thread's traceback (faulthandler), instead of a
+#: silent hang in CI.
+WATCHDOG_SECONDS = 300
+
 
 class StrategyConformance:
     """Checks every strategy must pass. Subclass it as ``Test<Something>``.
 
     Set :attr:`strategy_name` to the name the strategy is registered under
-    (checked against ``Result.strategy``), and implement :meth:`make_strategy`.
+    (its entry point's name, or its class name if it has none), and implement
+    :meth:`make_strategy`. Checks that do not apply to what the strategy
+    declares in its :class:`~crystallize_core.Capabilities` are skipped,
+    with the reason; every failure names the strategy and says what it did.
     """
 
-    #: The entry point name the strategy is registered under, or None to skip that check.
+    #: The name the strategy is registered under (checked against ``Result.strategy``).
     strategy_name: str | None = None
     #: Replicates used by the checks that need "many".
     many_replicates: int = 60
@@ -310,14 +335,44 @@ class StrategyConformance:
     # helpers ----------------------------------------------------------------
 
     def scratch(self) -> Path:
-        """A fresh folder, removed when the test class is done."""
+        """A fresh folder, removed when the test is done."""
         folder = Path(tempfile.mkdtemp(prefix="crystallize-kit-"))
         self.__dict__.setdefault("_scratch", []).append(folder)
         return folder
 
+    def setup_method(self, method: Callable | None = None) -> None:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
+
     def teardown_method(self, method: Callable | None = None) -> None:
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
         for folder in self.__dict__.pop("_scratch", []):
             shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def label(self) -> str:
+        return self.strategy_name or type(self.make_strategy()).__qualname__
+
+    def fail(self, what: str) -> None:
+        """Fail the check, naming the strategy under test."""
+        raise AssertionError(f"strategy {self.label!r}: {what}")
+
+    def expect(self, condition: bool, what: str) -> None:
+        if not condition:
+            self.fail(what)
+
+    def capabilities(self) -> Capabilities:
+        return capabilities_of(self.make_strategy())
+
+    def requires(self, capability: str) -> None:
+        """Skip the check unless the strategy declares ``capability``."""
+        import pytest
+
+        if not getattr(self.capabilities(), capability):
+            pytest.skip(f"the strategy does not declare Capabilities({capability}=True)")
 
     def experiment(self, steps=(record,), datasource=numbers, plugins=(), **kwargs) -> Experiment:
         """An experiment with a baseline and one treatment named ``treated``."""
@@ -329,14 +384,34 @@ class StrategyConformance:
             **kwargs,
         )
 
-    def run_with_strategy(self, experiment: Experiment, replicates: int, strategy: object | None = None):
+    def run_with_strategy(self, experiment: Experiment, replicates: int, strategy: object | None = None, **options):
+        """Run ``experiment`` with the strategy under test as its only strategy plugin."""
         experiment.plugins.append(strategy if strategy is not None else self.make_strategy())
-        return experiment.run(replicates=replicates)
+        return experiment.run(replicates=replicates, **options)
 
     def assert_strategy_ran(self, result) -> None:
-        if self.strategy_name is not None:
-            assert result.strategy == self.strategy_name, (
-                f"expected strategy {self.strategy_name!r} to run the experiment, but {result.strategy!r} did"
+        if self.strategy_name is not None and result.strategy != self.strategy_name:
+            self.fail(f"declined or was passed over: {result.strategy!r} ran the experiment instead")
+
+    def assert_strategy_runs(self) -> None:
+        """Before a check that kills or hangs: prove the strategy under test is the one running."""
+        result = self.run_with_strategy(self.experiment(), 2)
+        if self.strategy_name is None:
+            return
+        self.assert_strategy_ran(result)
+
+    def assert_nothing_left(self, processes: set[int], threads: set[int]) -> None:
+        """Every process and thread started since the snapshot has ended."""
+        gone = wait_until(
+            lambda: not (live_child_processes() - processes) and not (live_threads() - threads), seconds=10
+        )
+        if not gone:
+            import threading
+
+            names = [t.name for t in threading.enumerate() if t.ident in live_threads() - threads]
+            self.fail(
+                f"left processes {sorted(live_child_processes() - processes)} and threads {names} running "
+                "after the run ended"
             )
 
     # checks -----------------------------------------------------------------
@@ -345,87 +420,122 @@ class StrategyConformance:
         n = 12
         result = self.run_with_strategy(self.experiment(steps=[DelayEarlyReplicates(), record]), n)
         self.assert_strategy_ran(result)
-        assert [r.replicate for r in result.replicate_results] == list(range(n)), "results out of replicate order"
+        order = [r.replicate for r in result.replicate_results]
+        self.expect(order == list(range(n)), f"returned replicates in the order {order}")
         for condition in ("baseline", "treated"):
-            assert result.metrics[condition]["replicate"] == list(range(n)), (
-                f"{condition}: metrics are not in replicate order: {result.metrics[condition]['replicate']}"
-            )
-        assert result.errors == []
+            got = result.metrics[condition]["replicate"]
+            self.expect(got == list(range(n)), f"{condition} metrics are not in replicate order: {got}")
+        self.expect(result.errors == [], f"errors where none were expected: {result.errors}")
 
     def test_each_replicate_runs_exactly_once(self):
         log = self.scratch() / "runs.txt"
         n = self.many_replicates
         result = self.run_with_strategy(self.experiment(steps=[RecordRuns(str(log)), record]), n)
         runs = Counter(log.read_text().splitlines())
-        expected = {f"{i} {c}": 1 for i in range(n) for c in ("baseline", "treated")}
-        assert dict(runs) == expected, f"runs that were not exactly once: {dict(runs - Counter(expected))}"
-        assert result.replicates == n
+        expected = Counter({f"{i} {c}": 1 for i in range(n) for c in ("baseline", "treated")})
+        self.expect(runs == expected, f"ran these not exactly once: {dict((runs - expected) + (expected - runs))}")
+        self.expect(result.replicates == n, f"returned {result.replicates} of {n} replicates")
 
     def test_a_single_replicate(self):
         result = self.run_with_strategy(self.experiment(), 1)
         self.assert_strategy_ran(result)
-        assert result.metrics["baseline"]["replicate"] == [0]
-        assert len(result.seeds) == 1
+        self.expect(result.metrics["baseline"]["replicate"] == [0], f"one replicate gave {result.metrics}")
+        self.expect(len(result.seeds) == 1, f"one replicate gave seeds {result.seeds}")
 
     def test_many_replicates(self):
         n = self.many_replicates * 5
         result = self.run_with_strategy(self.experiment(), n)
-        assert result.metrics["treated"]["replicate"] == list(range(n))
+        got = result.metrics["treated"]["replicate"]
+        self.expect(got == list(range(n)), f"{n} replicates came back as {got[:10]}...")
 
     def test_wins_after_a_declining_plugin_and_stops_the_search(self):
         before, after = Decliner(), Recorder()
-        experiment = self.experiment(plugins=[before, self.make_strategy(), after])
-        result = experiment.run(replicates=3)
+        result = self.experiment(plugins=[before, self.make_strategy(), after]).run(replicates=3)
         self.assert_strategy_ran(result)
-        assert before.asked == 1, "a plugin listed before the strategy was not asked first"
-        assert after.asked == 0, "a plugin listed after the winning strategy was asked"
+        self.expect(before.asked == 1, "a plugin listed before the strategy was not asked first")
+        self.expect(after.asked == 0, "a plugin listed after the winning strategy was asked")
+
+    def test_chosen_for_the_run_comes_before_the_experiments_plugins(self):
+        own = Recorder()
+        result = self.experiment(plugins=[own]).run(replicates=3, strategy=self.make_strategy())
+        self.assert_strategy_ran(result)
+        self.expect(own.asked == 0, "the experiment's own strategy was asked before the one chosen for the run")
 
     def test_declining_passes_on(self):
+        import pytest
+
         declining = self.make_declining_strategy()
         if declining is None:
-            return  # this strategy never declines
+            pytest.skip("make_declining_strategy() returns None: the strategy never declines")
         after = Recorder()
         result = self.experiment(plugins=[declining, after]).run(replicates=3)
-        assert result.strategy == "recorder", f"the next implementer did not run the experiment: {result.strategy!r}"
-        assert after.asked == 1
+        self.expect(result.strategy == "Recorder", f"did not pass on when declining: {result.strategy!r} ran")
+        self.expect(after.asked == 1, "the next implementer was not asked")
 
     def test_errors_inside_replicates_are_captured(self):
-        failing = frozenset({1, 3})
-        steps = [record, FailOn(failing), FailOn(frozenset({4}), unpicklable=True)]
+        steps = [record, FailOn(frozenset({1, 3})), FailOn(frozenset({4}), unpicklable=True)]
         result = self.run_with_strategy(self.experiment(steps=steps), 6)
         got = sorted((e.replicate, e.condition, e.exc_type) for e in result.errors)
-        assert got == [
-            (1, "treated", "ValueError"),
-            (3, "treated", "ValueError"),
-            (4, "treated", "crystallize_core.testing.UnpicklableError"),
-        ], got
+        self.expect(
+            got
+            == [
+                (1, "treated", "ValueError"),
+                (3, "treated", "ValueError"),
+                (4, "treated", "crystallize_core.testing.UnpicklableError"),
+            ],
+            f"captured errors {got}",
+        )
         unpicklable = next(e for e in result.errors if e.replicate == 4)
-        assert unpicklable.message == "cannot travel 4"
-        assert "UnpicklableError" in unpicklable.traceback
-        assert result.metrics["baseline"]["replicate"] == list(range(6)), "a failure lost other conditions' results"
-        assert result.metrics["treated"]["replicate"][0] == 0 and result.metrics["treated"]["replicate"][1] is None
+        self.expect(unpicklable.message == "cannot travel 4", f"error message {unpicklable.message!r}")
+        self.expect("UnpicklableError" in unpicklable.traceback, "the traceback of an error was lost")
+        self.expect(
+            result.metrics["baseline"]["replicate"] == list(range(6)), "a failure lost other conditions' results"
+        )
+        treated = result.metrics["treated"]["replicate"]
+        self.expect(treated[0] == 0 and treated[1] is None, f"treated metrics {treated}")
 
     def test_result_list_is_not_touched_after_return(self):
         keeper = _KeepAnswer(self.make_strategy())
-        experiment = self.experiment(steps=[DelayEarlyReplicates(), record], plugins=[keeper])
-        experiment.run(replicates=10)
-        snapshot = list(keeper.answer)
+        self.experiment(steps=[DelayEarlyReplicates(), record], plugins=[keeper]).run(replicates=10)
+        snapshot = list(keeper.answer or [])
         time.sleep(0.3)  # room for anything still running in the background to touch it
-        assert keeper.answer == snapshot and all(a is b for a, b in zip(keeper.answer, snapshot)), (
-            "the strategy changed its answer after returning it"
+        self.expect(
+            keeper.answer == snapshot and all(a is b for a, b in zip(keeper.answer or [], snapshot)),
+            "changed its answer after returning it",
         )
 
+    def test_the_experiment_is_not_changed_and_two_runs_at_once_agree(self):
+        import threading
+
+        experiment = self.experiment(plugins=[SeedPlugin(seed=3, auto_seed=False), self.make_strategy()])
+        before = (experiment.replicates, list(experiment.plugins), list(experiment.treatments))
+        results: dict[int, Any] = {}
+
+        def run(replicates: int) -> None:
+            results[replicates] = experiment.run(replicates=replicates)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in (5, 9)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.expect(sorted(results) == [5, 9], f"concurrent runs returned {sorted(results)}")
+        for n, result in results.items():
+            self.expect(result.metrics["baseline"]["replicate"] == list(range(n)), f"a {n}-replicate run interfered")
+        self.expect(results[5].seeds == results[9].seeds[:5], "two runs with one seed gave different seeds")
+        after = (experiment.replicates, list(experiment.plugins), list(experiment.treatments))
+        self.expect(after == before, "running changed the experiment")
+
     def test_experiment_is_unpickled_at_most_once_per_worker(self):
+        self.requires("ships_work")
         log = self.scratch() / "unpickles.txt"
         log.touch()
         n = 40
         result = self.run_with_strategy(self.experiment(datasource=CountUnpickles(str(log))), n)
-        assert result.errors == []
+        self.expect(result.errors == [], f"errors {result.errors}")
         per_process = Counter(log.read_text().split())
-        assert all(count == 1 for count in per_process.values()), (
-            f"unpickled more than once in a process: {per_process}"
-        )
-        assert sum(per_process.values()) < n, f"the experiment was unpickled {sum(per_process.values())} times"
+        self.expect(all(c == 1 for c in per_process.values()), f"unpickled more than once in a process: {per_process}")
+        self.expect(sum(per_process.values()) < n, f"unpickled the experiment {sum(per_process.values())} times")
 
     def test_same_seed_same_metrics_as_serial(self):
         def experiment():
@@ -434,26 +544,24 @@ class StrategyConformance:
         expected = experiment().run(replicates=8, strategy="serial")
         result = self.run_with_strategy(experiment(), 8)
         self.assert_strategy_ran(result)
-        assert result.seeds == expected.seeds
-        assert result.metrics == expected.metrics
+        self.expect(result.seeds == expected.seeds, f"seeds {result.seeds}, serial gave {expected.seeds}")
+        self.expect(result.metrics == expected.metrics, "metrics differ from serial's for the same seed")
 
     def test_unpicklable_component_is_named_before_any_work(self):
-        strategy = self.make_strategy()
-        if not getattr(strategy, "ships_work", False):
-            return  # runs in this process: nothing needs pickling
+        self.requires("ships_work")
         log = self.scratch() / "runs.txt"
         experiment = self.experiment(steps=[RecordRuns(str(log)), lambda data, ctx: data])
         try:
-            self.run_with_strategy(experiment, 4, strategy)
+            self.run_with_strategy(experiment, 4)
         except NotPicklableError as exc:
-            assert "<lambda>" in str(exc), f"the error does not name the step: {exc}"
+            self.expect("<lambda>" in str(exc), f"the pickling error does not name the step: {exc}")
         else:
-            raise AssertionError("a lambda step was shipped to another process without a NotPicklableError")
-        assert not log.exists(), "replicates started before the pickling error was raised"
+            self.fail("shipped a lambda step without raising NotPicklableError")
+        self.expect(not log.exists(), "started replicates before reporting the pickling error")
 
     def test_ctrl_c_stops_promptly_with_the_finished_replicates(self):
         n = 40
-        existing = set(live_child_processes())
+        processes, threads = live_child_processes(), live_threads()
         marker = str(self.scratch() / "interrupted")
         experiment = self.experiment(steps=[SleepEach(0.1), record, InterruptAfter(3, os.getpid(), marker)])
         try:
@@ -461,78 +569,112 @@ class StrategyConformance:
         except ExperimentInterrupted as interrupted:
             partial = interrupted.partial_result
         else:
-            raise AssertionError("Ctrl-C did not stop the run")
-        assert isinstance(partial, Result) and not partial.complete
-        assert 0 < partial.replicates < n, f"{partial.replicates} of {n} replicates finished: not stopped promptly"
-        assert [r.replicate for r in partial.replicate_results] == sorted(
-            r.replicate for r in partial.replicate_results
+            self.fail("kept running after Ctrl-C")
+        self.expect(isinstance(partial, Result) and not partial.complete, f"partial result {partial!r}")
+        self.expect(
+            0 < partial.replicates < n, f"{partial.replicates} of {n} replicates finished: not stopped promptly"
         )
-        assert all(v is not None for v in partial.metrics["baseline"]["replicate"])
-        assert wait_until(lambda: not set(live_child_processes()) - existing), (
-            f"processes left behind: {set(live_child_processes()) - existing}"
-        )
+        order = [r.replicate for r in partial.replicate_results]
+        self.expect(order == sorted(order), f"partial result out of order: {order}")
+        self.expect(all(v is not None for v in partial.metrics["baseline"]["replicate"]), "partial result has holes")
+        self.assert_nothing_left(processes, threads)
+
+    def test_ctrl_c_stops_running_replicates_at_once(self):
+        self.requires("cancellation")
+        self.assert_strategy_runs()
+        processes, threads = live_child_processes(), live_threads()
+        marker = str(self.scratch() / "interrupted")
+        steps = [SleepOn(frozenset({0}), 30.0), record, InterruptAfter(2, os.getpid(), marker)]
+        began = time.monotonic()
+        try:
+            self.run_with_strategy(self.experiment(steps=steps), 8)
+        except ExperimentInterrupted as interrupted:
+            partial = interrupted.partial_result
+        else:
+            self.fail("kept running after Ctrl-C")
+        self.expect(time.monotonic() - began < 20, "waited for a replicate sleeping 30 s despite cancellation")
+        self.expect(0 not in {r.replicate for r in partial.replicate_results}, "replicate 0 cannot have finished")
+        self.assert_nothing_left(processes, threads)
 
     def test_fail_fast_stops_at_the_first_error(self):
         n = 30
         log = self.scratch() / "runs.txt"
         steps = [SleepEach(0.05), RecordRuns(str(log)), FailOn(frozenset(range(n)))]
-        experiment = self.experiment(steps=steps, fail_fast=True)
         try:
-            self.run_with_strategy(experiment, n)
+            self.run_with_strategy(self.experiment(steps=steps, fail_fast=True), n)
         except ReplicateFailed as failed:
             error = failed.error
         else:
-            raise AssertionError("fail_fast did not raise ReplicateFailed")
-        assert (error.condition, error.exc_type) == ("treated", "ValueError")
-        assert "failing on purpose" in error.traceback
+            self.fail("fail_fast did not raise ReplicateFailed")
+        self.expect((error.condition, error.exc_type) == ("treated", "ValueError"), f"raised for {error}")
+        self.expect("failing on purpose" in error.traceback, "the traceback of the error was lost")
         started = {line.split()[0] for line in log.read_text().splitlines()}
-        assert len(started) < n, "fail_fast did not cancel the pending replicates"
+        self.expect(len(started) < n, "fail_fast did not cancel the pending replicates")
 
-    def test_a_timeout_is_enforced_or_refused(self):
-        strategy = self.make_strategy()
-        steps = [SleepOn(frozenset({1}), 60.0), record]
-        if not getattr(strategy, "supports_timeout", False):
-            try:
-                self.experiment(steps=steps, plugins=[strategy]).run(replicates=3, timeout=1.0)
-            except StrategyCapabilityError:
-                return
-            raise AssertionError("a strategy without supports_timeout accepted a timeout")
-        existing = set(live_child_processes())
-        result = self.experiment(steps=steps, plugins=[strategy]).run(replicates=4, timeout=1.0)
-        (error,) = result.errors
-        assert (error.replicate, error.exc_type) == (1, "ReplicateTimeout"), error
-        assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3]
-        assert wait_until(lambda: not set(live_child_processes()) - existing)
+    def test_a_timeout_is_enforced(self):
+        self.requires("timeout")
+        self.assert_strategy_runs()
+        processes, threads = live_child_processes(), live_threads()
+        steps = [SleepOn(frozenset({1}), 10.0), record]
+        result = self.experiment(steps=steps, plugins=[self.make_strategy()]).run(replicates=4, timeout=2.0)
+        got = [(e.replicate, e.exc_type) for e in result.errors]
+        self.expect(got == [(1, "ReplicateTimeout")], f"a replicate past its timeout gave errors {got}")
+        self.expect(
+            result.metrics["baseline"]["replicate"] == [0, None, 2, 3], "a timeout lost other replicates' results"
+        )
+        self.assert_nothing_left(processes, threads)
+
+    def test_a_timeout_it_cannot_enforce_is_refused(self):
+        import pytest
+
+        if self.capabilities().timeout:
+            pytest.skip("the strategy declares Capabilities(timeout=True)")
+        log = self.scratch() / "runs.txt"
+        experiment = self.experiment(steps=[RecordRuns(str(log)), record], plugins=[self.make_strategy()])
+        try:
+            experiment.run(replicates=3, timeout=1.0)
+        except StrategyCapabilityError as refused:
+            self.expect("timeout" in str(refused), f"the refusal does not say why: {refused}")
+        else:
+            self.fail("accepted a timeout it does not declare it can enforce")
+        self.expect(not log.exists(), "started replicates before refusing the timeout")
 
     def test_a_dying_worker_costs_only_its_replicate(self):
-        strategy = self.make_strategy()
-        if not getattr(strategy, "retries_dead_workers", False):
-            return  # replicates run in this process: nothing can die alone
-        existing = set(live_child_processes())
-        marker_dir = str(self.scratch())
-        killer = KillWorkerOn({3: "exit", 7: "kill", 9: "once"}, marker_dir)
-        result = self.run_with_strategy(self.experiment(steps=[killer, record]), 12, strategy)
+        self.requires("retries_dead_workers")
+        self.assert_strategy_runs()
+        processes, threads = live_child_processes(), live_threads()
+        killer = KillWorkerOn({3: "exit", 7: "kill", 9: "once"}, str(self.scratch()))
+        result = self.run_with_strategy(self.experiment(steps=[killer, record]), 12)
         died = {e.replicate: e for e in result.errors}
-        assert sorted(died) == [3, 7], result.errors
-        assert died[3].exc_type == died[7].exc_type == "WorkerDied"
-        assert all("died" in error.message for error in died.values()), died
+        self.expect(sorted(died) == [3, 7], f"errors after workers died: {result.errors}")
+        self.expect(died[3].exc_type == died[7].exc_type == "WorkerDied", f"recorded {list(died.values())}")
+        self.expect(all("died" in e.message for e in died.values()), f"messages {[e.message for e in died.values()]}")
         expected = [None if i in (3, 7) else i for i in range(12)]
-        assert result.metrics["baseline"]["replicate"] == expected, "a death lost other replicates' results"
-        assert wait_until(lambda: not set(live_child_processes()) - existing)
+        got = result.metrics["baseline"]["replicate"]
+        self.expect(got == expected, f"a death lost other replicates' results: {got}")
+        self.assert_nothing_left(processes, threads)
+
+    def test_leaves_no_process_or_thread_behind(self):
+        processes, threads = live_child_processes(), live_threads()
+        result = self.run_with_strategy(self.experiment(), 20)
+        self.assert_strategy_ran(result)
+        self.assert_nothing_left(processes, threads)
 
     def test_resuming_from_a_checkpoint_runs_only_what_is_missing(self):
         log = self.scratch() / "runs.txt"
         path = self.scratch() / "checkpoint.sqlite"
 
-        def experiment():
-            return self.experiment(steps=[RecordRuns(str(log)), record], plugins=[SeedPlugin(seed=5, auto_seed=False)])
+        def experiment(*plugins):
+            steps = [RecordRuns(str(log)), record]
+            return self.experiment(steps=steps, plugins=[SeedPlugin(seed=5, auto_seed=False), *plugins])
 
         experiment().run(replicates=4, checkpoint=path, strategy="serial")
-        resumed = self.experiment(
-            steps=[RecordRuns(str(log)), record], plugins=[SeedPlugin(seed=5, auto_seed=False), self.make_strategy()]
-        ).run(replicates=10, checkpoint=path)
+        resumed = experiment(self.make_strategy()).run(replicates=10, checkpoint=path)
         self.assert_strategy_ran(resumed)
         runs = Counter(line.split()[0] for line in log.read_text().splitlines())
-        assert runs == Counter({str(i): 2 for i in range(10)}), f"replicates run more than once: {runs}"
+        self.expect(runs == Counter({str(i): 2 for i in range(10)}), f"replicates run other than once: {runs}")
         uninterrupted = experiment().run(replicates=10, strategy="serial")
-        assert resumed.metrics == uninterrupted.metrics and resumed.seeds == uninterrupted.seeds
+        self.expect(
+            resumed.metrics == uninterrupted.metrics, "a resumed run's metrics differ from an uninterrupted one"
+        )
+        self.expect(resumed.seeds == uninterrupted.seeds, "a resumed run's seeds differ from an uninterrupted one")

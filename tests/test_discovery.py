@@ -137,7 +137,7 @@ def test_a_blocked_fallback_fails_only_when_needed(site, monkeypatch):
     from crystallize_core import StrategyContractError
     from crystallize_core.testing import Recorder
 
-    assert Experiment(numbers, [record], plugins=[Recorder()]).run(replicates=2).strategy == "recorder"
+    assert Experiment(numbers, [record], plugins=[Recorder()]).run(replicates=2).strategy == "Recorder"
     with pytest.raises(StrategyContractError, match="'serial' is blocked"):
         Experiment(numbers, [record]).run(replicates=2)
 

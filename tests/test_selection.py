@@ -2,14 +2,30 @@
 
 import pytest
 
-from crystallize_core import ConfigurationError, Experiment, StrategyContractError, hookimpl
-from crystallize_core.testing import Decliner, Recorder, numbers, record
+from concurrent.futures import ThreadPoolExecutor
+
+from crystallize_core import (
+    Capabilities,
+    ConfigurationError,
+    Experiment,
+    SeedPlugin,
+    StrategyCapabilityError,
+    StrategyContractError,
+    hookimpl,
+)
+from crystallize_core.testing import Decliner, Recorder, RecordRuns, SleepEach, numbers, record
 
 
-class Named(Recorder):
-    def __init__(self, name):
-        super().__init__()
-        self.name = name
+class First(Recorder):
+    pass
+
+
+class Second(Recorder):
+    pass
+
+
+class Chosen(Recorder):
+    pass
 
 
 class Answers:
@@ -23,30 +39,39 @@ class Answers:
         return self.make_answer([replicate_fn(i) for i in range(experiment.replicates)])
 
 
-def run(*plugins, strategy=None, replicates=3):
-    return Experiment(numbers, [record], plugins=list(plugins)).run(replicates=replicates, strategy=strategy)
+def run(*plugins, strategy=None, replicates=3, **options):
+    return Experiment(numbers, [record], plugins=list(plugins)).run(replicates=replicates, strategy=strategy, **options)
 
 
 def test_experiment_plugins_are_asked_in_list_order():
-    first, second = Named("first"), Named("second")
-    assert run(first, second).strategy == "first"
+    first, second = First(), Second()
+    assert run(first, second).strategy == "First"
     assert (first.asked, second.asked) == (1, 0)
 
 
 def test_declining_passes_to_the_next_plugin():
-    decliner, second = Decliner(), Named("second")
-    assert run(decliner, second).strategy == "second"
+    decliner, second = Decliner(), Second()
+    assert run(decliner, second).strategy == "Second"
     assert decliner.asked == 1
 
 
-def test_experiment_plugins_come_before_the_named_strategy():
-    named = Named("named")
-    assert run(Named("own"), strategy=named).strategy == "own"
-    assert named.asked == 0
+def test_the_strategy_chosen_for_the_run_comes_before_the_experiments_plugins(caplog):
+    own, chosen = First(), Chosen()
+    with caplog.at_level("INFO", logger="crystallize"):
+        assert run(own, strategy=chosen).strategy == "Chosen"
+    assert own.asked == 0
+    assert "'First' (" in caplog.text and "was passed over: 'Chosen' was chosen for this run" in caplog.text
 
 
-def test_the_named_strategy_comes_before_the_fallback():
-    assert run(Decliner(), strategy=Named("named")).strategy == "named"
+def test_the_strategy_chosen_by_the_environment_comes_first(monkeypatch):
+    monkeypatch.setenv("CRYSTALLIZE_STRATEGY", "serial")
+    own = First()
+    assert run(own).strategy == "serial"
+    assert own.asked == 0
+
+
+def test_a_declining_chosen_strategy_passes_to_the_experiments_plugins():
+    assert run(First(), strategy=Decliner()).strategy == "First"
 
 
 def test_the_fallback_runs_when_everyone_declines():
@@ -54,12 +79,83 @@ def test_the_fallback_runs_when_everyone_declines():
 
 
 def test_tryfirst_is_respected_as_pluggy_orders_it():
-    class Eager(Named):
+    class Eager(Recorder):
         @hookimpl(tryfirst=True)
         def run_experiment_loop(self, experiment, replicate_fn):
             return super().run_experiment_loop(experiment, replicate_fn)
 
-    assert run(Named("first"), Eager("eager")).strategy == "eager"
+    assert run(First(), Eager()).strategy.endswith("Eager")
+
+
+def test_capabilities_are_checked_after_declining():
+    """A plugin that cannot honour the timeout is passed over, not a reason to refuse the run."""
+
+    class Timed(Recorder):
+        capabilities = Capabilities(timeout=True)
+
+    decliner, timed = Decliner(), Timed()
+    result = Experiment(numbers, [record], plugins=[decliner, timed]).run(replicates=2, timeout=5)
+    assert result.strategy.endswith("Timed") and timed.asked == 1
+    assert decliner.asked == 0  # it cannot enforce a timeout, so it is not asked
+
+
+def test_a_timeout_nobody_can_enforce_is_refused_naming_who_was_passed_over():
+    with pytest.raises(StrategyCapabilityError, match=r"(?s)Passed over: 'First' .*cannot enforce a per-replicate"):
+        run(First(), replicates=2, timeout=5)
+
+
+def test_two_strategies_of_one_class_are_told_apart():
+    first, again = First(), First()
+    assert run(Decliner(), first, again).strategy == "First"
+    assert (first.asked, again.asked) == (1, 0)
+
+
+def test_a_misspelt_capability_is_an_error():
+    with pytest.raises(TypeError, match="timeuot"):
+        Capabilities(timeuot=True)
+
+    class Loose(Recorder):
+        capabilities = {"timeout": True}
+
+    with pytest.raises(TypeError, match="must be a crystallize_core.Capabilities"):
+        run(Loose(), timeout=1)
+
+
+@pytest.mark.parametrize(
+    "strategy, message",
+    [
+        (123, "strategy must be a name"),
+        (["serial"], "strategy must be a name"),
+        (Recorder, r"not the class Recorder: pass Recorder\(\) instead"),
+        (SeedPlugin(seed=1), "implements no run_experiment_loop hook"),
+    ],
+)
+def test_a_bad_strategy_is_refused_before_work(strategy, message, tmp_path):
+    log = tmp_path / "runs.txt"
+    experiment = Experiment(numbers, [RecordRuns(str(log)), record])
+    with pytest.raises(ConfigurationError, match=message):
+        experiment.run(replicates=2, strategy=strategy)
+    assert not log.exists()
+
+
+def test_a_run_leaves_the_experiment_unchanged_and_runs_at_once_do_not_interfere():
+    experiment = Experiment(numbers, [SleepEach(0.01), record], plugins=[SeedPlugin(seed=2, auto_seed=False)])
+    seen = []
+
+    class Looks(Recorder):
+        @hookimpl
+        def run_experiment_loop(self, experiment, replicate_fn):
+            seen.append((experiment.replicates, experiment.timeout, experiment.fail_fast))
+            return super().run_experiment_loop(experiment, replicate_fn)
+
+    experiment.plugins.append(Looks())
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(experiment.run, replicates=n) for n in (3, 7)]
+        results = [f.result() for f in futures]
+    assert [r.replicates for r in results] == [3, 7]
+    assert results[1].seeds[:3] == results[0].seeds
+    assert sorted(seen) == [(3, None, False), (7, None, False)]
+    assert experiment.replicates == 1 and not hasattr(experiment, "timeout")
 
 
 @pytest.mark.parametrize(
@@ -108,6 +204,6 @@ def test_a_wrapper_around_the_strategy_hook_is_refused():
 
 
 def test_the_same_plugin_object_twice_is_refused():
-    plugin = Named("twice")
+    plugin = First()
     with pytest.raises(ConfigurationError, match="cannot be registered"):
         run(plugin, plugin)

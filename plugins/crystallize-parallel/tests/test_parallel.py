@@ -100,9 +100,29 @@ def test_process_mode_names_an_unpicklable_treatment():
         experiment.run(replicates=2)
 
 
-def test_progress_bar_advances_to_the_total(capsys):
-    Experiment(numbers, [record], plugins=[ParallelExecution(executor_type="process", progress=True)]).run(replicates=9)
-    assert "9/9" in capsys.readouterr().err
+@pytest.mark.parametrize("executor_type", ["thread", "process"])
+def test_progress_advances_to_the_total(capsys, executor_type):
+    experiment = Experiment(numbers, [record], plugins=[ParallelExecution(executor_type=executor_type)])
+    experiment.run(replicates=9, progress=True)
+    assert "replicates: 9/9 (100%)" in capsys.readouterr().err
+
+
+def test_a_timeout_passes_threads_over_for_a_strategy_that_can_enforce_it():
+    threads = ParallelExecution(executor_type="thread")
+    processes = ParallelExecution(executor_type="process", max_workers=2)
+    result = Experiment(numbers, [record], plugins=[threads, processes]).run(replicates=3, timeout=30)
+    assert result.strategy == "parallel" and result.errors == []
+
+
+def test_any_executor_can_run_the_replicates():
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    serial = Experiment(numbers, [record], plugins=[SeedPlugin(seed=4, auto_seed=False)]).run(replicates=20).metrics
+    for executor in (ThreadPoolExecutor(3), ProcessPoolExecutor(2)):
+        with executor:
+            experiment = Experiment(numbers, [record], plugins=[SeedPlugin(seed=4, auto_seed=False)])
+            result = experiment.run(replicates=20, strategy=executor)
+        assert result.strategy == "ExecutorStrategy" and result.metrics == serial
 
 
 def test_strategy_object_is_small_and_picklable():

@@ -1,7 +1,5 @@
 """Property-based: every invalid option combination gets a clear error, every valid one runs."""
 
-import math
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +13,6 @@ options = st.fixed_dictionaries(
     optional={
         "max_workers": st.one_of(st.integers(-2, 4), anything),
         "executor_type": st.one_of(st.sampled_from(["thread", "process"]), anything),
-        "progress": st.one_of(st.booleans(), anything),
-        "timeout": st.one_of(st.floats(-1, 30), st.integers(-1, 30), anything),
         "max_retries": st.one_of(st.integers(-2, 3), anything),
     },
 )
@@ -29,19 +25,12 @@ def is_int(value):
 def problems(given_options):
     """The options that are invalid, by the documented rules."""
     executor_type = given_options.get("executor_type", "thread")
-    timeout = given_options.get("timeout")
     wrong = []
     if executor_type not in ("thread", "process"):
         wrong.append("executor_type")
     max_workers = given_options.get("max_workers")
     if max_workers is not None and not (is_int(max_workers) and max_workers >= 1):
         wrong.append("max_workers")
-    if not isinstance(given_options.get("progress", False), bool):
-        wrong.append("progress")
-    if timeout is not None:
-        number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-        if not (number and not math.isnan(timeout) and timeout > 0) or executor_type == "thread":
-            wrong.append("timeout")
     max_retries = given_options.get("max_retries", 1)
     if not (is_int(max_retries) and max_retries >= 0):
         wrong.append("max_retries")

@@ -16,7 +16,7 @@ from crystallize_core import ConfigurationError, hookimpl
 if importlib.util.find_spec("ray") is None:
     raise ImportError("crystallize-ray needs Ray, which is not installed: pip install 'ray'")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["RayExecution", "__version__"]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pluggy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["SerialExecution", "__version__"]
 
 hookimpl = pluggy.HookimplMarker("crystallize")
@@ -20,43 +20,22 @@ hookimpl = pluggy.HookimplMarker("crystallize")
 class SerialExecution:
     """Run replicates ``0 .. n-1`` in order, in this process and thread.
 
-    With ``progress=True`` and more than one replicate, a tqdm bar on standard
-    error advances as each replicate finishes. Ctrl-C stops the run between
-    replicates (or inside one) with the finished replicates kept.
+    Ctrl-C stops the run between replicates (or inside one) with the finished
+    replicates kept. It declares no capabilities: a call running in this
+    thread cannot be stopped, so runs with a ``timeout`` pass it over.
+    Progress and captured errors are shown by the core as replicates finish.
     """
-
-    name = "serial"
-    #: What this strategy can honour: no per-replicate timeout, since a
-    #: running call in this thread cannot be stopped.
-    supports_timeout = False
-    ships_work = False
-
-    def __init__(self, progress: bool = False):
-        if not isinstance(progress, bool):
-            raise TypeError(f"SerialExecution progress must be True or False, not {progress!r}")
-        self.progress = progress
 
     @hookimpl
     def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> list:
-        total = experiment.replicates
         results: list = []
-        bar = None
-        if self.progress and total > 1:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc="replicates", unit="rep")
         try:
-            for replicate in range(total):
+            for replicate in range(experiment.replicates):
                 results.append(replicate_fn(replicate))
-                if bar is not None:
-                    bar.update()
-        except KeyboardInterrupt as interrupt:
-            interrupt.completed = results
+        except BaseException as stopped:  # Ctrl-C, or fail_fast's ReplicateFailed
+            stopped.completed = results  # type: ignore[attr-defined]
             raise
-        finally:
-            if bar is not None:
-                bar.close()
         return results
 
     def __repr__(self) -> str:
-        return f"SerialExecution(progress={self.progress})"
+        return "SerialExecution()"

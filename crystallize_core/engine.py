@@ -1,0 +1,587 @@
+"""The dispatch engine: drives replicates on a backend.
+
+A strategy that runs replicates anywhere but the calling thread supplies a
+:class:`Backend` — how to start workers, submit a batch and tell a dead
+worker from an error — and calls :func:`drive`, which owns, once for every
+such strategy: batching (:class:`~crystallize_core.batching.BatchSizer`),
+replicate order, a bounded window of work in flight (memory flat in the
+replicate count), progress, fault records, rerunning alone a replicate whose
+worker died to pin the blame, per-replicate timeouts, fail-fast, Ctrl-C and
+the driver-side record of each finished replicate. It is joblib's split:
+``Parallel`` owns the loop, a backend only submits and aborts.
+
+Any :class:`concurrent.futures.Executor` is a backend through
+:class:`ExecutorBackend`::
+
+    from concurrent.futures import ProcessPoolExecutor
+    from crystallize_core.engine import ExecutorBackend, drive
+
+    results = drive(run, replicate_fn, ExecutorBackend(lambda: ProcessPoolExecutor(4)))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from threading import Event
+from typing import Any
+
+from crystallize_core.batching import BatchSizer
+from crystallize_core.errors import ConfigurationError, ReplicateFailed, StrategyCapabilityError, WorkerLostError
+from crystallize_core.hookspecs import NO_CAPABILITIES, Capabilities, ReplicateFn, RunView, hookimpl
+from crystallize_core.replicate import check_picklable, dumps_replicate_fn
+from crystallize_core.result import ReplicateResult, pack_results, unpack_results
+
+logger = logging.getLogger("crystallize")
+
+#: Batches in flight per worker: enough to keep every worker busy while
+#: results travel back, few enough that memory does not grow with the run.
+IN_FLIGHT_PER_WORKER = 2
+#: The longest single wait, so that waits never overflow the platform's time_t.
+MAX_WAIT_SECONDS = 3600.0
+#: How often to look for batches that started, while a timeout's clock waits for them.
+START_POLL_SECONDS = 0.05
+
+
+class Backend:
+    """The mechanism a strategy supplies to :func:`drive`: where replicates run.
+
+    Subclass it and implement :meth:`start` and :meth:`submit`; override the
+    rest only for what the backend can do, and declare that in
+    :attr:`capabilities` (the engine refuses a run option a backend cannot
+    honour instead of faking it):
+
+    - ``Capabilities.timeout`` or ``cancellation``: :meth:`stop_all` stops
+      every running replicate at once, and :meth:`restart` brings the
+      workers back;
+    - ``Capabilities.retries_dead_workers``: :meth:`worker_lost` recognises a
+      dead worker's exception, and the engine reruns its replicates.
+    """
+
+    #: What this backend can do; see :class:`~crystallize_core.Capabilities`.
+    capabilities: Capabilities = NO_CAPABILITIES
+    #: ``"pool"`` when a dead worker fails every task in flight (a process
+    #: pool breaks as a whole), so its replicates are rerun one at a time,
+    #: alone, to find the culprit; ``"task"`` when it fails only its own tasks.
+    failure_scope: str = "task"
+
+    def start(self, run: RunView, replicate_fn: ReplicateFn) -> int:
+        """Make ``replicate_fn`` available to the workers; return how many
+        batches can run at once."""
+        raise NotImplementedError
+
+    def submit(self, span: range) -> Future:
+        """Run positions ``span`` where the workers are; return a future of
+        :func:`run_span`'s value for them."""
+        raise NotImplementedError
+
+    def worker_lost(self, exc: BaseException) -> str | None:
+        """If ``exc`` (a failed future's exception) means the worker running
+        it died, say how in a few words; else None (the exception escaped the
+        replicate function, and stops the run)."""
+        return "the executor broke" if isinstance(exc, BrokenExecutor) else None
+
+    #: Whether :meth:`started_at` tells when a batch starts running; if not,
+    #: timeouts count from submission (the engine then keeps no more batches
+    #: out than can run).
+    reports_starts: bool = False
+
+    def started_at(self, future: Future, span: range) -> float | None:
+        """When the batch ``span`` of ``future`` began running
+        (``time.monotonic()``), or None while it waits to start."""
+        return None
+
+    def stop_all(self) -> None:
+        """Stop every running replicate now (a timeout, or Ctrl-C)."""
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Bring workers back after :meth:`stop_all` or a pool-wide loss."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Release the workers at the end of the run, finished or not."""
+
+
+# --- where replicates run ------------------------------------------------------
+
+
+def run_span(replicate_fn: ReplicateFn, start: int, stop: int, stopping: Event | None = None) -> tuple[list, float]:
+    """Run positions ``start .. stop - 1`` and return ``(packed results, seconds)``.
+
+    What a backend's workers run for each batch. With ``stopping`` (an
+    in-process backend), a set event ends the batch between replicates, so
+    Ctrl-C and fail-fast need not wait for a whole batch.
+    """
+    began = time.perf_counter()
+    results = []
+    for position in range(start, stop):
+        if stopping is not None and stopping.is_set():
+            break
+        results.append(replicate_fn(position))
+    return pack_results(results), time.perf_counter() - began
+
+
+#: Replicate functions unpickled in this process, by key, newest last.
+_shipped: OrderedDict[str, ReplicateFn] = OrderedDict()
+_SHIPPED_KEPT = 4
+NEED_PAYLOAD = "crystallize:need-payload"
+
+
+def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> tuple[list, float] | str:
+    """:func:`run_span` for a replicate function shipped as pickled bytes.
+
+    Each process unpickles a function once and keeps it under ``key``; a task
+    sent without ``payload`` to a process that lacks it returns
+    :data:`NEED_PAYLOAD`, and the engine sends it again with the bytes.
+    """
+    replicate_fn = _shipped.get(key)
+    if replicate_fn is None:
+        if payload is None:
+            return NEED_PAYLOAD
+        replicate_fn = _shipped[key] = pickle.loads(payload)
+        while len(_shipped) > _SHIPPED_KEPT:
+            _shipped.popitem(last=False)
+    return run_span(replicate_fn, start, stop)
+
+
+# --- any concurrent.futures.Executor ---------------------------------------------
+
+
+class ExecutorBackend(Backend):
+    """A backend over any :class:`concurrent.futures.Executor`, for one run.
+
+    ``executor`` is an executor, or a callable that returns a new one; only
+    with a callable can the engine replace an executor that broke (a worker
+    process died), so only then are replicates of a dead worker rerun. The
+    executor is shut down at the end of the run only if it was made here.
+
+    With ``ships_work=False`` the replicate function runs as it is (threads
+    of this process); otherwise it is sent pickled, once per worker process.
+    Unless given, ``ships_work`` is False for a
+    :class:`~concurrent.futures.ThreadPoolExecutor` instance and True for any
+    other executor or callable. ``workers`` is how many batches run at once
+    (default: the executor's ``max_workers`` where it has one, else the CPU
+    count).
+
+    An executor cannot stop a running call, so ``timeout`` is refused and
+    Ctrl-C waits for running batches (each stops between replicates where it
+    runs in this process).
+    """
+
+    failure_scope = "pool"
+
+    def __init__(
+        self,
+        executor: Executor | Callable[[], Executor],
+        workers: int | None = None,
+        ships_work: bool | None = None,
+    ):
+        if isinstance(executor, Executor):
+            self._factory: Callable[[], Executor] | None = None
+            self._executor: Executor | None = executor
+        elif callable(executor):
+            self._factory, self._executor = executor, None
+        else:
+            raise ConfigurationError(
+                f"an executor backend needs a concurrent.futures.Executor or a callable returning one, got {executor!r}"
+            )
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ConfigurationError(f"workers must be a positive integer or None, got {workers!r}")
+        if ships_work is None:
+            ships_work = not isinstance(executor, ThreadPoolExecutor)
+        self.capabilities = Capabilities(
+            ships_work=ships_work, retries_dead_workers=ships_work and self._factory is not None
+        )
+        self._workers = workers
+        self._key = uuid.uuid4().hex
+        self._payload = b""
+        self._replicate_fn: ReplicateFn | None = None
+        self._stopping = Event()
+
+    def _current(self) -> Executor:
+        if self._executor is None:
+            assert self._factory is not None
+            made = self._factory()
+            if not isinstance(made, Executor):
+                raise ConfigurationError(f"the executor factory returned {made!r}, not a concurrent.futures.Executor")
+            self._executor = made
+        return self._executor
+
+    def start(self, run: RunView, replicate_fn: ReplicateFn) -> int:
+        executor = self._current()
+        self._replicate_fn = replicate_fn
+        if self.capabilities.ships_work:
+            self._payload = dumps_replicate_fn(replicate_fn)
+        # ThreadPoolExecutor and ProcessPoolExecutor keep their size in
+        # _max_workers; no public attribute says how wide an executor is.
+        size = self._workers or getattr(executor, "_max_workers", None) or os.cpu_count() or 1
+        return max(1, int(size))
+
+    def submit(self, span: range) -> Future:
+        executor = self._current()
+        if not self.capabilities.ships_work:
+            return executor.submit(run_span, self._replicate_fn, span.start, span.stop, self._stopping)
+        return executor.submit(run_shipped_span, self._key, None, span.start, span.stop)
+
+    def resubmit_with_payload(self, span: range) -> Future:
+        """Submit ``span`` again with the pickled replicate function, for a
+        worker that answered :data:`NEED_PAYLOAD`."""
+        return self._current().submit(run_shipped_span, self._key, self._payload, span.start, span.stop)
+
+    def restart(self) -> None:
+        if self._factory is None:
+            raise WorkerLostError("an executor that was passed in cannot be replaced after it broke")
+        old, self._executor = self._executor, None
+        if old is not None:
+            old.shutdown(wait=True, cancel_futures=True)
+
+    def request_stop(self) -> None:
+        """Ask batches running in this process to stop between replicates."""
+        self._stopping.set()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        if self._factory is not None and self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+# --- the loop --------------------------------------------------------------------
+
+
+@dataclass
+class _Task:
+    span: range
+    submitted: float
+
+
+class _Dispatch:
+    """One run's scheduling state: what is done, in flight, suspect or still to send."""
+
+    def __init__(self, run: RunView, replicate_fn: ReplicateFn, backend: Backend, max_retries: int, batch: Any):
+        self.run = run
+        self.replicate_fn = replicate_fn
+        self.backend = backend
+        self.capabilities = backend.capabilities
+        self.max_retries = max_retries
+        self.total = run.replicates
+        self.timeout = run.timeout
+        self.fail_fast = bool(getattr(run, "fail_fast", False))
+        self.results: list[ReplicateResult | None] = [None] * self.total
+        self.batch = batch
+        self.in_flight: dict[Future, _Task] = {}
+        #: Positions lost with a whole pool: each reruns alone, to pin a death on one.
+        self.suspects: deque[int] = deque()
+        #: Positions lost for a known cause (another replicate's timeout): rerun, not suspect.
+        self.again: deque[int] = deque()
+        self.deaths: dict[int, int] = {}
+        self.report = getattr(replicate_fn, "record", None) if self.capabilities.ships_work else None
+
+    # scheduling ------------------------------------------------------------------
+
+    def start(self) -> None:
+        slots = self.backend.start(self.run, self.replicate_fn)
+        fixed = 1 if self.timeout is not None else (None if self.batch == "auto" else self.batch)
+        self.sizer = BatchSizer(self.total, slots, fixed=fixed)
+        # With a timeout each replicate needs a clock of its own, started when
+        # it starts: never more tasks out than can run.
+        self.window = slots if self.timeout is not None else slots * IN_FLIGHT_PER_WORKER
+
+    def next_span(self) -> range | None:
+        if self.suspects:
+            return None if self.in_flight else range(self.suspects[0], self.suspects[0] + 1)
+        if self.again:
+            position = self.again.popleft()
+            return range(position, position + 1)
+        return self.sizer.next_span()
+
+    def fill(self) -> None:
+        while len(self.in_flight) < self.window:
+            span = self.next_span()
+            if span is None:
+                return
+            self.in_flight[self.backend.submit(span)] = _Task(span, time.monotonic())
+
+    def deadline(self, future: Future, task: _Task) -> float | None:
+        """When ``task`` runs out of time, or None while it has not started."""
+        assert self.timeout is not None
+        if not self.backend.reports_starts:
+            return task.submitted + self.timeout
+        began = self.backend.started_at(future, task.span)
+        return None if began is None else began + self.timeout
+
+    def loop(self) -> list:
+        self.start()
+        while True:
+            self.fill()
+            if not self.in_flight:
+                return self.results
+            wait_for = None
+            if self.timeout is not None:
+                deadlines = [self.deadline(f, t) for f, t in self.in_flight.items()]
+                known = [d for d in deadlines if d is not None]
+                wait_for = min(max(0.0, min(known) - time.monotonic()), MAX_WAIT_SECONDS) if known else None
+                if len(known) < len(deadlines):  # look again soon for batches that start meanwhile
+                    wait_for = min(wait_for if wait_for is not None else START_POLL_SECONDS, START_POLL_SECONDS)
+            done, _ = wait(self.in_flight, timeout=wait_for, return_when=FIRST_COMPLETED)
+            lost: list[tuple[_Task, str]] = []
+            for future in done:
+                task = self.in_flight.pop(future)
+                outcome = self.outcome(future, task)
+                if isinstance(outcome, str):
+                    lost.append((task, outcome))
+            if lost:
+                self.recover(lost)
+            if self.timeout is not None:
+                self.enforce_timeouts()
+
+    def outcome(self, future: Future, task: _Task) -> str | None:
+        """Store a finished batch; return how its worker died, if it did."""
+        try:
+            value = future.result()
+        except BaseException as exc:
+            how = self.backend.worker_lost(exc)
+            if how is None:
+                raise
+            return how
+        if value == NEED_PAYLOAD:
+            resend = getattr(self.backend, "resubmit_with_payload", None)
+            self.in_flight[resend(task.span)] = _Task(task.span, time.monotonic())
+            return None
+        packed, seconds = value
+        self.store(task.span, packed)
+        self.sizer.record(len(packed), seconds)
+        return None
+
+    def store(self, span: range, packed: list) -> None:
+        results = unpack_results(packed)
+        self.results[span.start : span.start + len(results)] = results
+        if self.suspects and len(span) == 1 and self.suspects[0] == span.start:
+            self.suspects.popleft()
+        if self.report is not None:
+            self.report(results)
+
+    # faults ------------------------------------------------------------------------
+
+    def recover(self, lost: list[tuple[_Task, str]]) -> None:
+        how = lost[0][1]
+        if not self.capabilities.retries_dead_workers:
+            raise WorkerLostError(
+                f"a worker running replicates died ({how}) and this backend cannot replace it or rerun its "
+                "replicates; the replicates that finished are in the partial result"
+            )
+        if self.backend.failure_scope == "task":
+            for task, died in lost:
+                if len(task.span) == 1:
+                    self.blame(task.span.start, died)
+                else:  # each on its own: only the culprit dies again
+                    self.again.extend(task.span)
+            return
+        # The whole pool broke: keep what finished, and since which replicate
+        # killed it is unknown, rerun the rest one at a time, alone.
+        broken = [task for task, _ in lost]
+        for future, task in list(self.in_flight.items()):
+            del self.in_flight[future]
+            if _succeeded(future):
+                self.outcome(future, task)
+            else:
+                broken.append(task)
+        self.backend.restart()
+        positions = [p for task in broken for p in task.span]
+        if len(positions) == 1:  # it ran alone in the pool: the death is its own
+            self.blame(positions[0], how)
+        else:
+            known = set(self.suspects)
+            self.suspects.extend(p for p in positions if p not in known)
+
+    def blame(self, position: int, how: str) -> None:
+        """The worker died with ``position`` running alone: count it, retry or record it."""
+        deaths = self.deaths[position] = self.deaths.get(position, 0) + 1
+        if deaths > self.max_retries:
+            if self.suspects and self.suspects[0] == position:
+                self.suspects.popleft()
+            self.fault(
+                position,
+                "WorkerDied",
+                f"the worker running this replicate died ({how}), {deaths} time(s) with the replicate running "
+                "alone. Common causes: running out of memory (the OOM killer sends SIGKILL), a crash in native "
+                "code (SIGSEGV), os._exit() or sys.exit() in a worker.",
+            )
+        elif self.backend.failure_scope == "pool":
+            if not self.suspects or self.suspects[0] != position:
+                self.suspects.appendleft(position)
+        else:
+            self.again.append(position)
+
+    def enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        expired = {f for f, t in self.in_flight.items() if (self.deadline(f, t) or now + 1) <= now}
+        if not expired:
+            return
+        self.backend.stop_all()
+        for future, task in list(self.in_flight.items()):
+            del self.in_flight[future]
+            if _succeeded(future):
+                self.outcome(future, task)
+            elif future in expired:
+                position = task.span.start
+                if self.suspects and self.suspects[0] == position:
+                    self.suspects.popleft()
+                self.fault(
+                    position,
+                    "ReplicateTimeout",
+                    f"replicate {self.replicate_of(position)} ran longer than the timeout of {self.timeout} s "
+                    "and was stopped",
+                )
+            else:
+                self.again.extend(p for p in task.span if p not in self.suspects)
+        self.backend.restart()
+
+    def replicate_of(self, position: int) -> int:
+        replicates = getattr(self.replicate_fn, "replicates", None)
+        return replicates[position] if replicates is not None else position
+
+    def fault(self, position: int, exc_type: str, message: str) -> None:
+        result = self.replicate_fn.error_result(position, exc_type, message)
+        self.results[position] = result
+        if self.fail_fast:
+            raise ReplicateFailed(result.errors[0])
+
+    # stopping ----------------------------------------------------------------------
+
+    def harvest(self) -> None:
+        """Keep the batches that finished but were not collected yet."""
+        for future, task in list(self.in_flight.items()):
+            if _succeeded(future):
+                self.store(task.span, future.result()[0])
+                del self.in_flight[future]
+
+    def stop(self, interrupted: bool) -> None:
+        """Stop for Ctrl-C or an exception: start nothing new, keep what finished."""
+        for future in self.in_flight:
+            future.cancel()
+        request_stop = getattr(self.backend, "request_stop", None)
+        if request_stop is not None:
+            request_stop()
+        self.harvest()
+        if not self.in_flight:
+            return
+        if self.capabilities.cancellation:
+            self.backend.stop_all()
+            self.harvest()
+            return
+        running = sum(len(t.span) for f, t in self.in_flight.items() if not f.cancelled())
+        if interrupted and running:
+            logger.warning(
+                "Ctrl-C: waiting for up to %d running replicate(s) to finish; press Ctrl-C again to stop waiting",
+                running,
+            )
+        try:
+            wait(self.in_flight)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting, keep what finished
+        self.harvest()
+
+    def completed(self) -> list[ReplicateResult]:
+        return [r for r in self.results if r is not None]
+
+
+def _succeeded(future: Future) -> bool:
+    """Whether ``future`` holds a batch's results (never blocks)."""
+    return future.done() and not future.cancelled() and future.exception() is None and future.result() != NEED_PAYLOAD
+
+
+def drive(
+    run: RunView,
+    replicate_fn: ReplicateFn,
+    backend: Backend,
+    *,
+    max_retries: int = 1,
+    batch_size: int | str = "auto",
+) -> list[ReplicateResult]:
+    """Run every replicate of ``run`` on ``backend`` and return the results in order.
+
+    ``max_retries`` is how many times a replicate whose worker died is run
+    again, alone, before it is recorded as ``WorkerDied`` (backends with
+    ``retries_dead_workers``); ``batch_size`` is ``"auto"`` or the number of
+    replicates per task. With ``run.timeout`` each replicate runs as its own
+    task and is stopped and recorded as ``ReplicateTimeout`` once it has run
+    that long. Under ``run.fail_fast`` the first captured error, dead worker
+    or timeout stops the run with :class:`~crystallize_core.ReplicateFailed`.
+
+    On Ctrl-C, or any exception that escapes, nothing new starts, running
+    replicates are stopped (``cancellation``) or waited for (a second Ctrl-C
+    stops the wait), and the exception is re-raised with the finished
+    results in its ``completed`` attribute, for the core's partial result.
+    Replicate functions that ship are checked for pickling before any work.
+    """
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigurationError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
+    capabilities = backend.capabilities
+    if run.timeout is not None and not capabilities.timeout:
+        raise StrategyCapabilityError(
+            f"backend {type(backend).__qualname__} cannot stop a running replicate, so it cannot enforce a timeout"
+        )
+    if capabilities.ships_work:
+        check_picklable(replicate_fn)
+    dispatch = _Dispatch(run, replicate_fn, backend, max_retries, batch_size)
+    try:
+        return dispatch.loop()  # type: ignore[return-value]
+    except KeyboardInterrupt as interrupt:
+        dispatch.stop(interrupted=True)
+        interrupt.completed = dispatch.completed()  # type: ignore[attr-defined]
+        raise
+    except BaseException as escaped:
+        dispatch.stop(interrupted=False)
+        escaped.completed = dispatch.completed()  # type: ignore[attr-defined]
+        raise
+    finally:
+        backend.shutdown()
+
+
+class ExecutorStrategy:
+    """A strategy that runs replicates on any :class:`concurrent.futures.Executor`.
+
+    ``executor`` is an executor you built — loky's reusable executor,
+    ``mpi4py.futures.MPIPoolExecutor``, a Dask client's ``get_executor()``,
+    your own ``ProcessPoolExecutor`` — or a callable that makes one for each
+    run (then a pool broken by a dying worker is replaced and its replicates
+    rerun). See :class:`ExecutorBackend` for what an executor allows and for
+    ``workers`` and ``ships_work``. Passing an executor as
+    ``run(strategy=...)`` wraps it in this class.
+    """
+
+    def __init__(
+        self,
+        executor: Executor | Callable[[], Executor],
+        workers: int | None = None,
+        ships_work: bool | None = None,
+        max_retries: int = 1,
+    ):
+        self.executor = executor
+        self.workers = workers
+        self.max_retries = max_retries
+        # Built here so that bad arguments fail now, and to read what it can do.
+        self.capabilities = ExecutorBackend(executor, workers, ships_work).capabilities
+
+    @hookimpl
+    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
+        if not self.capabilities.ships_work:
+            from crystallize_core.seed import warn_if_seeding_globally
+
+            warn_if_seeding_globally(experiment.plugins, "a thread pool")
+        backend = ExecutorBackend(self.executor, self.workers, self.capabilities.ships_work)
+        return drive(experiment, replicate_fn, backend, max_retries=self.max_retries)
+
+    def __repr__(self) -> str:
+        return f"ExecutorStrategy({self.executor!r}, workers={self.workers!r})"

@@ -1,0 +1,47 @@
+"""The driver's side of a run: every finished replicate passes here exactly once.
+
+A replicate function called in the driver process (by an in-process strategy,
+or on the engine's threads) reports each result itself; results that come
+back from other processes or machines are reported by the dispatch engine.
+Either way the monitor advances progress, logs captured errors (bounded) and
+hands results to the checkpoint, in the driver, never in a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from crystallize_core.progress import Progress
+from crystallize_core.result import ReplicateResult
+
+#: Errors the driver records for faults outside the user's code: a rerun
+#: should try these replicates again, so they are never checkpointed.
+FAULTS = frozenset({"WorkerDied", "ReplicateTimeout"})
+
+
+class Monitor:
+    """Receives the finished replicates of one run, in the process that drives it."""
+
+    def __init__(self, total: int, progress: bool | None = None, checkpoint: Any = None):
+        #: The driver's process id: a copy of the monitor inherited by a forked
+        #: worker must stay silent there.
+        self.pid = os.getpid()
+        self.progress = Progress(total, progress)
+        self.checkpoint = checkpoint
+
+    def finished(self, results: Sequence[ReplicateResult]) -> None:
+        """Record replicates that finished, from any thread of the driver."""
+        self.progress.advance(len(results))
+        for result in results:
+            if result.errors:
+                self.progress.errors(result.errors)
+        if self.checkpoint is not None:
+            kept = [r for r in results if not any(e.exc_type in FAULTS and e.condition is None for e in r.errors)]
+            for result in kept:
+                self.checkpoint.append(result)
+
+    def close(self) -> None:
+        """End of the run, finished or not."""
+        self.progress.close()

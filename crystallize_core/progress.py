@@ -1,0 +1,111 @@
+"""What a run shows while it runs: progress, and the errors it captures.
+
+On a terminal, progress is a tqdm bar and log lines are printed above it
+without breaking it; elsewhere (a log file, CI) it is a plain line every
+:data:`LINE_INTERVAL_SECONDS`, with no carriage returns. Captured errors are
+logged as replicates finish, at most :data:`MAX_REPORTED_ERRORS` of them,
+then a count of the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+#: Captured errors logged in full per run; the rest are counted.
+MAX_REPORTED_ERRORS = 10
+#: Seconds between plain progress lines when standard error is not a terminal.
+LINE_INTERVAL_SECONDS = 10.0
+
+logger = logging.getLogger("crystallize")
+
+
+class Progress:
+    """Progress of one run over ``total`` replicates, thread-safe.
+
+    ``enabled=None`` shows a bar only when ``stream`` is a terminal;
+    ``True`` shows a bar on a terminal and plain lines elsewhere; ``False``
+    shows nothing. Errors passed to :meth:`errors` are logged to the
+    ``crystallize`` logger whatever ``enabled`` says, bounded.
+    """
+
+    def __init__(self, total: int, enabled: bool | None = None, stream: IO[str] | None = None):
+        self.total = total
+        self.done = 0
+        self.reported_errors = 0
+        self.unreported_errors = 0
+        self._stream = stream if stream is not None else sys.stderr
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._redirect: Any = None
+        self._lines = False
+        self._last_line = time.monotonic()
+        self._started = self._last_line
+        terminal = _is_terminal(self._stream)
+        if enabled is False or total <= 1:
+            return
+        if terminal:
+            self._open_bar()
+        elif enabled:
+            self._lines = True
+
+    def _open_bar(self) -> None:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._bar = tqdm(total=self.total, desc="replicates", unit="rep", file=self._stream)
+        # Log lines (ours and the user's) go above the bar instead of through it.
+        self._redirect = logging_redirect_tqdm(loggers=[logging.root, logger], tqdm_class=tqdm)
+        self._redirect.__enter__()
+
+    def advance(self, count: int = 1) -> None:
+        """``count`` more replicates finished."""
+        with self._lock:
+            self.done += count
+            if self._bar is not None:
+                self._bar.update(count)
+            elif self._lines:
+                now = time.monotonic()
+                if now - self._last_line >= LINE_INTERVAL_SECONDS:
+                    self._last_line = now
+                    self._write_line(now)
+
+    def errors(self, errors: Iterable[object]) -> None:
+        """Log captured errors, each as one line, until the limit; then count them."""
+        for error in errors:
+            with self._lock:
+                if self.reported_errors >= MAX_REPORTED_ERRORS:
+                    self.unreported_errors += 1
+                    continue
+                self.reported_errors += 1
+            logger.warning("%s", error)
+
+    def close(self) -> None:
+        """Close the bar, write the last plain line, and count the errors not shown."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+                self._redirect.__exit__(None, None, None)
+            elif self._lines:
+                self._lines = False
+                self._write_line(time.monotonic())
+            unreported, self.unreported_errors = self.unreported_errors, 0
+        if unreported:
+            logger.warning("%d more captured error(s) not shown; every error is in the result's errors", unreported)
+
+    def _write_line(self, now: float) -> None:
+        rate = self.done / max(now - self._started, 1e-9)
+        percent = 100 * self.done // max(self.total, 1)
+        print(f"replicates: {self.done}/{self.total} ({percent}%), {rate:.1f}/s", file=self._stream, flush=True)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
