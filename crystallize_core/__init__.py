@@ -44,6 +44,7 @@ _EXPORTS = {
     "StrategyNotFoundError": "crystallize_core.errors",
     "StrategyOptionError": "crystallize_core.errors",
     "StrategySpecError": "crystallize_core.errors",
+    "warn_at_user_code": "crystallize_core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
         StrategyNotFoundError,
         StrategyOptionError,
         StrategySpecError,
+        warn_at_user_code,
     )
     from crystallize_core.experiment import Experiment, Pipeline, Treatment
     from crystallize_core.hookspecs import hookimpl, hookspec

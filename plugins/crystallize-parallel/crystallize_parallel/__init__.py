@@ -7,11 +7,10 @@ imported only when a run starts.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from crystallize_core import ConfigurationError, ReproducibilityWarning, hookimpl
+from crystallize_core import ConfigurationError, ReproducibilityWarning, hookimpl, warn_at_user_code
 
 __version__ = "0.1.0"
 __all__ = ["ParallelExecution", "__version__", "default_max_workers"]
@@ -121,13 +120,14 @@ class ParallelExecution:
         total = experiment.replicates
         workers = self.max_workers or default_max_workers(self.executor_type, total)
         if self.executor_type == "thread":
-            if any(getattr(plugin, "seeds_global_state", False) for plugin in experiment.plugins):
-                warnings.warn(
-                    "a plugin seeds the global random state, which threads share: results under "
-                    "executor_type='thread' are not reproducible. Draw random numbers from ctx.rng, "
+            seeding = [p for p in experiment.plugins if getattr(p, "seeds_global_state", False)]
+            if seeding:
+                warn_at_user_code(
+                    f"{type(seeding[0]).__name__} seeds the global random state, which threads share, so results "
+                    "under executor_type='thread' are not reproducible. Draw random numbers from ctx.rng "
+                    "(or ctx.numpy_rng) and use SeedPlugin(seed, auto_seed=False) without a seed_fn, "
                     "or use executor_type='process'.",
                     ReproducibilityWarning,
-                    stacklevel=2,
                 )
             from crystallize_parallel._threads import run_on_threads
 
