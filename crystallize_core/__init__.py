@@ -16,6 +16,7 @@ _EXPORTS = {
     "Experiment": "crystallize_core.experiment",
     "Pipeline": "crystallize_core.experiment",
     "Treatment": "crystallize_core.experiment",
+    "treatment_grid": "crystallize_core.sweep",
     "Context": "crystallize_core.context",
     "ContextKeyError": "crystallize_core.context",
     "Result": "crystallize_core.result",
@@ -91,3 +92,4 @@ if TYPE_CHECKING:
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
     from crystallize_core.result import ReplicateError, ReplicateResult, Result
     from crystallize_core.seed import SeedPlugin
+    from crystallize_core.sweep import treatment_grid

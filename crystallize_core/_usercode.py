@@ -7,6 +7,7 @@ Crystallize's own code is every module of ``crystallize_core``, of each
 from __future__ import annotations
 
 import os
+import re
 import sys
 import sysconfig
 from types import FrameType, TracebackType
@@ -55,6 +56,35 @@ def user_location(tb: TracebackType | None) -> tuple[str, int] | None:
     outside_installed = [entry for entry in candidates if not _is_installed(entry[0])]
     chosen = outside_installed or candidates
     return chosen[-1] if chosen else None
+
+
+_TRACEBACK_ENTRY = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)', re.MULTILINE)
+
+
+def user_location_in_text(traceback_text: str) -> tuple[str, int] | None:
+    """:func:`user_location` for a traceback that travelled as text, as in a
+    :class:`~crystallize_core.ReplicateError`.
+
+    Crystallize's own files are told apart by their folder, that of each
+    imported ``crystallize_*`` or pluggy package.
+    """
+    own = _own_folders()
+    candidates = [
+        (m["file"], int(m["line"]))
+        for m in _TRACEBACK_ENTRY.finditer(traceback_text)
+        if not _is_python_itself(m["file"]) and not _under(m["file"], own)
+    ]
+    outside_installed = [entry for entry in candidates if not _is_installed(entry[0])]
+    chosen = outside_installed or candidates
+    return chosen[-1] if chosen else None
+
+
+def _own_folders() -> tuple[str, ...]:
+    folders = []
+    for name, module in list(sys.modules.items()):
+        if "." not in name and is_own_module(name):
+            folders.extend(os.path.abspath(p) for p in getattr(module, "__path__", ()))
+    return tuple(folders)
 
 
 def _is_python_itself(filename: str) -> bool:

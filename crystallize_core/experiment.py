@@ -196,15 +196,19 @@ class Experiment:
 
 
 def _named_strategy(strategy: str | object | None) -> object | None:
-    from crystallize_core.discovery import load_strategy, parse_strategy_spec, strategy_from_env
+    from crystallize_core.discovery import ENV_STRATEGY, load_strategy, naming_origin, parse_strategy_spec
 
     if strategy is None:
-        spec = strategy_from_env()
-        return None if spec is None else load_strategy(spec[0], **spec[1])
-    if isinstance(strategy, str):
-        name, options = parse_strategy_spec(strategy)
+        spec, origin = os.environ.get(ENV_STRATEGY, "").strip(), ENV_STRATEGY
+        if not spec:
+            return None
+    elif isinstance(strategy, str):
+        spec, origin = strategy, "run(strategy=...)"
+    else:
+        return strategy
+    with naming_origin(origin):
+        name, options = parse_strategy_spec(spec)
         return load_strategy(name, **options)
-    return strategy
 
 
 def _fallback_strategy() -> tuple[object | None, str | None]:
