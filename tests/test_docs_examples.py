@@ -43,7 +43,9 @@ _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^
 _MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<directive>\w+)\s*(?P<reason>.*?)\s*-->\s*$")
 _DIRECTIVES = {"skip", "pytest"}
 _RUN = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash"}
-_NOT_COPIED = shutil.ignore_patterns(".git", ".venv", ".tox", ".tox-runner", "__pycache__", "*.egg-info", "site")
+_NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", ".tox", ".tox-runner", "__pycache__", "*.egg-info", "site", "build", "dist", ".pytest_cache"
+)
 
 # Pages being rewritten elsewhere: their examples are collected and run, and
 # expected to fail until the rewrite lands (strict: a pass is reported too).
