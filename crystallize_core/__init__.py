@@ -16,6 +16,7 @@ _EXPORTS = {
     "Experiment": "crystallize_core.experiment",
     "Pipeline": "crystallize_core.experiment",
     "Treatment": "crystallize_core.experiment",
+    "treatment_grid": "crystallize_core.sweep",
     "Context": "crystallize_core.context",
     "ContextKeyError": "crystallize_core.context",
     "Result": "crystallize_core.result",
@@ -49,6 +50,7 @@ _EXPORTS = {
     "StrategyOptionError": "crystallize_core.errors",
     "StrategySpecError": "crystallize_core.errors",
     "WorkerLostError": "crystallize_core.errors",
+    "warn_at_user_code": "crystallize_core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -90,9 +92,11 @@ if TYPE_CHECKING:
         StrategyOptionError,
         StrategySpecError,
         WorkerLostError,
+        warn_at_user_code,
     )
     from crystallize_core.experiment import Experiment, Pipeline, Treatment
     from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, hookimpl, hookspec
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
     from crystallize_core.result import ReplicateError, ReplicateResult, Result
     from crystallize_core.seed import SeedPlugin
+    from crystallize_core.sweep import treatment_grid

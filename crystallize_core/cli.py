@@ -1,7 +1,16 @@
 """The ``crystallize`` command line: list strategies and run experiments.
 
-User mistakes (a bad target, an unknown strategy, a bad option) end with a
-one-line message on standard error and exit status 2, never a traceback.
+A mistake in what the user asked for, or an exception in the user's code
+while the experiment is imported or built, ends with one line on standard
+error naming the file and line in the user's code; ``--traceback`` prints the
+whole traceback as well. Exit status:
+
+- 0: done (errors captured inside replicates are part of the result);
+- 1: the run failed: ``--fail-fast`` stopped it, or something broke while it ran;
+- 2: usage error: the run could not start (a bad target, an exception while
+  importing or building the experiment, an unknown strategy, a bad option);
+- 130: interrupted by Ctrl-C;
+- 141: standard output was closed early (as by ``| head``); nothing more is printed.
 """
 
 from __future__ import annotations
@@ -19,15 +28,59 @@ from typing import Any
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+
+_EXIT_STATUS_HELP = """\
+exit status:
+  0    done (errors captured inside replicates are part of the result)
+  1    the run failed: --fail-fast stopped it, or something broke while it ran
+  2    usage error: the run could not start (bad target, exception while importing
+       or building the experiment, unknown strategy, bad option)
+  130  interrupted by Ctrl-C
+  141  standard output was closed early (as by `| head`)
+"""
 
 
 class UsageError(Exception):
     """A mistake in what the user asked for; reported in one line."""
 
 
+class RunError(Exception):
+    """The run started and then failed; reported in one line.
+
+    ``traceback_text`` is printed with ``--traceback`` when the failure has
+    no exception of its own here, as for an error captured in a replicate.
+    """
+
+    def __init__(self, message: str, traceback_text: str | None = None):
+        super().__init__(message)
+        self.traceback_text = traceback_text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    show_traceback = getattr(args, "traceback", False)
+    try:
+        status = _dispatch(parser, args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except UsageError as exc:
+        _print_error(exc, show_traceback)
+        return EXIT_USAGE
+    except RunError as exc:
+        _print_error(exc, show_traceback)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # outside a run: while importing or building the experiment
+        print("\ncrystallize: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.version:
         print(_versions())
         return 0
@@ -36,28 +89,100 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except UsageError as exc:
-        print(f"crystallize: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UsageError, RunError, BrokenPipeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug in Crystallize or a plugin: still one line, the rest with --traceback
+        raise RunError(_one_line(exc)) from exc
+
+
+def _print_error(exc: Exception, show_traceback: bool) -> None:
+    from crystallize_core.errors import CrystallizeError
+
+    cause = exc.__cause__
+    captured = exc.traceback_text if isinstance(exc, RunError) else None
+    if show_traceback:
+        import traceback
+
+        if cause is not None:
+            traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+        elif captured:
+            print(captured.rstrip(), file=sys.stderr)
+    # Crystallize's own errors say all there is to say; the user's exceptions have more.
+    more = (cause is not None and not isinstance(cause, CrystallizeError)) or captured
+    hint = " (--traceback shows the whole traceback)" if more and not show_traceback else ""
+    print(f"crystallize: error: {exc}{hint}", file=sys.stderr)
+
+
+def _discard_stdout() -> None:
+    # Whatever is still buffered for the closed pipe would fail again when
+    # Python flushes standard output at exit; send it nowhere instead.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capturing output)
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    """``file:line: Type: first line of the message``, the location being the user's code."""
+    from crystallize_core._usercode import user_location
+
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{_shown_path(exc.filename)}:{exc.lineno}: syntax error: {exc.msg}"
+    location = user_location(exc.__traceback__)
+    lines = str(exc).strip().splitlines()
+    text = lines[0] + (" [...]" if len(lines) > 1 else "") if lines else ""
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{_shown_path(location[0])}:{location[1]}: {described}" if location else described
+
+
+def _shown_path(filename: str) -> str:
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:  # another drive, on Windows
+        return filename
+    return filename if relative.startswith(os.pardir) else relative
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crystallize",
         description="Run reproducible experiments with an installable execution strategy.",
+        epilog=_EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the core's and each strategy's version")
+    # On the main parser and on each command, so that it may stand anywhere;
+    # SUPPRESS keeps a command's default from overwriting the main parser's value.
+    traceback_flag = {
+        "action": "store_true",
+        "default": argparse.SUPPRESS,
+        "help": "on an error, print the whole traceback as well as the one-line message",
+    }
+    parser.add_argument("--traceback", **traceback_flag)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     listing = commands.add_parser("strategies", help="list installed strategies and their status")
+    listing.add_argument("--traceback", **traceback_flag)
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.add_argument(
         "--no-load", action="store_true", help="read metadata only; do not import strategies to check them"
     )
     listing.set_defaults(handler=_cmd_strategies)
 
-    run = commands.add_parser("run", help="run an experiment and summarise its result")
-    run.add_argument("target", metavar="TARGET", help="path/to/file.py:NAME or package.module:NAME")
+    run = commands.add_parser(
+        "run",
+        help="run an experiment and summarise its result",
+        description="Run an experiment and summarise its result.",
+        epilog=_RUN_EXAMPLES + "\n" + _EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "target",
+        metavar="TARGET",
+        help="path/to/file.py:NAME or package.module:NAME (the current directory is importable); "
+        "NAME is an Experiment or a function taking no arguments that returns one",
+    )
     run.add_argument("--strategy", "-s", metavar="NAME", help="strategy to run it with (default: the fallback)")
     run.add_argument(
         "-o",
@@ -79,8 +204,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-progress", action="store_true", help="show no progress (a bar on a terminal, plain lines elsewhere)"
     )
+    run.add_argument(
+        "--sweep",
+        dest="sweeps",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="add one treatment per value of KEY; repeat for the grid of every combination "
+        "(--sweep C=0.1,1 --sweep kernel=rbf,linear: 4 treatments named like 'C=0.1,kernel=rbf')",
+    )
+    run.add_argument(
+        "--treatment",
+        dest="treatments",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="add a treatment with these context values, or replace the experiment's treatment of that name",
+    )
+    run.add_argument("--traceback", **traceback_flag)
     run.set_defaults(handler=_cmd_run)
     return parser
+
+
+_RUN_EXAMPLES = """\
+values are read as Python literals where they are one (4, 0.1, True, 'x', [1, 2]), else as text.
+
+examples:
+  crystallize run study.py:build --strategy parallel -o executor_type=process
+  crystallize run study.py:build --sweep C=0.01,0.1,1 --sweep kernel=rbf,linear
+  crystallize run study.py:build --treatment big:factor=10,noise=0.5 --seed 7 --output result.json
+"""
 
 
 # --- crystallize --version ---------------------------------------------------
@@ -139,22 +292,31 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from crystallize_core.errors import CrystallizeError, ExperimentInterrupted, ReplicateFailed
+    from crystallize_core.errors import (
+        CrystallizeError,
+        ExperimentInterrupted,
+        ReplicateFailed,
+        StrategyContractError,
+    )
 
+    added = _treatments_from_options(args.sweeps, args.treatments)  # checked before any import
+    experiment = load_target(args.target)
     try:
-        experiment = load_target(args.target)
         strategy = _chosen_strategy(args)
         plugins = _plugins_with_seed(experiment.plugins, args.seed)
     except CrystallizeError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from exc
+    except Exception as exc:  # a strategy that raised something of its own while being built
+        raise UsageError(f"building the strategy failed: {_one_line(exc)}") from exc
 
     from crystallize_core.experiment import Experiment
 
+    replaced = {t.name for t in added}
     runnable = Experiment(
         experiment.datasource,
         experiment.pipeline,
         plugins=plugins,
-        treatments=experiment.treatments,
+        treatments=[*(t for t in experiment.treatments if t.name not in replaced), *added],
         replicates=experiment.replicates,
         fail_fast=args.fail_fast or experiment.fail_fast,
     )
@@ -167,19 +329,77 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except ReplicateFailed as failed:
-        print(f"crystallize: stopped by --fail-fast: {failed.error}", file=sys.stderr)
-        print(failed.error.traceback, file=sys.stderr)
-        return EXIT_FAILED
+        from crystallize_core._usercode import user_location_in_text
+
+        error = failed.error
+        location = user_location_in_text(error.traceback)
+        where = f" ({_shown_path(location[0])}:{location[1]})" if location else ""
+        raise RunError(f"stopped by --fail-fast: {error}{where}", error.traceback) from None
     except ExperimentInterrupted as interrupted:
         partial = interrupted.partial_result
         print(f"\ninterrupted: {partial.replicates if partial else 0} replicate(s) finished", file=sys.stderr)
         if partial is not None:
             _report(partial, args.output)
         return EXIT_INTERRUPTED
-    except CrystallizeError as exc:  # raised before any replicate started
-        raise UsageError(str(exc)) from None
+    except StrategyContractError as exc:
+        raise RunError(str(exc)) from exc
+    except CrystallizeError as exc:  # bad input, refused before any replicate started
+        raise UsageError(str(exc)) from exc
     _report(result, args.output)
     return 0
+
+
+def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -> list[Any]:
+    """The treatments that ``--sweep`` and ``--treatment`` add, or a UsageError naming the malformed one."""
+    from crystallize_core.discovery import parse_value, split_top_level
+    from crystallize_core.errors import ConfigurationError
+    from crystallize_core.experiment import Treatment
+    from crystallize_core.result import BASELINE
+
+    grid: dict[str, list[Any]] = {}
+    for item in sweeps:
+        key, sep, rest = item.partition("=")
+        key = key.strip()
+        values = split_top_level(rest)
+        if not sep or not key or "," in key or not rest.strip():
+            raise UsageError(f"malformed --sweep {item!r}: expected KEY=VALUE,VALUE,..., e.g. --sweep C=0.01,0.1,1")
+        if any(not value.strip() for value in values):
+            raise UsageError(f"malformed --sweep {item!r}: a value is empty (two commas in a row, or one at an end)")
+        if key in grid:
+            raise UsageError(f"--sweep {key}=... is given twice; list every value in one --sweep {key}=V1,V2")
+        grid[key] = [parse_value(value.strip()) for value in values]
+    added: list[Any] = []
+    if grid:
+        from crystallize_core.sweep import treatment_grid
+
+        try:
+            added = treatment_grid(grid)
+        except ConfigurationError as exc:
+            raise UsageError(f"--sweep: {exc}") from None
+    for item in treatments:
+        name, sep, rest = item.partition(":")
+        name = name.strip()
+        pairs = [pair for pair in split_top_level(rest) if pair.strip()]
+        if not sep or not name or "=" in name or not pairs:
+            raise UsageError(
+                f"malformed --treatment {item!r}: expected NAME:KEY=VALUE,KEY=VALUE, e.g. --treatment big:factor=10"
+            )
+        if name == BASELINE:
+            raise UsageError(f"--treatment {name!r}: {BASELINE!r} names the untreated condition; choose another name")
+        values: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise UsageError(f"malformed --treatment {item!r}: {pair.strip()!r} is not KEY=VALUE")
+            values[key] = parse_value(value.strip())
+        added.append(Treatment(name, values))
+    seen: set[str] = set()
+    for treatment in added:
+        if treatment.name in seen:
+            raise UsageError(f"two treatments given on the command line are named {treatment.name!r}")
+        seen.add(treatment.name)
+    return added
 
 
 def _report(result: Any, output: str | None) -> None:
@@ -203,26 +423,33 @@ def _report(result: Any, output: str | None) -> None:
 
 def _chosen_strategy(args: argparse.Namespace) -> object | None:
     from crystallize_core.discovery import (
+        ENV_STRATEGY,
         FALLBACK_STRATEGY,
         load_strategy,
+        naming_origin,
         parse_strategy_spec,
         parse_value,
-        strategy_from_env,
     )
 
-    if args.strategy:
-        name, options = parse_strategy_spec(args.strategy)
-    else:
-        from_env = strategy_from_env()
-        if from_env is None and not args.options:
-            return None  # the experiment's own plugins, then the fallback
-        name, options = from_env if from_env else (FALLBACK_STRATEGY, {})
+    extra: dict[str, Any] = {}
     for item in args.options:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise UsageError(f"malformed option {item!r}: expected -o KEY=VALUE, e.g. -o max_workers=4")
-        options[key.strip()] = parse_value(value.strip())
-    return load_strategy(name, **options)
+        extra[key.strip()] = parse_value(value.strip())
+    from_env = os.environ.get(ENV_STRATEGY, "").strip()
+    if args.strategy:
+        spec, origin = args.strategy, "--strategy"
+    elif from_env:
+        spec, origin = from_env, ENV_STRATEGY
+    elif extra:
+        spec, origin = FALLBACK_STRATEGY, None
+    else:
+        return None  # the experiment's own plugins, then the fallback
+    with naming_origin(origin):
+        name, options = parse_strategy_spec(spec)
+        options.update(extra)
+        return load_strategy(name, **options)
 
 
 def _plugins_with_seed(plugins: Sequence[object], seed: int | None) -> list[object]:
@@ -244,14 +471,21 @@ def load_target(target: str) -> Any:
     """The :class:`Experiment` that ``target`` names.
 
     ``target`` is ``path/to/file.py:NAME`` or ``package.module:NAME``; NAME is
-    an Experiment or a function taking no arguments that returns one.
+    an Experiment or a function taking no arguments that returns one. As with
+    ``python -m``, the current directory is importable. An exception raised
+    while importing the module or building the experiment becomes a
+    :class:`UsageError` naming the file and line in the user's code.
     """
     from crystallize_core.experiment import Experiment
 
     location, sep, attribute = target.rpartition(":")
     if not sep or not location or not attribute:
         raise UsageError(f"target {target!r} must look like path/to/file.py:NAME or package.module:NAME")
-    module = _import_file(location) if location.endswith(".py") or os.sep in location else _import_module(location)
+    if location.endswith(".py") or os.sep in location:
+        module = _import_file(location)
+    else:
+        _current_directory_importable()
+        module = _import_module(location)
     try:
         value = getattr(module, attribute)
     except AttributeError:
@@ -265,10 +499,21 @@ def load_target(target: str) -> Any:
             raise UsageError(f"{target} must be an Experiment or a function taking no arguments") from None
         except ValueError:  # no signature to check: just call it
             pass
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            raise UsageError(f"building the experiment with {target} failed: {_one_line(exc)}") from exc
     if not isinstance(value, Experiment):
         raise UsageError(f"{target} is a {type(value).__name__}, not an Experiment (or a function returning one)")
     return value
+
+
+def _current_directory_importable() -> None:
+    # `python -m` puts the current directory first on sys.path; the
+    # `crystallize` script's own folder is there instead.
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
 
 
 def _import_file(location: str):
@@ -290,11 +535,9 @@ def _import_module(name: str, shown: str | None = None):
     shown = shown or name
     try:
         return importlib.import_module(name)
-    except SyntaxError as exc:
-        raise UsageError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None
     except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name):
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise UsageError(f"cannot import {shown!r}: no module named {exc.name!r}") from None
-        raise UsageError(f"importing {shown} failed: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"importing {shown} failed: {_one_line(exc)}") from exc
     except Exception as exc:
-        raise UsageError(f"importing {shown} failed: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"importing {shown} failed: {_one_line(exc)}") from exc

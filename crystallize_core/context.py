@@ -60,11 +60,11 @@ class Context:
 
     Holds the treatment's values, ``replicate``, ``condition``, ``seed``,
     ``rng`` (a :class:`random.Random` seeded from ``seed``, private to this
-    replicate and condition) and ``metrics``. Steps may add keys with
-    :meth:`add` but never overwrite one.
+    replicate and condition), ``numpy_rng`` (the same for NumPy) and
+    ``metrics``. Steps may add keys with :meth:`add` but never overwrite one.
     """
 
-    __slots__ = ("_data", "_rng", "condition", "metrics", "replicate", "seed")
+    __slots__ = ("_data", "_numpy_rng", "_rng", "condition", "metrics", "replicate", "seed")
 
     def __init__(self, data: Mapping[str, Any] | None, replicate: int, condition: str, seed: int):
         self._data: dict[str, Any] = dict(data) if data else {}
@@ -72,6 +72,7 @@ class Context:
         self.condition = condition
         self.seed = seed
         self._rng: random.Random | None = None
+        self._numpy_rng: Any = None
         self.metrics = Metrics()
 
     @property
@@ -80,6 +81,29 @@ class Context:
         rng = self._rng
         if rng is None:
             rng = self._rng = random.Random(self.seed)
+        return rng
+
+    @property
+    def numpy_rng(self) -> Any:
+        """A ``numpy.random.Generator`` seeded from :attr:`seed`, created on first use.
+
+        ``numpy.random.default_rng(seed)``: private to this replicate and
+        condition, so it gives the same numbers under every strategy, threads
+        included. NumPy is imported only when this is first read; without
+        NumPy installed it raises :class:`ModuleNotFoundError` saying so.
+        """
+        rng = self._numpy_rng
+        if rng is None:
+            try:
+                import numpy
+            except ModuleNotFoundError:
+                raise ModuleNotFoundError(
+                    "ctx.numpy_rng needs NumPy, which is not installed here: `pip install numpy`, "
+                    "or draw from ctx.rng (a random.Random)",
+                    name="numpy",
+                ) from None
+            # abs(), as random.Random does with a negative seed; NumPy refuses one.
+            rng = self._numpy_rng = numpy.random.default_rng(abs(self.seed))
         return rng
 
     def __getitem__(self, key: str) -> Any:

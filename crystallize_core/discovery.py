@@ -21,13 +21,15 @@ from __future__ import annotations
 import ast
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
 from crystallize_core.errors import (
+    CrystallizeError,
     StrategyBlockedError,
     StrategyConflictError,
     StrategyLoadError,
@@ -183,12 +185,7 @@ def _find(name: str) -> _Candidate:
         matches = [c for c in candidates if c.info.name == name]
     if not matches:
         usable = sorted({c.info.name for c in candidates if not c.info.blocked})
-        installed = ", ".join(usable) or "none"
-        raise StrategyNotFoundError(
-            f"no strategy named {name!r} is installed (installed: {installed}). "
-            f"Install the package that provides it, e.g. `pip install crystallize-{name}`, "
-            "or run `crystallize strategies` to see what is available."
-        )
+        raise StrategyNotFoundError(_not_found_message(name, usable))
     if len(matches) > 1:
         dists = " and ".join(f"{c.info.distribution} {c.info.version}" for c in matches)
         raise StrategyConflictError(f"strategy name {name!r} is registered by both {dists}; uninstall one of them")
@@ -196,6 +193,40 @@ def _find(name: str) -> _Candidate:
     if match.info.blocked:
         raise StrategyBlockedError(f"strategy {name!r} is {match.info.blocked}")
     return match
+
+
+def _not_found_message(name: str, usable: list[str]) -> str:
+    # Suggestions come from installed names only: a package name derived from
+    # a typo would invite installing whatever happens to be published under it.
+    import difflib
+
+    installed = ", ".join(usable) or "none"
+    close = difflib.get_close_matches(name, usable, n=3, cutoff=0.6)
+    if not close:
+        close = [u for u in usable if u.lower() == name.lower()]
+    if close:
+        guess = " or ".join(map(repr, close))
+        return f"no strategy named {name!r} is installed; did you mean {guess}? (installed: {installed})"
+    return (
+        f"no strategy named {name!r} is installed (installed: {installed}); "
+        "run `crystallize strategies` to see the status of each"
+    )
+
+
+@contextmanager
+def naming_origin(origin: str | None) -> Iterator[None]:
+    """Prefix the message of any :class:`CrystallizeError` raised inside with ``origin``.
+
+    ``origin`` says where a strategy name came from (``"--strategy"``,
+    ``"CRYSTALLIZE_STRATEGY"``, ``"run(strategy=...)"``), so that an error
+    about the name tells the user where to correct it.
+    """
+    try:
+        yield
+    except CrystallizeError as exc:
+        if origin and len(exc.args) == 1 and isinstance(exc.args[0], str) and not exc.args[0].startswith(origin):
+            exc.args = (f"{origin}: {exc.args[0]}",)
+        raise
 
 
 def load_strategy(name: str, **options: Any) -> object:
@@ -253,7 +284,7 @@ def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
             "e.g. 'parallel:executor_type=process,max_workers=4'"
         )
     options: dict[str, Any] = {}
-    for item in _split_top_level(rest):
+    for item in (part for part in split_top_level(rest) if part.strip()):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
@@ -272,7 +303,8 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _split_top_level(text: str) -> list[str]:
+def split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and quotes; empty items are kept."""
     items, depth, quote, start = [], 0, "", 0
     for position, char in enumerate(text):
         if quote:
@@ -288,18 +320,7 @@ def _split_top_level(text: str) -> list[str]:
             items.append(text[start:position])
             start = position + 1
     items.append(text[start:])
-    return [item for item in items if item.strip()]
-
-
-def strategy_from_env() -> tuple[str, dict[str, Any]] | None:
-    """The strategy named in ``CRYSTALLIZE_STRATEGY``, parsed, or None when unset."""
-    spec = os.environ.get(ENV_STRATEGY, "").strip()
-    if not spec:
-        return None
-    try:
-        return parse_strategy_spec(spec)
-    except StrategySpecError as exc:
-        raise StrategySpecError(f"{ENV_STRATEGY}: {exc}") from None
+    return items
 
 
 def identify(plugin: object) -> tuple[str, str | None, str | None]:

@@ -7,6 +7,7 @@ code which handles Ctrl-C keeps working.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -101,3 +102,20 @@ class ExperimentInterrupted(KeyboardInterrupt):
 
 class ReproducibilityWarning(UserWarning):
     """The chosen way of running cannot promise the same numbers for the same seed."""
+
+
+def warn_at_user_code(message: str, category: type[Warning] = ReproducibilityWarning) -> None:
+    """Issue ``message`` as a ``category`` warning that points at the user's code.
+
+    The warning is attributed to the innermost calling frame outside
+    Crystallize's own packages (``crystallize_core``, every ``crystallize_*``
+    plugin, and pluggy, which calls the hooks), so that it names the user's
+    line, such as their ``experiment.run(...)`` call, and the user's warning
+    filters for their own module apply to it.
+    """
+    import warnings
+
+    from crystallize_core._usercode import user_frame
+
+    _, skipped = user_frame(sys._getframe(1))
+    warnings.warn(message, category, stacklevel=2 + skipped)

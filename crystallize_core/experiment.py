@@ -233,14 +233,18 @@ class ExperimentRun:
 
 def _chosen_strategy(strategy: object) -> tuple[object, str] | None:
     """The strategy chosen for this run, with where the choice came from."""
-    from crystallize_core.discovery import ENV_STRATEGY, load_strategy, parse_strategy_spec, strategy_from_env
+    from crystallize_core.discovery import ENV_STRATEGY, load_strategy, naming_origin, parse_strategy_spec
 
-    if strategy is None:
-        spec = strategy_from_env()
-        return None if spec is None else (load_strategy(spec[0], **spec[1]), f"the {ENV_STRATEGY} environment variable")
-    if isinstance(strategy, str):
-        name, options = parse_strategy_spec(strategy)
-        return load_strategy(name, **options), "run(strategy=...)"
+    if strategy is None or isinstance(strategy, str):
+        if strategy is None:
+            spec, origin = os.environ.get(ENV_STRATEGY, "").strip(), ENV_STRATEGY
+            if not spec:
+                return None
+        else:
+            spec, origin = strategy, "run(strategy=...)"
+        with naming_origin(origin):
+            name, options = parse_strategy_spec(spec)
+            return load_strategy(name, **options), origin
     if isinstance(strategy, type):
         raise ConfigurationError(
             f"strategy must be a name or a strategy object, not the class {strategy.__qualname__}: "

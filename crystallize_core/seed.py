@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from crystallize_core.errors import ConfigurationError
 from crystallize_core.hookspecs import hookimpl
@@ -59,32 +59,19 @@ class SeedPlugin:
         return f"SeedPlugin(seed={self.seed}, auto_seed={self.auto_seed}, seed_fn={self.seed_fn!r})"
 
 
-def warn_if_seeding_globally(plugins: object, where: str) -> None:
+def warn_if_seeding_globally(plugins: Iterable[object], where: str, instead: str = "processes") -> None:
     """Warn, at the user's call, when a plugin seeds global random state that
     replicates running at once in one process would share (``where`` names
-    the way they run, e.g. ``"executor_type='thread'"``)."""
-    if not any(getattr(plugin, "seeds_global_state", False) for plugin in plugins):  # type: ignore[attr-defined]
+    the way they run, e.g. ``"executor_type='thread'"``; ``instead`` the
+    way to run them in processes)."""
+    seeding = [plugin for plugin in plugins if getattr(plugin, "seeds_global_state", False)]
+    if not seeding:
         return
-    import warnings
+    from crystallize_core.errors import ReproducibilityWarning, warn_at_user_code
 
-    from crystallize_core.errors import ReproducibilityWarning
-
-    warnings.warn(
-        f"SeedPlugin seeds the global random state (random, NumPy), which replicates running at once under "
-        f"{where} share, so draws from it are not reproducible. Draw from ctx.rng instead and create "
-        "SeedPlugin(seed=..., auto_seed=False), or run replicates in processes.",
+    warn_at_user_code(
+        f"{type(seeding[0]).__name__} seeds the global random state, which replicates running at once under "
+        f"{where} share, so results are not reproducible. Draw random numbers from ctx.rng (or ctx.numpy_rng) "
+        f"and use SeedPlugin(seed, auto_seed=False) without a seed_fn, or use {instead}.",
         ReproducibilityWarning,
-        stacklevel=_user_stacklevel(),
     )
-
-
-def _user_stacklevel() -> int:
-    """The stacklevel of the innermost frame outside Crystallize and pluggy,
-    so that a warning points at the user's code."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if not module.startswith(("crystallize_", "pluggy")):
-            return level
-        frame, level = frame.f_back, level + 1
-    return 2

@@ -81,11 +81,47 @@ def test_two_distributions_claiming_one_name_are_both_named(site):
     }
 
 
-def test_unknown_name_lists_what_is_installed_and_suggests_a_package(site):
-    with pytest.raises(
-        StrategyNotFoundError, match=r"no strategy named 'dask' .*installed: .*serial.*pip install crystallize-dask"
-    ):
+def test_unknown_name_lists_what_is_installed_and_suggests_no_package(site):
+    with pytest.raises(StrategyNotFoundError, match=r"no strategy named 'dask' .*installed: .*serial") as caught:
         load_strategy("dask")
+    assert "pip install" not in str(caught.value) and "did you mean" not in str(caught.value)
+
+
+@pytest.mark.parametrize("typo", ["paralel", "parallell", "Parallel", "seriel"])
+def test_a_typo_gets_did_you_mean_from_the_installed_names_only(site, typo):
+    expected = "serial" if typo == "seriel" else "parallel"
+    with pytest.raises(
+        StrategyNotFoundError, match=rf"no strategy named '{typo}' is installed; did you mean '{expected}'\?"
+    ):
+        load_strategy(typo)
+    with pytest.raises(StrategyNotFoundError) as caught:
+        load_strategy(typo)
+    assert "pip install" not in str(caught.value) and f"crystallize-{typo}" not in str(caught.value)
+
+
+def test_a_blocked_name_is_not_suggested(site, monkeypatch):
+    monkeypatch.setenv("CRYSTALLIZE_BLOCK_STRATEGIES", "parallel")
+    with pytest.raises(StrategyNotFoundError) as caught:
+        load_strategy("paralel")
+    message = str(caught.value)
+    assert "did you mean" not in message and "parallel" not in message.partition("installed:")[2]
+    assert "serial" in message.partition("installed:")[2]
+
+
+@pytest.mark.parametrize(
+    "how, origin",
+    [("argument", "run(strategy=...): "), ("environment", "CRYSTALLIZE_STRATEGY: ")],
+)
+def test_an_unknown_name_says_where_it_came_from(site, monkeypatch, how, origin):
+    experiment = Experiment(numbers, [record])
+    if how == "environment":
+        monkeypatch.setenv("CRYSTALLIZE_STRATEGY", "paralel:max_workers=2")
+        run = lambda: experiment.run(replicates=1)  # noqa: E731
+    else:
+        run = lambda: experiment.run(replicates=1, strategy="paralel:max_workers=2")  # noqa: E731
+    with pytest.raises(StrategyNotFoundError) as caught:
+        run()
+    assert str(caught.value).startswith(origin + "no strategy named 'paralel' is installed; did you mean 'parallel'?")
 
 
 def test_unknown_option_names_the_valid_ones(site):

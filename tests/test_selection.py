@@ -1,8 +1,8 @@
 """First implementer wins: the order strategies are asked in, and the checks on the winner's answer."""
 
-import pytest
-
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from crystallize_core import (
     Capabilities,
@@ -117,7 +117,7 @@ def test_a_misspelt_capability_is_an_error():
     class Loose(Recorder):
         capabilities = {"timeout": True}
 
-    with pytest.raises(TypeError, match="must be a crystallize_core.Capabilities"):
+    with pytest.raises(TypeError, match=r"must be a crystallize_core\.Capabilities"):
         run(Loose(), timeout=1)
 
 

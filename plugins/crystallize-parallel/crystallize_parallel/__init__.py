@@ -88,15 +88,14 @@ class ParallelExecution:
     def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> list:
         from crystallize_core.engine import ExecutorBackend, drive
 
-        workers = min(
-            self.max_workers or default_max_workers(self.executor_type, experiment.replicates), experiment.replicates
-        )
+        total = experiment.replicates
+        workers = min(self.max_workers or default_max_workers(self.executor_type, total), total)
         if self.executor_type == "thread":
             from concurrent.futures import ThreadPoolExecutor
 
             from crystallize_core.seed import warn_if_seeding_globally
 
-            warn_if_seeding_globally(experiment.plugins, "executor_type='thread'")
+            warn_if_seeding_globally(experiment.plugins, "executor_type='thread'", "executor_type='process'")
             backend = ExecutorBackend(
                 lambda: ThreadPoolExecutor(workers, thread_name_prefix="crystallize-replicate"), workers=workers
             )
