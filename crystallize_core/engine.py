@@ -71,6 +71,8 @@ class Backend:
     #: pool breaks as a whole), so its replicates are rerun one at a time,
     #: alone, to find the culprit; ``"task"`` when it fails only its own tasks.
     failure_scope: str = "task"
+    #: Seconds of work a batch should hold: enough to hide the cost of one task.
+    target_batch_seconds: float = 0.05
 
     def start(self, run: RunView, replicate_fn: ReplicateFn) -> int:
         """Make ``replicate_fn`` available to the workers; return how many
@@ -87,6 +89,12 @@ class Backend:
         it died, say how in a few words; else None (the exception escaped the
         replicate function, and stops the run)."""
         return "the executor broke" if isinstance(exc, BrokenExecutor) else None
+
+    def escaped(self, exc: BaseException) -> BaseException:
+        """The exception to raise for ``exc``, which escaped the replicate
+        function (``ReplicateFailed``, say) and may arrive wrapped in the
+        backend's own exception type; unwrap it here."""
+        return exc
 
     #: Whether :meth:`started_at` tells when a batch starts running; if not,
     #: timeouts count from submission (the engine then keeps no more batches
@@ -290,7 +298,7 @@ class _Dispatch:
     def start(self) -> None:
         slots = self.backend.start(self.run, self.replicate_fn)
         fixed = 1 if self.timeout is not None else (None if self.batch == "auto" else self.batch)
-        self.sizer = BatchSizer(self.total, slots, fixed=fixed)
+        self.sizer = BatchSizer(self.total, slots, target_seconds=self.backend.target_batch_seconds, fixed=fixed)
         # With a timeout each replicate needs a clock of its own, started when
         # it starts: never more tasks out than can run.
         self.window = slots if self.timeout is not None else slots * IN_FLIGHT_PER_WORKER
@@ -350,7 +358,10 @@ class _Dispatch:
         except BaseException as exc:
             how = self.backend.worker_lost(exc)
             if how is None:
-                raise
+                escaped = self.backend.escaped(exc)
+                if escaped is exc:
+                    raise
+                raise escaped from None
             return how
         if value == NEED_PAYLOAD:
             resend = getattr(self.backend, "resubmit_with_payload", None)

@@ -219,22 +219,33 @@ class KillWorkerOn:
 _INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "resource_tracker")
 
 
-def live_child_processes() -> set[int]:
-    """Process ids of this process's living descendants, except the helper
-    processes ``multiprocessing`` keeps for the interpreter (psutil)."""
+def live_child_processes() -> dict[int, int]:
+    """This process's living descendants, as process id to parent id, except
+    the helper processes ``multiprocessing`` keeps for the interpreter (psutil)."""
     import psutil
 
-    found = set()
+    found = {}
     for child in psutil.Process().children(recursive=True):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
             command = " ".join(child.cmdline())
+            parent = child.ppid()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if not any(helper in command for helper in _INTERPRETER_HELPERS):
-            found.add(child.pid)
+            found[child.pid] = parent
     return found
+
+
+def processes_started_since(before: dict[int, int]) -> list[int]:
+    """Descendants started since the snapshot ``before`` by this process, or by
+    processes it started since: not those a cluster that was already running
+    starts for itself (a Ray raylet replacing its workers, say)."""
+    now = live_child_processes()
+    new = {pid for pid in now if pid not in before}
+    me = os.getpid()
+    return sorted(pid for pid in new if now[pid] == me or now[pid] in new)
 
 
 def live_threads() -> set[int]:
@@ -400,18 +411,15 @@ class StrategyConformance:
             return
         self.assert_strategy_ran(result)
 
-    def assert_nothing_left(self, processes: set[int], threads: set[int]) -> None:
+    def assert_nothing_left(self, processes: dict[int, int], threads: set[int]) -> None:
         """Every process and thread started since the snapshot has ended."""
-        gone = wait_until(
-            lambda: not (live_child_processes() - processes) and not (live_threads() - threads), seconds=10
-        )
+        gone = wait_until(lambda: not processes_started_since(processes) and not live_threads() - threads, seconds=10)
         if not gone:
             import threading
 
             names = [t.name for t in threading.enumerate() if t.ident in live_threads() - threads]
             self.fail(
-                f"left processes {sorted(live_child_processes() - processes)} and threads {names} running "
-                "after the run ended"
+                f"left processes {processes_started_since(processes)} and threads {names} running after the run ended"
             )
 
     # checks -----------------------------------------------------------------

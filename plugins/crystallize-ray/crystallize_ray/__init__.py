@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from crystallize_core import ConfigurationError, hookimpl
+from crystallize_core import Capabilities, ConfigurationError, hookimpl
 
 if importlib.util.find_spec("ray") is None:
     raise ImportError("crystallize-ray needs Ray, which is not installed: pip install 'ray'")
@@ -44,14 +44,11 @@ class RayExecution:
     ``max_retries`` times; after that each of its replicates is run on its
     own, and one that still loses its worker is recorded as ``WorkerDied``.
     Ctrl-C cancels outstanding tasks and returns the finished replicates.
+    A running Ray task can be cancelled, but not reliably within a bound, so
+    runs with a ``timeout`` pass this strategy over.
     """
 
-    name = "ray"
-    ships_work = True
-    retries_dead_workers = True
-    #: A running Ray task can be cancelled, but not reliably within a bound:
-    #: per-replicate timeouts are refused rather than approximated.
-    supports_timeout = False
+    capabilities = Capabilities(cancellation=True, retries_dead_workers=True, ships_work=True)
 
     def __init__(
         self,
@@ -61,7 +58,6 @@ class RayExecution:
         resources: Mapping[str, float] | None = None,
         max_retries: int = 3,
         batch_size: int | str = "auto",
-        progress: bool = False,
         runtime_env: Mapping[str, Any] | None = None,
     ):
         if address is not None and (not isinstance(address, str) or not address.strip()):
@@ -81,8 +77,6 @@ class RayExecution:
             raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
-        if not isinstance(progress, bool):
-            raise ConfigurationError(f"progress must be True or False, got {progress!r}")
         if runtime_env is not None and not isinstance(runtime_env, Mapping):
             raise ConfigurationError(f"runtime_env must be a mapping, got {runtime_env!r}")
         self.address = address
@@ -91,18 +85,20 @@ class RayExecution:
         self.resources = dict(resources) if resources else None
         self.max_retries = max_retries
         self.batch_size = batch_size
-        self.progress = progress
         self.runtime_env = dict(runtime_env) if runtime_env else None
 
     @hookimpl
     def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> list:
-        from crystallize_ray._core import run_on_ray
+        from crystallize_core.engine import drive
+        from crystallize_ray._core import RayBackend
 
-        return run_on_ray(self, replicate_fn, experiment.replicates)
+        # Ray itself reruns a task whose worker died (max_retries): the engine
+        # only splits a lost batch to find the replicate that kills workers.
+        return drive(experiment, replicate_fn, RayBackend(self), max_retries=0, batch_size=self.batch_size)
 
     def __repr__(self) -> str:
         return (
             f"RayExecution(address={self.address!r}, num_cpus={self.num_cpus}, num_gpus={self.num_gpus}, "
             f"resources={self.resources!r}, max_retries={self.max_retries}, batch_size={self.batch_size!r}, "
-            f"progress={self.progress}, runtime_env={self.runtime_env!r})"
+            f"runtime_env={self.runtime_env!r})"
         )

@@ -6,23 +6,18 @@ import atexit
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlsplit
 
 import ray
 
-from crystallize_core import ConfigurationError
-from crystallize_core.batching import BatchSizer
-from crystallize_core.replicate import check_picklable
-from crystallize_core.result import pack_results, unpack_results
+from crystallize_core import Capabilities, ConfigurationError
+from crystallize_core.engine import Backend, run_span
 
 #: How long an unreachable cluster address may take to be reported.
 CONNECT_TIMEOUT_SECONDS = 10.0
-#: Tasks in flight per unit of parallelism: enough to keep the cluster busy,
-#: few enough that memory does not grow with the run.
-IN_FLIGHT_PER_SLOT = 2
 TARGET_TASK_SECONDS = 0.1  # Ray's per-task cost is about a millisecond
 
 _started_here = False
@@ -122,25 +117,33 @@ def _replicate_fn(holder: list) -> Callable[[int], Any]:
 
 @ray.remote
 def _run_span(holder: list, start: int, stop: int) -> tuple[list, float]:
-    replicate_fn = _replicate_fn(holder)
-    began = time.perf_counter()
-    results = pack_results([replicate_fn(replicate) for replicate in range(start, stop)])
-    return results, time.perf_counter() - began
+    return run_span(_replicate_fn(holder), start, stop)
 
 
 # --- in the driver ------------------------------------------------------------
 
 
-def run_on_ray(strategy: Any, replicate_fn: Callable[[int], Any], total: int) -> list:
-    check_picklable(replicate_fn)  # the same refusal as every strategy that ships work, before any work
-    job_has_env = connect(strategy.address, strategy.runtime_env)
-    return _RayRun(strategy, replicate_fn, total, per_task_env=not job_has_env).run()
+class RayBackend(Backend):
+    """Batches of replicates as Ray tasks, for one run.
 
+    Ray reruns a task whose worker or node died up to ``max_retries`` times
+    itself; a batch lost after that is split into single replicates, and a
+    single replicate lost after that is recorded as ``WorkerDied``. Ctrl-C
+    cancels every task with ``force=True``, which kills the workers running
+    them. A running task cannot be stopped within a bound, so no timeout.
+    """
 
-class _RayRun:
-    def __init__(self, strategy: Any, replicate_fn: Callable[[int], Any], total: int, per_task_env: bool):
-        self.replicate_fn = replicate_fn
-        self.total = total
+    capabilities = Capabilities(cancellation=True, retries_dead_workers=True, ships_work=True)
+    failure_scope = "task"
+    target_batch_seconds = TARGET_TASK_SECONDS
+
+    def __init__(self, strategy: Any):
+        self.strategy = strategy
+        self.running: dict[Future, ray.ObjectRef] = {}
+
+    def start(self, run: Any, replicate_fn: Callable[[int], Any]) -> int:
+        strategy = self.strategy
+        job_has_env = connect(strategy.address, strategy.runtime_env)
         options: dict[str, Any] = {
             "num_cpus": strategy.num_cpus,
             "num_gpus": strategy.num_gpus,
@@ -149,113 +152,58 @@ class _RayRun:
         }
         if strategy.resources:
             options["resources"] = strategy.resources
-        if strategy.runtime_env and per_task_env:
+        if strategy.runtime_env and not job_has_env:
             options["runtime_env"] = strategy.runtime_env
         self.task = _run_span.options(**options)
-        slots = self._slots(strategy)
-        self.window = max(1, slots * IN_FLIGHT_PER_SLOT)
-        fixed = None if strategy.batch_size == "auto" else strategy.batch_size
-        self.batches = BatchSizer(total, slots, target_seconds=TARGET_TASK_SECONDS, fixed=fixed)
-        self.alone: list[int] = []  # replicates whose batch lost its worker for good
-        self.results: list = [None] * total
-        self.bar = None
-        if strategy.progress and total > 1:
-            from tqdm.auto import tqdm
+        slots = _slots(strategy)
+        self.holder = [ray.put(replicate_fn)]
+        return slots
 
-            self.bar = tqdm(total=total, desc="replicates", unit="rep")
+    def submit(self, span: range) -> Future:
+        reference = self.task.remote(self.holder, span.start, span.stop)
+        future = reference.future()
+        self.running[future] = reference
+        future.add_done_callback(self._forget)
+        return future
 
-    @staticmethod
-    def _slots(strategy: Any) -> int:
-        """How many tasks the cluster can run at once, by the scarcest resource asked for.
+    def _forget(self, future: Future) -> None:
+        self.running.pop(future, None)
 
-        A request no node can meet is refused here: Ray would otherwise wait
-        for it forever.
-        """
-        available = ray.cluster_resources()
-        asked = {"CPU": strategy.num_cpus, "GPU": strategy.num_gpus, **(strategy.resources or {})}
-        counts = {name: int(available.get(name, 0) // amount) for name, amount in asked.items() if amount > 0}
-        lacking = [
-            f"{name} {asked[name]:g} (cluster total: {available.get(name, 0):g})" for name, n in counts.items() if n < 1
-        ]
-        if lacking:
-            raise ConfigurationError(
-                f"each task asks for more than the Ray cluster has: {', '.join(lacking)}. Lower the request, "
-                "or add nodes that have it"
-            )
-        return max(1, min(counts.values(), default=1))
+    def worker_lost(self, exc: BaseException) -> str | None:
+        if not isinstance(exc, WORKER_LOST):
+            return None
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        return f"{type(exc).__name__}: {detail}; Ray's own retries were spent"
 
-    def _next_span(self) -> range | None:
-        if self.alone:
-            replicate = self.alone.pop()
-            return range(replicate, replicate + 1)
-        return self.batches.next_span()
+    def escaped(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            return exc.cause or exc  # only the core's own stops (fail_fast) get here
+        return exc
 
-    def run(self) -> list:
-        holder = [ray.put(self.replicate_fn)]
-        in_flight: dict[ray.ObjectRef, range] = {}
-        try:
-            while True:
-                while len(in_flight) < self.window:
-                    span = self._next_span()
-                    if span is None:
-                        break
-                    in_flight[self.task.remote(holder, span.start, span.stop)] = span
-                if not in_flight:
-                    return self.results
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                for reference in done:
-                    self._collect(reference, in_flight.pop(reference))
-        except KeyboardInterrupt as interrupt:
-            self._harvest(in_flight)
-            for reference in in_flight:
-                ray.cancel(reference, force=True)
-            interrupt.completed = [r for r in self.results if r is not None]
-            raise
-        except BaseException:
-            for reference in in_flight:
-                ray.cancel(reference, force=True)
-            raise
-        finally:
-            if self.bar is not None:
-                self.bar.close()
+    def stop_all(self) -> None:
+        for reference in list(self.running.values()):
+            ray.cancel(reference, force=True)
 
-    def _collect(self, reference: ray.ObjectRef, span: range) -> None:
-        try:
-            batch, seconds = ray.get(reference)
-        except WORKER_LOST as died:
-            if len(span) > 1:  # which replicate killed it is unknown: run each on its own
-                self.alone.extend(span)
-                return
-            self._store_error(span.start, died)
-            return
-        except ray.exceptions.RayTaskError as failed:
-            # Only the core's own stops (fail_fast) get here: replicate errors are captured.
-            raise (failed.cause or failed) from None
-        self.results[span.start : span.stop] = unpack_results(batch)
-        self.batches.record(len(span), seconds)
-        if self.bar is not None:
-            self.bar.update(len(span))
+    def shutdown(self) -> None:
+        self.stop_all()
+        self.running.clear()
 
-    def _store_error(self, replicate: int, died: BaseException) -> None:
-        self.results[replicate] = self.replicate_fn.error_result(
-            replicate,
-            "WorkerDied",
-            f"the Ray worker running this replicate died, and so did its retries ({type(died).__name__}: "
-            f"{str(died).splitlines()[0] if str(died) else 'no detail'}). Common causes: running out of "
-            "memory (the OOM killer), a crash in native code, os._exit(), or a node leaving the cluster.",
+
+def _slots(strategy: Any) -> int:
+    """How many tasks the cluster can run at once, by the scarcest resource asked for.
+
+    A request no node can meet is refused here: Ray would otherwise wait
+    for it forever.
+    """
+    available = ray.cluster_resources()
+    asked = {"CPU": strategy.num_cpus, "GPU": strategy.num_gpus, **(strategy.resources or {})}
+    counts = {name: int(available.get(name, 0) // amount) for name, amount in asked.items() if amount > 0}
+    lacking = [
+        f"{name} {asked[name]:g} (cluster total: {available.get(name, 0):g})" for name, n in counts.items() if n < 1
+    ]
+    if lacking:
+        raise ConfigurationError(
+            f"each task asks for more than the Ray cluster has: {', '.join(lacking)}. Lower the request, "
+            "or add nodes that have it"
         )
-        if self.bar is not None:
-            self.bar.update()
-
-    def _harvest(self, in_flight: dict) -> None:
-        """Keep the batches that finished but were not collected yet."""
-        if not in_flight:
-            return
-        done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
-        for reference in done:
-            try:
-                batch, _ = ray.get(reference)
-            except ray.exceptions.RayError:
-                continue
-            span = in_flight.pop(reference)
-            self.results[span.start : span.stop] = unpack_results(batch)
+    return max(1, min(counts.values(), default=1))

@@ -56,8 +56,8 @@ def test_an_existing_connection_is_used_and_left_running():
     assert ray.is_initialized() and not core._started_here
 
 
-def test_progress_bar_counts_replicates(capsys):
-    Experiment(numbers, [record], plugins=[RayExecution(progress=True)]).run(replicates=6)
+def test_progress_counts_replicates(capsys):
+    Experiment(numbers, [record], plugins=[RayExecution()]).run(replicates=6, progress=True)
     assert "6/6" in capsys.readouterr().err
 
 
