@@ -58,8 +58,11 @@ class Progress:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         self._bar = tqdm(total=self.total, desc="replicates", unit="rep", file=self._stream)
-        # Log lines (ours and the user's) go above the bar instead of through it.
-        self._redirect = logging_redirect_tqdm(loggers=[logging.root, logger], tqdm_class=tqdm)
+        # Log lines go above the bar instead of through it: the user's console
+        # handlers on the root logger if there are any (ours propagate to
+        # them), else a handler of our own for Crystallize's lines.
+        target = logging.root if logging.root.handlers else logger
+        self._redirect = logging_redirect_tqdm(loggers=[target], tqdm_class=tqdm)
         self._redirect.__enter__()
 
     def advance(self, count: int = 1) -> None:

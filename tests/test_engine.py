@@ -1,0 +1,216 @@
+"""The dispatch engine: any executor as a backend, batching, faults and what a run shows."""
+
+import itertools
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
+
+import pytest
+
+from crystallize_core import (
+    ConfigurationError,
+    ExecutorStrategy,
+    Experiment,
+    ExperimentInterrupted,
+    ReplicateFailed,
+    SeedPlugin,
+    StrategyCapabilityError,
+    WorkerLostError,
+)
+from crystallize_core.batching import BatchSizer
+from crystallize_core.engine import Backend, ExecutorBackend, drive
+from crystallize_core.progress import MAX_REPORTED_ERRORS
+from crystallize_core.testing import (
+    CountUnpickles,
+    FailOn,
+    KillWorkerOn,
+    StrategyConformance,
+    live_child_processes,
+    numbers,
+    processes_started_since,
+    record,
+    wait_until,
+)
+
+
+class TestProcessPoolFactory(StrategyConformance):
+    strategy_name = "ExecutorStrategy"
+
+    def make_strategy(self):
+        return ExecutorStrategy(partial(ProcessPoolExecutor, 2))
+
+
+class TestThreadPoolFactory(StrategyConformance):
+    strategy_name = "ExecutorStrategy"
+
+    def make_strategy(self):
+        return ExecutorStrategy(partial(ThreadPoolExecutor, 3), ships_work=False)
+
+
+def seeded(*steps, plugins=()):
+    return Experiment(numbers, [*steps, record], plugins=[SeedPlugin(seed=11, auto_seed=False), *plugins])
+
+
+def test_an_executor_passed_as_the_strategy_runs_the_replicates_and_is_left_open():
+    expected = seeded().run(replicates=30).metrics
+    with ProcessPoolExecutor(2) as pool:
+        result = seeded().run(replicates=30, strategy=pool)
+        assert result.strategy == "ExecutorStrategy" and result.metrics == expected
+        assert pool.submit(abs, -3).result() == 3  # the user's executor is still theirs
+
+
+def test_a_passed_in_executor_gets_the_experiment_once_per_worker(tmp_path):
+    log = tmp_path / "unpickles.txt"
+    log.touch()
+    experiment = Experiment(CountUnpickles(str(log)), [record])
+    with ProcessPoolExecutor(2) as pool:
+        experiment.run(replicates=200, strategy=pool)
+    unpickled_in = log.read_text().split()
+    assert 1 <= len(unpickled_in) <= 2 and len(set(unpickled_in)) == len(unpickled_in), unpickled_in
+
+
+def test_a_worker_death_in_a_passed_in_executor_stops_with_what_finished():
+    experiment = seeded(KillWorkerOn({5: "exit"}))
+    with ProcessPoolExecutor(1) as pool, pytest.raises(WorkerLostError, match="cannot replace it") as caught:
+        experiment.run(replicates=20, strategy=pool)
+    assert caught.value.completed is not None and all(r.replicate != 5 for r in caught.value.completed)
+
+
+def test_a_factory_replaces_a_broken_pool_and_blames_only_the_culprit():
+    result = seeded(KillWorkerOn({4: "exit"})).run(
+        replicates=12, strategy=ExecutorStrategy(partial(ProcessPoolExecutor, 2), max_retries=1)
+    )
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(4, "WorkerDied")]
+    assert "2 time(s) with the replicate running alone" in result.errors[0].message
+    assert result.metrics["baseline"]["replicate"] == [None if i == 4 else i for i in range(12)]
+
+
+def test_fail_fast_stops_at_a_dead_worker_too():
+    experiment = seeded(KillWorkerOn({2: "exit"}))
+    strategy = ExecutorStrategy(partial(ProcessPoolExecutor, 2), max_retries=0)
+    with pytest.raises(ReplicateFailed, match="WorkerDied") as caught:
+        experiment.run(replicates=10, strategy=strategy, fail_fast=True)
+    assert caught.value.partial_result is not None and not caught.value.partial_result.complete
+
+
+def test_an_executor_cannot_promise_a_timeout():
+    with pytest.raises(StrategyCapabilityError, match="Passed over: 'ExecutorStrategy'"):
+        seeded().run(replicates=2, timeout=1, strategy=ExecutorStrategy(ThreadPoolExecutor(2)))
+
+
+def test_a_backend_that_cannot_stop_work_is_refused_a_timeout_by_the_engine():
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 2, 1.0, False, None, ()
+
+    with pytest.raises(StrategyCapabilityError, match="cannot enforce a timeout"):
+        drive(Run(), lambda i: i, Backend())
+
+
+@pytest.mark.parametrize("bad", [42, "pool", None])
+def test_an_executor_backend_needs_an_executor(bad):
+    with pytest.raises(ConfigurationError, match=r"needs a concurrent\.futures\.Executor"):
+        ExecutorBackend(bad)
+
+
+@pytest.mark.parametrize("option, value", [("max_retries", -1), ("batch_size", 0), ("batch_size", "big")])
+def test_drive_checks_its_options(option, value):
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 2, None, False, None, ()
+
+    with pytest.raises(ConfigurationError, match=option):
+        drive(Run(), lambda i: i, ExecutorBackend(ThreadPoolExecutor(1)), **{option: value})
+
+
+def test_batches_grow_at_most_twofold_and_follow_a_smoothed_rate():
+    sizer = BatchSizer(total=100_000, workers=2, target_seconds=0.05)
+    sizes = []
+    for _ in range(14):
+        span = sizer.next_span()
+        sizes.append(len(span))
+        sizer.record(len(span), len(span) * 1e-5)  # 10 us per replicate: ideal 5,000
+    assert all(b <= 2 * a for a, b in itertools.pairwise(sizes)), sizes
+    assert sizes[-1] == 4096  # capped by max_batch
+    sizer.record(sizes[-1], sizes[-1] * 1e-2)  # one slow batch moves the average, not all the way
+    assert 5 < sizer.size < 4096
+
+
+def test_captured_errors_are_logged_up_to_a_limit_then_counted(caplog):
+    experiment = Experiment(numbers, [FailOn(frozenset(range(50)), condition="baseline"), record])
+    with caplog.at_level(logging.WARNING, logger="crystallize"):
+        result = experiment.run(replicates=50, strategy="parallel:executor_type=process,max_workers=2")
+    assert len(result.errors) == 50
+    lines = [r.getMessage() for r in caplog.records if r.name == "crystallize"]
+    assert len(lines) == MAX_REPORTED_ERRORS + 1
+    assert lines[-1].startswith(f"{50 - MAX_REPORTED_ERRORS} more captured error(s) not shown")
+
+
+def test_progress_off_a_terminal_is_plain_lines(capfd):
+    Experiment(numbers, [record]).run(replicates=25, progress=True, strategy="parallel:executor_type=process")
+    err = capfd.readouterr().err
+    assert "replicates: 25/25 (100%)" in err and "\r" not in err
+
+
+def test_progress_off_by_default_off_a_terminal(capfd):
+    Experiment(numbers, [record]).run(replicates=25, strategy="parallel:executor_type=thread")
+    assert capfd.readouterr().err == ""
+
+
+def test_progress_on_a_terminal_is_a_bar_with_log_lines_above_it():
+    """A real pseudo-terminal: the bar redraws with carriage returns, errors are printed on lines of their own."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        from crystallize_core import Experiment
+        from crystallize_core.testing import FailOn, SleepEach, numbers, record
+        Experiment(numbers, [SleepEach(0.01), FailOn(frozenset({3}), condition="baseline"), record]).run(replicates=20)
+        """
+    )
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a width
+    done = subprocess.run([sys.executable, "-c", script], stdin=terminal, stdout=terminal, stderr=terminal, timeout=120)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    text = shown.decode(errors="replace")
+    assert done.returncode == 0, text
+    assert "20/20" in text and "\r" in text
+    assert text.count("replicate 3, condition 'baseline': ValueError") == 1
+    assert "\nreplicate 3, condition 'baseline': ValueError" in text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def test_threads_ctrl_c_says_what_it_waits_for(caplog):
+    from crystallize_core.testing import InterruptAfter, SleepEach
+
+    marker = str(os.path.join(os.getcwd(), ".interrupt-marker-engine"))
+    try:
+        experiment = Experiment(numbers, [SleepEach(0.2), record, InterruptAfter(2, os.getpid(), marker, "baseline")])
+        with caplog.at_level(logging.WARNING, logger="crystallize"), pytest.raises(ExperimentInterrupted) as caught:
+            experiment.run(replicates=40, strategy="parallel:executor_type=thread,max_workers=4")
+    finally:
+        for leftover in (marker, marker + ".count"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    assert "Ctrl-C: waiting for up to" in caplog.text
+    assert 0 < caught.value.partial_result.replicates < 40
+
+
+def test_no_process_is_left_after_a_run_on_a_factory_pool():
+    before = live_child_processes()
+    seeded().run(replicates=10, strategy=ExecutorStrategy(partial(ProcessPoolExecutor, 2)))
+    assert wait_until(lambda: not processes_started_since(before))
