@@ -52,9 +52,8 @@ def call_strategies(
         fallback_problem = f", and the fallback: {exc}"
     else:
         fallback_problem = ", the 'serial' fallback included"
-        answer = _ask(
-            fallback, fallback.run_experiment_loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over
-        )
+        loop = fallback.run_experiment_loop  # type: ignore[attr-defined]
+        answer = _ask(fallback, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, fallback)
             return answer, FALLBACK_STRATEGY, identify(fallback)[2]

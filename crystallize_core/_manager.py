@@ -36,7 +36,8 @@ class RunPlugins:
     def __init__(self, plugins: Sequence[object], chosen: tuple[object, str] | None = None):
         self.manager = new_plugin_manager()
         self.experiment_plugins = list(plugins)
-        self.chosen, self.chosen_from = chosen if chosen is not None else (None, None)
+        self.chosen: object | None = chosen[0] if chosen is not None else None
+        self.chosen_from: str | None = chosen[1] if chosen is not None else None
         self._names: dict[int, str] = {}
         for plugin in reversed(self.experiment_plugins):
             self.register(plugin)

@@ -80,7 +80,7 @@ def user_location_in_text(traceback_text: str) -> tuple[str, int] | None:
 
 
 def _own_folders() -> tuple[str, ...]:
-    folders = []
+    folders: list[str] = []
     for name, module in list(sys.modules.items()):
         if "." not in name and is_own_module(name):
             folders.extend(os.path.abspath(p) for p in getattr(module, "__path__", ()))

@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the core's and each strategy's version")
     # On the main parser and on each command, so that it may stand anywhere;
     # SUPPRESS keeps a command's default from overwriting the main parser's value.
-    traceback_flag = {
+    traceback_flag: dict[str, Any] = {
         "action": "store_true",
         "default": argparse.SUPPRESS,
         "help": "on an error, print the whole traceback as well as the one-line message",
@@ -386,14 +386,14 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
             )
         if name == BASELINE:
             raise UsageError(f"--treatment {name!r}: {BASELINE!r} names the untreated condition; choose another name")
-        values: dict[str, Any] = {}
+        given: dict[str, Any] = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
             key = key.strip()
             if not sep or not key:
                 raise UsageError(f"malformed --treatment {item!r}: {pair.strip()!r} is not KEY=VALUE")
-            values[key] = parse_value(value.strip())
-        added.append(Treatment(name, values))
+            given[key] = parse_value(value.strip())
+        added.append(Treatment(name, given))
     seen: set[str] = set()
     for treatment in added:
         if treatment.name in seen:

@@ -121,7 +121,9 @@ class Backend:
 # --- where replicates run ------------------------------------------------------
 
 
-def run_span(replicate_fn: ReplicateFn, start: int, stop: int, stopping: Event | None = None) -> tuple[list, float]:
+def run_span(
+    replicate_fn: Callable[[int], ReplicateResult], start: int, stop: int, stopping: Event | None = None
+) -> tuple[list, float]:
     """Run positions ``start .. stop - 1`` and return ``(packed results, seconds)``.
 
     What a backend's workers run for each batch. With ``stopping`` (an
@@ -236,6 +238,7 @@ class ExecutorBackend(Backend):
     def submit(self, span: range) -> Future:
         executor = self._current()
         if not self.capabilities.ships_work:
+            assert self._replicate_fn is not None, "start() comes first"
             return executor.submit(run_span, self._replicate_fn, span.start, span.stop, self._stopping)
         return executor.submit(run_shipped_span, self._key, None, span.start, span.stop)
 
@@ -364,8 +367,8 @@ class _Dispatch:
                 raise escaped from None
             return how
         if value == NEED_PAYLOAD:
-            resend = getattr(self.backend, "resubmit_with_payload", None)
-            self.in_flight[resend(task.span)] = _Task(task.span, time.monotonic())
+            assert isinstance(self.backend, ExecutorBackend), "only an executor backend ships payloads on demand"
+            self.in_flight[self.backend.resubmit_with_payload(task.span)] = _Task(task.span, time.monotonic())
             return None
         packed, seconds = value
         self.store(task.span, packed)
@@ -547,7 +550,7 @@ def drive(
         check_picklable(replicate_fn)
     dispatch = _Dispatch(run, replicate_fn, backend, max_retries, batch_size)
     try:
-        return dispatch.loop()  # type: ignore[return-value]
+        return dispatch.loop()
     except KeyboardInterrupt as interrupt:
         dispatch.stop(interrupted=True)
         interrupt.completed = dispatch.completed()  # type: ignore[attr-defined]

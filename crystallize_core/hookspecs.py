@@ -96,9 +96,9 @@ class ReplicateFn(Protocol):
     (:func:`crystallize_core.dumps_replicate_fn`) and ships only positions.
     """
 
-    def __call__(self, position: int) -> ReplicateResult: ...
+    def __call__(self, position: int, /) -> ReplicateResult: ...
 
-    def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
+    def error_result(self, position: int, exc_type: str, message: str, /) -> ReplicateResult:
         """The result to record for a replicate that could not run: its worker
         died (``"WorkerDied"``) or it ran past its timeout (``"ReplicateTimeout"``)."""
         ...
@@ -112,19 +112,37 @@ class RunView(Protocol):
     options live here, so two runs of one experiment at once do not interfere.
     """
 
-    #: How many replicates to run: call ``replicate_fn(0 .. replicates - 1)``.
-    replicates: int
-    #: Seconds each replicate may run, or None; only asked of strategies with
-    #: ``Capabilities.timeout``.
-    timeout: float | None
-    #: Whether the first error inside a replicate stops the run.
-    fail_fast: bool
-    #: Whether to show progress (a bar on a terminal, plain lines elsewhere).
-    progress: bool
-    #: The experiment's plugins, in the order given.
-    plugins: Sequence[object]
-    #: The experiment being run (read it; never change it).
-    experiment: Experiment
+    @property
+    def replicates(self) -> int:
+        """How many replicates to run: call ``replicate_fn(0 .. replicates - 1)``."""
+        ...
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds each replicate may run, or None; only asked of strategies
+        with ``Capabilities.timeout``."""
+        ...
+
+    @property
+    def fail_fast(self) -> bool:
+        """Whether the first error inside a replicate stops the run."""
+        ...
+
+    @property
+    def progress(self) -> bool | None:
+        """Whether to show progress: None shows a bar on a terminal only,
+        True also plain lines elsewhere, False nothing. The core shows it."""
+        ...
+
+    @property
+    def plugins(self) -> Sequence[object]:
+        """The experiment's plugins, in the order given."""
+        ...
+
+    @property
+    def experiment(self) -> Experiment:
+        """The experiment being run (read it; never change it)."""
+        ...
 
 
 @hookspec(firstresult=True)

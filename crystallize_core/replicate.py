@@ -162,14 +162,13 @@ class ReplicateRunner:
         if hook is None:
             seed = derive_seed(self.base_seed, replicate)
         else:
-            seed = None
+            seed = derive_seed(self.base_seed, replicate)
             try:
                 seed = self.seed(replicate)
                 hook.before_replicate(replicate=replicate, seed=seed)
-            except Exception as exc:
+            except Exception as exc:  # the seed a plugin gave is kept, else the derived one
                 error = self._captured(ReplicateError.from_exception(replicate, None, exc))
-                fallback = derive_seed(self.base_seed, replicate) if seed is None else seed
-                return ReplicateResult(replicate, fallback, {}, (error,))
+                return ReplicateResult(replicate, seed, {}, (error,))
 
         metrics: dict[str, dict[str, Any]] = {}
         datasource = self.datasource

@@ -323,14 +323,15 @@ WATCHDOG_SECONDS = 300
 class StrategyConformance:
     """Checks every strategy must pass. Subclass it as ``Test<Something>``.
 
-    Set :attr:`strategy_name` to the name the strategy is registered under
-    (its entry point's name, or its class name if it has none), and implement
-    :meth:`make_strategy`. Checks that do not apply to what the strategy
+    Implement :meth:`make_strategy`, and set :attr:`strategy_name` to the
+    entry point's name your strategy is published under. Checks that do not apply to what the strategy
     declares in its :class:`~crystallize_core.Capabilities` are skipped,
     with the reason; every failure names the strategy and says what it did.
     """
 
-    #: The name the strategy is registered under (checked against ``Result.strategy``).
+    #: The name the strategy is registered under, checked against
+    #: ``Result.strategy``; by default the name the core finds for it (its
+    #: entry point's name if installed, else its class name).
     strategy_name: str | None = None
     #: Replicates used by the checks that need "many".
     many_replicates: int = 60
@@ -365,7 +366,11 @@ class StrategyConformance:
 
     @property
     def label(self) -> str:
-        return self.strategy_name or type(self.make_strategy()).__qualname__
+        """The name the strategy under test runs under: :attr:`strategy_name`,
+        or else the name the core registers it by."""
+        from crystallize_core.discovery import identify
+
+        return self.strategy_name or identify(self.make_strategy())[0]
 
     def fail(self, what: str) -> None:
         """Fail the check, naming the strategy under test."""
@@ -401,15 +406,12 @@ class StrategyConformance:
         return experiment.run(replicates=replicates, **options)
 
     def assert_strategy_ran(self, result) -> None:
-        if self.strategy_name is not None and result.strategy != self.strategy_name:
+        if result.strategy != self.label:
             self.fail(f"declined or was passed over: {result.strategy!r} ran the experiment instead")
 
     def assert_strategy_runs(self) -> None:
         """Before a check that kills or hangs: prove the strategy under test is the one running."""
-        result = self.run_with_strategy(self.experiment(), 2)
-        if self.strategy_name is None:
-            return
-        self.assert_strategy_ran(result)
+        self.assert_strategy_ran(self.run_with_strategy(self.experiment(), 2))
 
     def assert_nothing_left(self, processes: dict[int, int], threads: set[int]) -> None:
         """Every process and thread started since the snapshot has ended."""

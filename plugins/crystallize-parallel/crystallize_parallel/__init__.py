@@ -8,10 +8,12 @@ this package supplies the pools.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
+
+if TYPE_CHECKING:
+    from crystallize_core import ReplicateFn, ReplicateResult, RunView
 
 __version__ = "0.2.0"
 __all__ = ["ParallelExecution", "__version__", "default_max_workers"]
@@ -85,11 +87,12 @@ class ParallelExecution:
         return Capabilities()
 
     @hookimpl
-    def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> list:
-        from crystallize_core.engine import ExecutorBackend, drive
+    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
+        from crystallize_core.engine import Backend, ExecutorBackend, drive
 
         total = experiment.replicates
         workers = min(self.max_workers or default_max_workers(self.executor_type, total), total)
+        backend: Backend
         if self.executor_type == "thread":
             from concurrent.futures import ThreadPoolExecutor
 

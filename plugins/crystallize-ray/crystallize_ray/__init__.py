@@ -8,10 +8,13 @@ reports the strategy as broken with the fix, instead of failing mid-run.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
+
+if TYPE_CHECKING:
+    from crystallize_core import ReplicateFn, ReplicateResult, RunView
 
 if importlib.util.find_spec("ray") is None:
     raise ImportError("crystallize-ray needs Ray, which is not installed: pip install 'ray'")
@@ -88,7 +91,7 @@ class RayExecution:
         self.runtime_env = dict(runtime_env) if runtime_env else None
 
     @hookimpl
-    def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> list:
+    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
         from crystallize_core.engine import drive
         from crystallize_ray._core import RayBackend
 
