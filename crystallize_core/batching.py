@@ -5,7 +5,8 @@ shipping many at once leaves workers idle at the end of a run of long ones.
 :class:`BatchSizer` starts at one replicate per batch and, as batches come
 back, sizes the next ones so that each takes about ``target_seconds`` of
 work, as joblib's automatic batching does: the measured time per replicate is
-smoothed over batches, the size at most doubles from one step to the next,
+smoothed over batches, a new batch is at most twice the size of the last one
+measured,
 and the run is cut into at least ``batches_per_worker`` batches per worker so
 that no worker idles at the end.
 """
@@ -54,4 +55,6 @@ class BatchSizer:
         previous = self.per_replicate
         self.per_replicate = measured if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * measured
         ideal = int(self.target_seconds / self.per_replicate) if self.per_replicate > 0 else self.max_batch
-        self.size = max(1, min(ideal, 2 * self.size, self.share, self.max_batch))
+        # Growth is bounded by the batch just measured, not by batches handed
+        # out since: several in flight must not compound into a leap.
+        self.size = max(1, min(ideal, 2 * replicates, self.share, self.max_batch))

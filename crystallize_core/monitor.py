@@ -33,14 +33,20 @@ class Monitor:
 
     def finished(self, results: Sequence[ReplicateResult]) -> None:
         """Record replicates that finished, from any thread of the driver."""
-        self.progress.advance(len(results))
+        progress = self.progress
+        progress.advance(len(results))
         for result in results:
             if result.errors:
-                self.progress.errors(result.errors)
+                progress.errors(result.errors)
         if self.checkpoint is not None:
             kept = [r for r in results if not any(e.exc_type in FAULTS and e.condition is None for e in r.errors)]
             for result in kept:
                 self.checkpoint.append(result)
+
+    def finished_one(self, result: ReplicateResult) -> None:
+        """:meth:`finished` for a single result: the replicate function's hot path."""
+        if result.errors or self.checkpoint is not None or self.progress.shown:
+            self.finished((result,))
 
     def close(self) -> None:
         """End of the run, finished or not."""

@@ -65,8 +65,15 @@ class Progress:
         self._redirect = logging_redirect_tqdm(loggers=[target], tqdm_class=tqdm)
         self._redirect.__enter__()
 
+    @property
+    def shown(self) -> bool:
+        """Whether progress is being shown (a bar or plain lines)."""
+        return self._bar is not None or self._lines
+
     def advance(self, count: int = 1) -> None:
         """``count`` more replicates finished."""
+        if self._bar is None and not self._lines:
+            return
         with self._lock:
             self.done += count
             if self._bar is not None:

@@ -150,7 +150,7 @@ class ReplicateRunner:
     def _report(self, result: ReplicateResult) -> ReplicateResult:
         monitor = self.monitor
         if monitor is not None and monitor.pid == _getpid():
-            monitor.finished((result,))
+            monitor.finished_one(result)
         return result
 
     def __call__(self, replicate: int) -> ReplicateResult:

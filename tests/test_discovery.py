@@ -224,3 +224,31 @@ def test_bare_import_loads_only_the_package_itself():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['crystallize_core']"
+
+
+def test_a_strategy_selected_by_name_that_implements_no_hook_is_refused_before_work(site, tmp_path):
+    from crystallize_core import ConfigurationError
+    from crystallize_core.testing import RecordRuns
+
+    install_distribution(site, "hookless", "1.0", {"hookless": "hookless_mod:Hookless"}, {"hookless_mod": HOOKLESS})
+    log = tmp_path / "runs.txt"
+    with pytest.raises(ConfigurationError, match=r"'hookless' from hookless 1\.0, chosen as the strategy by run"):
+        Experiment(numbers, [RecordRuns(str(log)), record]).run(replicates=2, strategy="hookless")
+    assert not log.exists()
+
+
+def test_a_strategy_is_known_by_its_entry_point_name_whoever_built_it(site):
+    install_distribution(site, "good-strategy", "2.0", {"reverse": "good_mod:Reverse"}, {"good_mod": GOOD_STRATEGY})
+    from good_mod import Reverse  # built by hand, not through load_strategy
+
+    result = Experiment(numbers, [record], plugins=[Reverse()]).run(replicates=3)
+    assert (result.strategy, result.strategy_version) == ("reverse", "2.0")
+
+
+HOOKLESS = """
+class Hookless:
+    '''Forgot the @hookimpl.'''
+
+    def run_experiment_loop(self, experiment, replicate_fn):
+        return [replicate_fn(i) for i in range(experiment.replicates)]
+"""
