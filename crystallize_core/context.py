@@ -16,12 +16,44 @@ class ContextKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: Metric types that always pickle: checked without pickling them.
+_PLAIN = frozenset({int, float, str, bool, type(None), bytes, complex})
+
+
+def unpicklable_message(name: str, exc: BaseException) -> str:
+    """Why metric ``name`` was refused: one message for every strategy."""
+    return (
+        f"metric {name!r} cannot be pickled ({type(exc).__name__}: {exc}), so it cannot travel between "
+        "processes; record a value such as a number, a string, a list or an array"
+    )
+
+
+def _plain_array(value: Any) -> bool:
+    """A NumPy array or scalar of numbers or strings: it pickles, and copying it to check would be waste."""
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and type(value).__module__ == "numpy" and getattr(dtype, "kind", "O") != "O"
+
+
+def _check_picklable(name: str, value: Any) -> None:
+    import pickle
+
+    try:
+        pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        from crystallize_core.errors import NotPicklableError
+
+        raise NotPicklableError(unpicklable_message(name, exc)) from None
+
+
 class Metrics:
     """The metrics one replicate records for one condition.
 
     Each name takes one value per replicate and condition; recording a name a
     second time is an error, so that two steps cannot silently overwrite each
-    other's measurement.
+    other's measurement. A value must pickle, since results travel between
+    processes under some strategies: one that cannot (a lock, an open file)
+    is refused here, under every strategy alike, with
+    :class:`~crystallize_core.NotPicklableError`.
     """
 
     __slots__ = ("_values",)
@@ -33,6 +65,8 @@ class Metrics:
         """Record ``value`` under ``name``."""
         if name in self._values:
             raise ValueError(f"metric {name!r} was already recorded for this replicate and condition")
+        if type(value) not in _PLAIN and not _plain_array(value):
+            _check_picklable(name, value)
         self._values[name] = value
 
     def __getitem__(self, name: str) -> Any:

@@ -114,21 +114,29 @@ class Backend:
         """Bring workers back after :meth:`stop_all` or a pool-wide loss."""
         raise NotImplementedError
 
-    def shutdown(self) -> None:
-        """Release the workers at the end of the run, finished or not."""
+    def shutdown(self, wait: bool = True) -> None:
+        """Release the workers at the end of the run, finished or not; with
+        ``wait=False`` (a second Ctrl-C) do not wait for running work."""
 
 
 # --- where replicates run ------------------------------------------------------
 
 
 def run_span(
-    replicate_fn: Callable[[int], ReplicateResult], start: int, stop: int, stopping: Event | None = None
-) -> tuple[list, float]:
+    replicate_fn: Callable[[int], ReplicateResult],
+    start: int,
+    stop: int,
+    stopping: Event | None = None,
+    serialize: bool = False,
+) -> tuple[list | bytes, float]:
     """Run positions ``start .. stop - 1`` and return ``(packed results, seconds)``.
 
     What a backend's workers run for each batch. With ``stopping`` (an
     in-process backend), a set event ends the batch between replicates, so
-    Ctrl-C and fail-fast need not wait for a whole batch.
+    Ctrl-C and fail-fast need not wait for a whole batch. With ``serialize``
+    (a worker in another process) the results come pickled, so that one that
+    cannot be pickled here, or unpickled in the driver, costs only itself:
+    the engine records it on its replicate instead of losing the batch.
     """
     began = time.perf_counter()
     results = []
@@ -136,7 +144,41 @@ def run_span(
         if stopping is not None and stopping.is_set():
             break
         results.append(replicate_fn(position))
-    return pack_results(results), time.perf_counter() - began
+    packed = _dumps_results(results) if serialize else pack_results(results)
+    return packed, time.perf_counter() - began
+
+
+def _dumps_results(results: list[ReplicateResult]) -> bytes:
+    try:
+        return pickle.dumps(pack_results(results), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return pickle.dumps(pack_results([_sendable(r) for r in results]), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _sendable(result: ReplicateResult) -> ReplicateResult:
+    """``result`` without the metric values that cannot be pickled, each recorded as an error instead."""
+    try:
+        pickle.dumps(tuple(result), protocol=pickle.HIGHEST_PROTOCOL)
+        return result
+    except Exception:
+        pass
+    from crystallize_core.context import unpicklable_message
+    from crystallize_core.result import ReplicateError
+
+    metrics, errors = {}, list(result.errors)
+    for condition, values in result.metrics.items():
+        kept = {}
+        for name, value in values.items():
+            try:
+                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                message = unpicklable_message(name, exc)
+                kind = "crystallize_core.errors.NotPicklableError"  # as Metrics.add raises it
+                errors.append(ReplicateError(result.replicate, condition, kind, message, ""))
+            else:
+                kept[name] = value
+        metrics[condition] = kept
+    return result._replace(metrics=metrics, errors=tuple(errors))
 
 
 #: Replicate functions unpickled in this process, by key, newest last.
@@ -145,7 +187,7 @@ _SHIPPED_KEPT = 4
 NEED_PAYLOAD = "crystallize:need-payload"
 
 
-def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> tuple[list, float] | str:
+def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> tuple[list | bytes, float] | str:
     """:func:`run_span` for a replicate function shipped as pickled bytes.
 
     Each process unpickles a function once and keeps it under ``key``; a task
@@ -159,7 +201,7 @@ def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> 
         replicate_fn = _shipped[key] = pickle.loads(payload)
         while len(_shipped) > _SHIPPED_KEPT:
             _shipped.popitem(last=False)
-    return run_span(replicate_fn, start, stop)
+    return run_span(replicate_fn, start, stop, serialize=True)
 
 
 # --- any concurrent.futures.Executor ---------------------------------------------
@@ -258,10 +300,10 @@ class ExecutorBackend(Backend):
         """Ask batches running in this process to stop between replicates."""
         self._stopping.set()
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         self._stopping.set()
         if self._factory is not None and self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
 
@@ -295,6 +337,8 @@ class _Dispatch:
         self.again: deque[int] = deque()
         self.deaths: dict[int, int] = {}
         self.report = getattr(replicate_fn, "record", None) if self.capabilities.ships_work else None
+        #: Set when a second Ctrl-C gave up waiting for running replicates.
+        self.abandoned = False
 
     # scheduling ------------------------------------------------------------------
 
@@ -319,7 +363,19 @@ class _Dispatch:
             span = self.next_span()
             if span is None:
                 return
-            self.in_flight[self.backend.submit(span)] = _Task(span, time.monotonic())
+            try:
+                future = self.backend.submit(span)
+            except Exception as exc:
+                if self.backend.worker_lost(exc) is None:
+                    raise
+                # The pool broke before this batch went out: it is blameless
+                # (a suspect stays at the head of its queue).
+                if not (self.suspects and self.suspects[0] == span.start and len(span) == 1):
+                    self.again.extendleft(reversed(span))
+                if not self.in_flight:  # no failing future will bring the pool back
+                    self.backend.restart()
+                return
+            self.in_flight[future] = _Task(span, time.monotonic())
 
     def deadline(self, future: Future, task: _Task) -> float | None:
         """When ``task`` runs out of time, or None while it has not started."""
@@ -371,17 +427,43 @@ class _Dispatch:
             self.in_flight[self.backend.resubmit_with_payload(task.span)] = _Task(task.span, time.monotonic())
             return None
         packed, seconds = value
-        self.store(task.span, packed)
-        self.sizer.record(len(packed), seconds)
+        count = self.store(task.span, packed)
+        self.sizer.record(count, seconds)
         return None
 
-    def store(self, span: range, packed: list) -> None:
-        results = unpack_results(packed)
+    def store(self, span: range, packed: list | bytes) -> int:
+        """Keep a batch's results; return how many it held."""
+        if isinstance(packed, bytes):
+            try:
+                rows = pickle.loads(packed)
+            except Exception as exc:  # a class the driver cannot import, say
+                self.undeliverable(span, exc)
+                return 0
+        else:
+            rows = packed
+        results = unpack_results(rows)
         self.results[span.start : span.start + len(results)] = results
         if self.suspects and len(span) == 1 and self.suspects[0] == span.start:
             self.suspects.popleft()
         if self.report is not None:
             self.report(results)
+        return len(results)
+
+    def undeliverable(self, span: range, exc: Exception) -> None:
+        """The results of ``span`` could not be unpickled here: run each alone, and
+        record the one whose result still cannot be."""
+        if self.suspects and len(span) == 1 and self.suspects[0] == span.start:
+            self.suspects.popleft()
+        if len(span) > 1:
+            self.again.extend(span)
+            return
+        self.fault(
+            span.start,
+            "UnpicklingError",
+            f"the result of replicate {self.replicate_of(span.start)} came back from its worker but cannot be "
+            f"unpickled here ({type(exc).__name__}: {exc}); record metric values whose types this process can "
+            "import, such as numbers, strings or lists",
+        )
 
     # faults ------------------------------------------------------------------------
 
@@ -480,6 +562,15 @@ class _Dispatch:
 
     def stop(self, interrupted: bool) -> None:
         """Stop for Ctrl-C or an exception: start nothing new, keep what finished."""
+        self.harvest()
+        if self.capabilities.cancellation:
+            if self.in_flight:
+                # No future is cancelled first: a pool that breaks under a
+                # cancelled future fails it again (an error in the pool's thread
+                # before Python 3.12).
+                self.backend.stop_all()
+                self.harvest()
+            return
         for future in self.in_flight:
             future.cancel()
         request_stop = getattr(self.backend, "request_stop", None)
@@ -487,10 +578,6 @@ class _Dispatch:
             request_stop()
         self.harvest()
         if not self.in_flight:
-            return
-        if self.capabilities.cancellation:
-            self.backend.stop_all()
-            self.harvest()
             return
         running = sum(len(t.span) for f, t in self.in_flight.items() if not f.cancelled())
         if interrupted and running:
@@ -500,8 +587,8 @@ class _Dispatch:
             )
         try:
             wait(self.in_flight)
-        except KeyboardInterrupt:
-            pass  # a second Ctrl-C: stop waiting, keep what finished
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, keep what finished
+            self.abandoned = True
         self.harvest()
 
     def completed(self) -> list[ReplicateResult]:
@@ -560,7 +647,7 @@ def drive(
         escaped.completed = dispatch.completed()  # type: ignore[attr-defined]
         raise
     finally:
-        backend.shutdown()
+        backend.shutdown(wait=not dispatch.abandoned)
 
 
 class ExecutorStrategy:

@@ -56,7 +56,13 @@ class ParallelExecution:
     cannot be pickled is reported, by name, before any replicate starts.
     ``max_workers`` is capped by the replicate count.
 
-    Process mode only: a run's ``timeout`` is enforced per replicate by
+    Process mode only: ``start_method`` is ``"fork"``, ``"spawn"`` or
+    ``"forkserver"`` (None: the platform's default). ``inner_threads`` caps
+    the BLAS and OpenMP thread pools of each worker (NumPy, SciPy,
+    scikit-learn, PyTorch): ``"auto"`` gives each worker its share of the
+    cores, so that two workers on two cores do not run four threads; an
+    integer sets the cap; None leaves the libraries' own defaults. A run's
+    ``timeout`` is enforced per replicate by
     killing and replacing the workers (the replicate is recorded as timed
     out, the others rerun); a worker that dies (out of memory, a crash,
     ``os._exit``) costs only the replicate that killed it, which is run
@@ -66,11 +72,30 @@ class ParallelExecution:
     Ctrl-C waits for the replicates already running.
     """
 
-    def __init__(self, max_workers: int | None = None, executor_type: str = "thread", max_retries: int = 1):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        executor_type: str = "thread",
+        max_retries: int = 1,
+        start_method: str | None = None,
+        inner_threads: int | str | None = "auto",
+    ):
         if executor_type not in EXECUTOR_TYPES:
             raise ConfigurationError(
                 f"unknown executor_type {executor_type!r}; valid executor types: {', '.join(EXECUTOR_TYPES)}"
             )
+        if start_method is not None:
+            import multiprocessing
+
+            methods = multiprocessing.get_all_start_methods()
+            if start_method not in methods:
+                raise ConfigurationError(
+                    f"unknown start_method {start_method!r}; valid start methods here: {', '.join(methods)}"
+                )
+            if executor_type != "process":
+                raise ConfigurationError("start_method applies to executor_type='process' only")
+        if inner_threads != "auto" and inner_threads is not None and not _whole_number(inner_threads, minimum=1):
+            raise ConfigurationError(f"inner_threads must be 'auto', a positive integer or None, got {inner_threads!r}")
         if max_workers is not None and not _whole_number(max_workers, minimum=1):
             raise ConfigurationError(f"max_workers must be a positive integer or None, got {max_workers!r}")
         if not _whole_number(max_retries, minimum=0):
@@ -78,6 +103,8 @@ class ParallelExecution:
         self.max_workers = max_workers
         self.executor_type = executor_type
         self.max_retries = max_retries
+        self.start_method = start_method
+        self.inner_threads = inner_threads
 
     @property
     def capabilities(self) -> Capabilities:
@@ -105,13 +132,17 @@ class ParallelExecution:
         else:
             from crystallize_parallel._processes import ProcessBackend
 
-            backend = ProcessBackend(workers)
+            inner = self.inner_threads
+            if inner == "auto":  # workers times inner threads fit the cores
+                inner = max(1, _cpu_count() // workers)
+            backend = ProcessBackend(workers, self.start_method, inner)  # type: ignore[arg-type]
         return drive(experiment, replicate_fn, backend, max_retries=self.max_retries)
 
     def __repr__(self) -> str:
         return (
             f"ParallelExecution(max_workers={self.max_workers!r}, executor_type={self.executor_type!r}, "
-            f"max_retries={self.max_retries})"
+            f"max_retries={self.max_retries}, start_method={self.start_method!r}, "
+            f"inner_threads={self.inner_threads!r})"
         )
 
 

@@ -5,6 +5,12 @@ initializer: forked workers inherit it, others unpickle it once. Tasks carry
 only a range of positions. With a timeout, each worker writes when it starts
 a replicate into shared memory, so the clock starts when the replicate does,
 never at worker start-up or in a queue.
+
+Each worker leads a process group of its own, so that a replicate stopped for
+its timeout takes the processes it started with it, and stops itself when the
+process that started it dies (SIGKILL from the kernel on Linux, which needs no
+GIL; a watching thread elsewhere). BLAS and OpenMP thread pools in workers are
+capped so that workers times inner threads fit the cores, as loky does.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -26,24 +33,39 @@ from crystallize_core.engine import Backend, run_span
 from crystallize_core.replicate import dumps_replicate_fn
 
 PARENT_CHECK_SECONDS = 0.5
+#: The variables native thread pools read when they start; threadpoolctl caps
+#: those already started.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 # --- in the worker ---------------------------------------------------------
 
 _replicate_fn: Callable[[int], Any] | None = None
 _setup_failure: str | None = None
 _starts: Any = None
+_limits: Any = None
 
 
 class WorkerSetupError(RuntimeError):
     """A worker could not unpickle the replicate function."""
 
 
-def _init_worker(shipped: bytes | Callable[[int], Any], parent: int, starts: Any) -> None:
+def _init_worker(shipped: bytes | Callable[[int], Any], starts: Any, inner_threads: int | None) -> None:
     global _replicate_fn, _setup_failure, _starts
     # Ctrl-C in a terminal reaches the whole process group; the driver decides
     # what stops, and kills the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
+    _exit_with_parent()
+    if inner_threads is not None:
+        _limit_inner_threads(inner_threads)
     _starts = starts
     try:
         _replicate_fn = pickle.loads(shipped) if isinstance(shipped, bytes) else shipped
@@ -51,34 +73,71 @@ def _init_worker(shipped: bytes | Callable[[int], Any], parent: int, starts: Any
         _setup_failure = traceback.format_exc()
 
 
-def _exit_with_parent(parent: int) -> None:
-    # A driver killed with SIGKILL cannot stop its workers; they stop themselves.
+def _exit_with_parent() -> None:
+    """Die with the process that started this worker: the driver, or the fork
+    server, which ends when the driver does."""
+    # Every child of a fork server (and of a driver that started one) holds a
+    # copy of the pipe whose end of file tells the fork server that the driver
+    # is gone; so that it can end, and its workers with it, this one lets go.
+    server = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        try:
+            os.close(alive)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the request was made
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_CHECK_SECONDS)
     os._exit(1)
 
 
-def _run_span(start: int, stop: int) -> tuple[list, float]:
+def _limit_inner_threads(inner_threads: int) -> None:
+    global _limits
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(inner_threads)
+    from threadpoolctl import threadpool_limits
+
+    _limits = threadpool_limits(limits=inner_threads)  # kept: the limits last while it lives
+
+
+def _run_span(start: int, stop: int) -> tuple[list | bytes, float]:
     if _replicate_fn is None:
         raise WorkerSetupError(f"a worker process could not unpickle the experiment:\n{_setup_failure}")
     if _starts is not None:
         _starts[start] = time.monotonic()
-    return run_span(_replicate_fn, start, stop)
+    return run_span(_replicate_fn, start, stop, serialize=True)
 
 
 # --- in the driver -------------------------------------------------------------
 
 
 class ProcessBackend(Backend):
-    """``workers`` processes from the platform's default start method."""
+    """``workers`` processes started by ``start_method`` (None: the platform's default),
+    each with its native thread pools capped at ``inner_threads`` (None: not capped)."""
 
     capabilities = Capabilities(timeout=True, cancellation=True, retries_dead_workers=True, ships_work=True)
     failure_scope = "pool"
     reports_starts = True
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, start_method: str | None = None, inner_threads: int | None = None):
         self.workers = workers
-        self.context = multiprocessing.get_context()
+        self.inner_threads = inner_threads
+        self.context = multiprocessing.get_context(start_method)
         self.pool: ProcessPoolExecutor | None = None
         self.starts: Any = None
         self.shipped: Any = None
@@ -102,7 +161,7 @@ class ProcessBackend(Backend):
             max_workers=self.workers,
             mp_context=self.context,
             initializer=_init_worker,
-            initargs=(self.shipped, os.getpid(), self.starts),
+            initargs=(self.shipped, self.starts, self.inner_threads),
         )
 
     def submit(self, span: range) -> Future:
@@ -132,13 +191,15 @@ class ProcessBackend(Backend):
     def restart(self) -> None:
         if self.pool is not None:
             _kill_workers(self.pool)
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            # Not cancel_futures: the broken pool fails what was pending itself,
+            # and cancelling races with that before Python 3.12.
+            self.pool.shutdown(wait=True)
         self.loss = None
         self.pool = self._new_pool()
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=wait)
             _kill_workers(self.pool)
             self.pool = None
 
@@ -151,10 +212,14 @@ def _workers(pool: ProcessPoolExecutor | None) -> list:
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill every worker and what it started: each worker leads its own process group."""
     workers = _workers(pool)
     for process in workers:
         if process.is_alive():
-            process.kill()
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (AttributeError, OSError):  # no process groups here, or not (yet) its own
+                process.kill()
     for process in workers:
         process.join(timeout=5)
 

@@ -24,13 +24,6 @@ class TestThreadConformance(StrategyConformance):
         return ParallelExecution(executor_type="thread", max_workers=4)
 
 
-class TestProcessConformance(StrategyConformance):
-    strategy_name = "parallel"
-
-    def make_strategy(self):
-        return ParallelExecution(executor_type="process", max_workers=2)
-
-
 def test_registered_under_its_entry_point():
     (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "parallel"]
     assert entry_point.value == "crystallize_parallel:ParallelExecution"

@@ -116,8 +116,8 @@ def _replicate_fn(holder: list) -> Callable[[int], Any]:
 
 
 @ray.remote
-def _run_span(holder: list, start: int, stop: int) -> tuple[list, float]:
-    return run_span(_replicate_fn(holder), start, stop)
+def _run_span(holder: list, start: int, stop: int) -> tuple[list | bytes, float]:
+    return run_span(_replicate_fn(holder), start, stop, serialize=True)
 
 
 # --- in the driver ------------------------------------------------------------
@@ -184,7 +184,7 @@ class RayBackend(Backend):
         for reference in list(self.running.values()):
             ray.cancel(reference, force=True)
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         self.stop_all()
         self.running.clear()
 
