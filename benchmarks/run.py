@@ -50,6 +50,7 @@ class Sizes:
     payload: int = 200
     io: int = 64
     io_threads: int = 16
+    numeric: int = 40
     repeat: int = 5
     import_repeat: int = 20
     unrelated_distributions: int = 200
@@ -63,6 +64,7 @@ QUICK = Sizes(
     payload=20,
     io=16,
     io_threads=8,
+    numeric=4,
     repeat=1,
     import_repeat=2,
     unrelated_distributions=20,
@@ -350,6 +352,33 @@ def bench_io(report: Report, sizes: Sizes, ml: Path | None) -> None:
     measure(report, "io", contenders, expected, n, sizes.repeat)
 
 
+def bench_numeric(report: Report, sizes: Sizes, ml: Path | None) -> None:
+    """scikit-learn fits: processes against serial and against joblib's loky, which
+    caps the BLAS threads of its workers; and ours with the cap turned off."""
+    n = sizes.numeric
+    expected = [w.numeric_fit(i) for i in range(n)]
+    serial = "crystallize serial"
+    loky = "joblib loky auto-batch"
+    contenders = {
+        serial: Contender(ours(w.numeric_source, w.numeric_step, n, SerialExecution())),
+        loky: Contender(joblib_run(w.numeric_fit, n, WORKERS, "loky"), serial),
+        "crystallize processes": Contender(
+            ours(w.numeric_source, w.numeric_step, n, ParallelExecution(executor_type="process", max_workers=WORKERS)),
+            loky,
+        ),
+        "crystallize processes, inner_threads=None": Contender(
+            ours(
+                w.numeric_source,
+                w.numeric_step,
+                n,
+                ParallelExecution(executor_type="process", max_workers=WORKERS, inner_threads=None),
+            ),
+            serial,
+        ),
+    }
+    measure(report, "numeric", contenders, expected, n, sizes.repeat)
+
+
 def startup(python: str, code: str, repeat: int, env=None) -> float:
     times = []
     for _ in range(repeat):
@@ -452,6 +481,10 @@ def targets(report: Report) -> list[tuple[str, str, bool | None]]:
     out.append(("payload, processes: <= 1.5x a raw pool with an initializer", f"{r:.2f}x", r <= 1.5))
     r = ratio("io", "crystallize threads")
     out.append(("io, threads: <= 1.1x the ideal time", f"{r:.2f}x", r <= 1.1))
+    numeric = seconds("numeric", "crystallize serial") / seconds("numeric", "crystallize processes")
+    r = ratio("numeric", "crystallize processes")
+    out.append(("numeric, processes: >= 1.6x speed-up over serial", f"{numeric:.2f}x", numeric >= 1.6))
+    out.append(("numeric, processes: no slower than joblib's loky", f"{r:.2f}x", r <= 1.0))
     added = (seconds("import", "import crystallize_core") - seconds("import", "python -c pass")) * 1e3
     out.append(("import: import crystallize_core adds <= 15 ms", f"{added:.1f} ms", added <= 15))
     return out
@@ -489,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": bench_cpu,
         "payload": bench_payload,
         "io": bench_io,
+        "numeric": bench_numeric,
         "import": bench_import,
     }
     for name, bench in benches.items():

@@ -121,3 +121,33 @@ def io_source(ctx):
 def io_raw(i: int) -> int:
     time.sleep(IO_SECONDS)
     return i * 2 + 1
+
+
+# --- numeric: scikit-learn fits and matrix work, BLAS inside ----------------------
+
+NUMERIC_SHAPE = {"rows": 3000, "features": 120}
+
+
+def numeric_fit(i: int) -> float:
+    """Fit a logistic regression on data drawn for replicate ``i`` and solve
+    its normal equations: what a typical study's replicate spends in BLAS."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rows, features = NUMERIC_SHAPE["rows"], NUMERIC_SHAPE["features"]
+    rng = np.random.default_rng(i)
+    x = rng.standard_normal((rows, features))
+    y = (x @ rng.standard_normal(features) + rng.standard_normal(rows) > 0).astype(int)
+    model = LogisticRegression(max_iter=300).fit(x, y)
+    gram = x.T @ x + np.eye(features)
+    beta = np.linalg.solve(gram, x.T @ (2.0 * y - 1.0))
+    return round(float(model.score(x, y)) + float(np.sign(beta[0])), 6)
+
+
+def numeric_source(ctx):
+    return ctx.replicate
+
+
+def numeric_step(data, ctx):
+    ctx.metrics.add("value", numeric_fit(data))
+    return data
