@@ -25,8 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crystallize_core.errors import (
     CrystallizeError,
@@ -37,6 +36,9 @@ from crystallize_core.errors import (
     StrategyOptionError,
     StrategySpecError,
 )
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 ENTRY_POINT_GROUP = "crystallize.strategies"
 FALLBACK_STRATEGY = "serial"
@@ -94,6 +96,10 @@ def blocked_names() -> frozenset[str]:
 @lru_cache(maxsize=1)
 def _scan() -> tuple[_Candidate, ...]:
     candidates = []
+    # Imported here: reading metadata is the cost of discovery, and a run
+    # with a strategy object that answers never pays it.
+    from importlib import metadata
+
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         info = StrategyInfo(
@@ -344,6 +350,8 @@ def identify(plugin: object) -> tuple[str, str | None, str | None]:
     if top in sys.modules and top != "__main__":
         names = _packages_distributions().get(top)
         if names:
+            from importlib import metadata
+
             distribution = names[0]
             try:
                 version = metadata.version(distribution)
@@ -354,6 +362,8 @@ def identify(plugin: object) -> tuple[str, str | None, str | None]:
 
 @lru_cache(maxsize=1)
 def _packages_distributions() -> Mapping[str, list[str]]:
+    from importlib import metadata
+
     return metadata.packages_distributions()
 
 

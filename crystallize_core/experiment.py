@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from crystallize_core.context import Context
 from crystallize_core.errors import ConfigurationError, ExperimentInterrupted, ReplicateFailed
-from crystallize_core.replicate import Condition, ReplicateRunner, ReplicateSubset
+from crystallize_core.replicate import Condition, ReplicateRunner, ReplicateSubset, random_seed
 from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
 
 
@@ -151,7 +150,7 @@ class Experiment:
             self.pipeline.steps,
             conditions,
             plugins.replicate_plugins(),
-            base_seed=secrets.randbits(32),
+            base_seed=random_seed(),
             fail_fast=stop_early,
         )
         finished: dict[int, ReplicateResult] = {}

@@ -8,6 +8,7 @@ and a random generator only for the contexts that ask for one.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import getpid as _getpid
@@ -27,6 +28,12 @@ _new_result = tuple.__new__
 #: The replicate-level hooks; plugins implementing any of them travel with the
 #: replicate function to wherever replicates run.
 REPLICATE_HOOKS = ("replicate_seed", "before_replicate", "after_replicate")
+
+
+def random_seed() -> int:
+    """A fresh 32-bit base seed from the operating system's randomness
+    (``os.urandom``: ``secrets`` would cost a run a millisecond to import)."""
+    return int.from_bytes(os.urandom(4), "little")
 
 
 def derive_seed(base_seed: int, replicate: int) -> int:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import random
-import secrets
 import sys
 from collections.abc import Callable, Iterable
 
 from crystallize_core.errors import ConfigurationError
 from crystallize_core.hookspecs import hookimpl
-from crystallize_core.replicate import derive_seed
+from crystallize_core.replicate import derive_seed, random_seed
 
 
 class SeedPlugin:
@@ -32,7 +31,7 @@ class SeedPlugin:
             raise ConfigurationError(f"SeedPlugin seed must be an int or None, not {type(seed).__name__}")
         if seed_fn is not None and not callable(seed_fn):
             raise ConfigurationError("SeedPlugin seed_fn must be callable with the replicate's seed")
-        self.seed: int = secrets.randbits(32) if seed is None else seed
+        self.seed: int = random_seed() if seed is None else seed
         self.auto_seed = bool(auto_seed)
         self.seed_fn = seed_fn
 
