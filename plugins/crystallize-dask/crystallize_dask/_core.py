@@ -1,0 +1,266 @@
+"""Running replicates on dask.distributed: the connection, the local cluster and the engine's backend.
+
+The core's dispatch engine (:func:`crystallize_core.engine.drive`) owns
+batching, order, progress, fault records, fail-fast and Ctrl-C; this module
+only says where the replicates run. Tasks go through the client's
+``concurrent.futures`` executor and carry a range of positions; the pickled
+replicate function travels only to worker processes that do not have it
+yet (the engine's ``run_shipped_span`` protocol), so each worker process
+unpickles it once, and nothing that a dying worker could lose is kept on
+the cluster between tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import uuid
+from concurrent.futures import CancelledError, Executor, Future, wait
+from typing import Any
+
+from distributed import Client, LocalCluster
+from distributed.comm.addressing import parse_address, parse_host_port
+from distributed.comm.registry import get_backend
+from distributed.scheduler import KilledWorker
+
+from crystallize_core import Capabilities, ConfigurationError, WorkerLostError
+from crystallize_core.engine import Backend, drive, run_shipped_span
+from crystallize_core.replicate import dumps_replicate_fn
+from crystallize_dask import ADDRESS_VARIABLE
+
+logger = logging.getLogger("crystallize")
+
+#: Address schemes that run over TCP, so that reachability can be tested with a plain socket first.
+TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError)  # distinct classes before Python 3.11
+
+# --- in a worker -----------------------------------------------------------------
+
+_paths_seen: set[str] = set()
+
+
+def _run_span(key: str, payload: bytes | None, paths: tuple[str, ...], start: int, stop: int) -> Any:
+    """Run positions ``start .. stop - 1`` where a dask worker runs this task.
+
+    ``paths`` are the driver's folders of user code: those that exist here
+    go on the import path before the replicate function is unpickled.
+    """
+    for path in paths:
+        if path not in _paths_seen:
+            _paths_seen.add(path)
+            if path not in sys.path and os.path.isdir(path):
+                sys.path.append(path)
+    return run_shipped_span(key, payload, start, stop)
+
+
+# --- in the driver ---------------------------------------------------------------
+
+
+def run_on_dask(strategy: Any, run: Any, replicate_fn: Any) -> list | None:
+    """Drive ``run`` on the strategy's cluster; None when it declines."""
+    address, source = strategy.address, "address"
+    if address is None and os.environ.get(ADDRESS_VARIABLE, "").strip():
+        address, source = os.environ[ADDRESS_VARIABLE].strip(), ADDRESS_VARIABLE
+    if address is None:
+        backend = DaskBackend(n_workers=strategy.n_workers)
+    else:
+        client = connect(address, source, strategy.n_workers or 1, strategy.connect_timeout)
+        if client is None:
+            return None
+        backend = DaskBackend(client=client)
+    try:
+        return drive(run, replicate_fn, backend, max_retries=strategy.max_retries, batch_size=strategy.batch_size)
+    finally:
+        backend.shutdown()  # drive() shuts it down too, except when it refuses the run before starting
+
+
+def connect(address: str, source: str, workers: int, timeout: float) -> Client | None:
+    """A client of the scheduler at ``address`` with at least one worker, or None (logged) when there is none.
+
+    Waits up to ``timeout`` seconds for the scheduler to answer and for
+    ``workers`` workers to join; with fewer, but some, the run goes ahead on
+    those. ``source`` says where the address came from, for messages. A
+    malformed address is a :class:`ConfigurationError`.
+    """
+    try:
+        scheme, location = parse_address(address)
+        get_backend(scheme)  # an unknown scheme is a ValueError
+        endpoint = parse_host_port(location) if scheme in TCP_SCHEMES else None
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{source} {address!r} is not a Dask scheduler address ({exc}); use the form 'tcp://host:8786'"
+        ) from None
+    where = f"the Dask scheduler at {address} ({source})" if source != "address" else f"the Dask scheduler at {address}"
+    if endpoint is not None:
+        # A plain socket fails at once on a closed port, where dask's client
+        # would retry until its timeout.
+        try:
+            socket.create_connection(endpoint, timeout=timeout).close()
+        except OSError as exc:
+            return _decline(f"cannot reach {where}: {exc.strerror or exc}")
+    try:
+        client = Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, *_TIMEOUTS) as exc:
+        return _decline(f"cannot connect to {where} within {timeout:g} s: {exc}")
+    try:
+        client.wait_for_workers(workers, timeout=timeout)
+    except _TIMEOUTS:
+        joined = len(client.nthreads())
+        if joined == 0:
+            client.close()
+            return _decline(f"{where} has no workers (waited {timeout:g} s)")
+        logger.warning(
+            "dask: %d of the %d workers asked for joined %s within %g s; running on those",
+            joined,
+            workers,
+            where,
+            timeout,
+        )
+    return client
+
+
+def _decline(reason: str) -> None:
+    logger.warning("dask: %s; declining the run, the next strategy runs it", reason)
+    return None
+
+
+def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
+    """A LocalCluster of ``workers`` single-threaded processes on 127.0.0.1, and a client of it."""
+    import dask
+
+    # The engine reruns and records replicates whose worker died; dask's own
+    # retries would only let such a replicate kill more workers first.
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # No dashboard, and the scheduler's remaining HTTP routes
+                # (health, metrics) on a free loopback port, not on 8787.
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            )
+    except Exception as exc:
+        raise WorkerLostError(
+            f"could not start a local Dask cluster of {workers} worker(s): {exc}. Its worker processes import "
+            'the main script again: keep the code that runs the experiment under `if __name__ == "__main__":`'
+        ) from exc
+    try:
+        return cluster, Client(cluster, set_as_default=False)
+    except BaseException:
+        cluster.close()
+        raise
+
+
+class DaskBackend(Backend):
+    """Replicates as tasks on a dask cluster: the given client's, or a LocalCluster started for the run."""
+
+    capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
+    # A dead worker fails every task the scheduler had placed on it, the ones
+    # queued behind the running one too, so a failed task does not show which
+    # replicate killed its worker: the engine reruns the replicates that were
+    # out one at a time, alone, to find it (see restart()).
+    failure_scope = "pool"
+
+    def __init__(self, client: Client | None = None, n_workers: int | None = None):
+        self.client = client
+        self.n_workers = n_workers
+        self.cluster: LocalCluster | None = None
+        self.executor: Executor | None = None
+        #: Tasks submitted and not finished, whether the engine still waits for them or not.
+        self.running: set[Future] = set()
+        self.key = uuid.uuid4().hex
+        self.payload = b""
+        self.paths: tuple[str, ...] = ()
+
+    def start(self, run: Any, replicate_fn: Any) -> int:
+        self.payload = dumps_replicate_fn(replicate_fn)
+        self.paths = tuple(user_code_paths())
+        if self.client is None:
+            workers = min(self.n_workers or _cpu_count(), run.replicates)
+            self.cluster, self.client = start_local_cluster(workers)
+        self.executor = self.client.get_executor(pure=False)
+        return max(1, sum(self.client.nthreads().values()))
+
+    def submit(self, span: range) -> Future:
+        return self._submit(None, span)
+
+    def resubmit_with_payload(self, span: range) -> Future:
+        """Submit ``span`` again with the pickled replicate function, for a worker process that lacks it."""
+        return self._submit(self.payload, span)
+
+    def _submit(self, payload: bytes | None, span: range) -> Future:
+        assert self.executor is not None
+        future = self.executor.submit(_run_span, self.key, payload, self.paths, span.start, span.stop)
+        self.running.add(future)
+        future.add_done_callback(self.running.discard)
+        return future
+
+    def worker_lost(self, exc: BaseException) -> str | None:
+        if isinstance(exc, KilledWorker):
+            tries = exc.allowed_failures + 1
+            return f"dask worker {exc.last_worker.address} was lost; dask gave up after {tries} worker(s) died"
+        if isinstance(exc, CancelledError):
+            # Nothing here cancels a task the engine still waits for: the
+            # scheduler dropped it, with its connection or a restart.
+            raise WorkerLostError(
+                f"the Dask scheduler at {self.client.scheduler.address if self.client else '?'} dropped a task "
+                "(it shut down, restarted, or the connection to it was lost); the replicates that finished are "
+                "in the partial result"
+            ) from exc
+        return None
+
+    def restart(self) -> None:
+        """After a worker died: wait until no task of this run is left running.
+
+        Nannies replace dead workers by themselves. The engine is about to run
+        the replicates that were out one at a time, to find the one that kills
+        its worker; a cancelled dask task would go on running on its worker,
+        and a death it caused would be blamed on the replicate running alone.
+        So the tasks still out are waited for (the engine reruns them anyway).
+        """
+        wait(list(self.running))
+
+    def shutdown(self) -> None:
+        """Drop unfinished tasks, close the client, and close the cluster if it was started here."""
+        executor, self.executor = self.executor, None
+        client, self.client = self.client, None
+        cluster, self.cluster = self.cluster, None
+        try:
+            if executor is not None:
+                executor.shutdown(wait=False)
+        finally:
+            try:
+                if client is not None:
+                    client.close()
+            finally:
+                if cluster is not None:
+                    cluster.close()
+
+
+def user_code_paths() -> list[str]:
+    """Folders on this driver's import path that are not Python's own or an
+    installed package's: where the experiment's modules live (for example the
+    folder of a ``crystallize run path/to/file.py:NAME`` target)."""
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    paths: list[str] = []
+    for entry in sys.path:
+        folder = os.path.realpath(entry or os.curdir)
+        inside_installed = any(folder == root or folder.startswith(root + os.sep) for root in installed)
+        if os.path.isdir(folder) and not inside_installed and folder not in paths:
+            paths.append(folder)
+    return paths
+
+
+def _cpu_count() -> int:
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+: honours affinity
+    if counter is not None:
+        return counter() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1

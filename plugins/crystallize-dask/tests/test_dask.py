@@ -1,0 +1,226 @@
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import wait_for_workers
+from distributed import LocalCluster
+
+from crystallize_core import ConfigurationError, Experiment, SeedPlugin, load_strategy
+from crystallize_core.testing import KillWorkerOn, Recorder, StrategyConformance, numbers, record
+from crystallize_dask import DaskExecution
+
+ROOT = Path(__file__).resolve().parents[3]
+QUICKSTART = ROOT / "examples" / "quickstart.py"
+DOCS_PAGE = ROOT / "docs" / "dask.md"
+
+
+def closed_address() -> str:
+    """A loopback address where nothing listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+def record_pid(data, ctx):
+    ctx.metrics.add("pid", os.getpid())
+    return data
+
+
+class TestDaskConformance(StrategyConformance):
+    """The kit against a real `dask scheduler` with two `dask worker`s; the checks
+    of what a run leaves behind use a LocalCluster the strategy starts and
+    closes itself, since a scheduler's own nannies restart the workers that die."""
+
+    strategy_name = "dask"
+    own_cluster = False
+
+    @pytest.fixture(autouse=True)
+    def _scheduler(self, dask_scheduler):
+        self.address = dask_scheduler
+
+    def make_strategy(self):
+        if self.own_cluster:
+            return DaskExecution(n_workers=2)
+        return DaskExecution(address=self.address)
+
+    def make_declining_strategy(self):
+        return DaskExecution(address=closed_address(), connect_timeout=2)
+
+    def test_a_dying_worker_costs_only_its_replicate(self):
+        self.own_cluster = True
+        super().test_a_dying_worker_costs_only_its_replicate()
+
+    def test_leaves_no_process_or_thread_behind(self):
+        self.own_cluster = True
+        super().test_leaves_no_process_or_thread_behind()
+
+    def test_ctrl_c_stops_promptly_with_the_finished_replicates(self):
+        self.own_cluster = True
+        super().test_ctrl_c_stops_promptly_with_the_finished_replicates()
+
+
+def test_registered_under_its_entry_point():
+    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "dask"]
+    assert entry_point.value == "crystallize_dask:DaskExecution"
+    strategy = load_strategy("dask", n_workers=3, batch_size=4)
+    assert (strategy.n_workers, strategy.batch_size, strategy.address) == (3, 4, None)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"address": ""}, "address must be a Dask scheduler address"),
+        ({"address": 8786}, "address must be a Dask scheduler address"),
+        ({"n_workers": 0}, "n_workers must be a positive integer"),
+        ({"n_workers": 1.5}, "n_workers must be a positive integer"),
+        ({"n_workers": True}, "n_workers must be a positive integer"),
+        ({"max_retries": -1}, "max_retries must be a non-negative integer"),
+        ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
+        ({"batch_size": "big"}, "batch_size must be 'auto' or a positive integer"),
+        ({"connect_timeout": 0}, "connect_timeout must be a positive number"),
+        ({"connect_timeout": float("nan")}, "connect_timeout must be a positive number"),
+        ({"connect_timeout": "10"}, "connect_timeout must be a positive number"),
+    ],
+)
+def test_bad_options_are_refused_when_built(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        DaskExecution(**options)
+
+
+@pytest.mark.parametrize("address", ["nonsense://host:1", "127.0.0.1", "tcp://127.0.0.1:port"])
+def test_a_malformed_address_is_refused_naming_it(address, monkeypatch, tmp_path):
+    log = tmp_path / "ran"
+    with pytest.raises(ConfigurationError, match=re.escape(repr(address))):
+        Experiment(numbers, [record], plugins=[DaskExecution(address=address)]).run(replicates=2)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    with pytest.raises(ConfigurationError, match="DASK_SCHEDULER_ADDRESS"):
+        Experiment(numbers, [record], plugins=[DaskExecution()]).run(replicates=2)
+    assert not log.exists()
+
+
+def test_an_unreachable_scheduler_declines_with_a_logged_reason_and_the_next_strategy_runs(caplog):
+    address = closed_address()
+    after = Recorder()
+    with caplog.at_level(logging.WARNING, logger="crystallize"):
+        result = Experiment(numbers, [record], plugins=[DaskExecution(address=address), after]).run(replicates=3)
+    assert result.strategy == "Recorder" and after.asked == 1
+    assert result.metrics["baseline"]["replicate"] == [0, 1, 2]
+    (reason,) = [r.getMessage() for r in caplog.records if r.name == "crystallize" and address in r.getMessage()]
+    assert "cannot reach the Dask scheduler" in reason and "declining" in reason
+
+
+def test_an_unreachable_scheduler_from_the_environment_falls_back_to_serial(caplog, monkeypatch):
+    address = closed_address()
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    with caplog.at_level(logging.WARNING, logger="crystallize"):
+        result = Experiment(numbers, [record]).run(replicates=2, strategy="dask")
+    assert result.strategy == "serial"
+    assert any(address in r.getMessage() and "DASK_SCHEDULER_ADDRESS" in r.getMessage() for r in caplog.records)
+
+
+def test_a_scheduler_without_workers_declines(caplog):
+    empty = LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None)
+    with empty, caplog.at_level(logging.WARNING, logger="crystallize"):
+        strategy = DaskExecution(address=empty.scheduler_address, connect_timeout=1)
+        result = Experiment(numbers, [record]).run(replicates=2, strategy=strategy)
+    assert result.strategy == "serial"
+    assert any("has no workers" in r.getMessage() for r in caplog.records)
+
+
+def test_a_local_cluster_is_started_for_the_run_and_closed_after_it():
+    experiment = Experiment(numbers, [record_pid], plugins=[SeedPlugin(seed=2, auto_seed=False)])
+    result = experiment.run(replicates=12, strategy=DaskExecution(n_workers=2))
+    assert result.strategy == "dask" and result.errors == []
+    pids = set(result.metrics["baseline"]["pid"])
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+
+
+def test_a_dying_worker_of_a_running_cluster_costs_only_its_replicate(dask_scheduler):
+    killer = KillWorkerOn({2: "exit"})
+    strategy = DaskExecution(address=dask_scheduler, max_retries=0)
+    try:
+        result = Experiment(numbers, [killer, record]).run(replicates=6, strategy=strategy)
+    finally:
+        wait_for_workers(dask_scheduler)  # the nanny restarts it: let later tests find it running
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(2, "WorkerDied")]
+    assert "died" in result.errors[0].message
+    assert result.metrics["baseline"]["replicate"] == [0, 1, None, 3, 4, 5]
+
+
+def quickstart_through_the_cli(tmp_path: Path, strategy: str, env: dict[str, str] | None = None) -> dict:
+    output = tmp_path / f"{strategy}.json"
+    command = [sys.executable, "-m", "crystallize_core", "run", f"{QUICKSTART}:build_experiment"]
+    command += ["--strategy", strategy, "--no-progress", "--output", str(output)]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CRYSTALLIZE_", "DASK_"))}
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**environment, **(env or {})}, cwd=tmp_path, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+@pytest.fixture(scope="module")
+def serial_quickstart(tmp_path_factory):
+    return quickstart_through_the_cli(tmp_path_factory.mktemp("serial"), "serial")
+
+
+def test_the_quickstart_on_a_running_cluster_through_the_cli_matches_serial(
+    dask_scheduler, serial_quickstart, tmp_path
+):
+    result = quickstart_through_the_cli(tmp_path, "dask", {"DASK_SCHEDULER_ADDRESS": dask_scheduler})
+    assert result["strategy"] == "dask" and result["errors"] == []
+    assert result["seeds"] == serial_quickstart["seeds"] and result["metrics"] == serial_quickstart["metrics"]
+
+
+def test_the_quickstart_on_a_local_cluster_through_the_cli_matches_serial(serial_quickstart, tmp_path):
+    result = quickstart_through_the_cli(tmp_path, "dask:n_workers=2")
+    assert result["strategy"] == "dask" and result["errors"] == []
+    assert result["seeds"] == serial_quickstart["seeds"] and result["metrics"] == serial_quickstart["metrics"]
+
+
+def test_the_quickstart_on_a_running_cluster_through_the_api_matches_serial(dask_scheduler, monkeypatch):
+    # Imported from its folder as the CLI does; the workers, started elsewhere,
+    # find it only through the folders the strategy ships with each task.
+    monkeypatch.syspath_prepend(str(QUICKSTART.parent))
+    monkeypatch.delitem(sys.modules, "quickstart", raising=False)
+    import quickstart
+
+    on_dask = quickstart.build_experiment().run(strategy=DaskExecution(address=dask_scheduler))
+    serial = quickstart.build_experiment().run(strategy="serial")
+    assert on_dask.strategy == "dask" and on_dask.errors == []
+    assert on_dask.seeds == serial.seeds and on_dask.metrics == serial.metrics
+
+
+def test_a_missing_distributed_is_reported_at_import_with_the_fix():
+    code = "import sys; sys.modules['distributed'] = None; import crystallize_dask"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "ImportError: crystallize-dask needs dask.distributed" in done.stderr
+    assert "pip install 'distributed'" in done.stderr
+
+
+def test_the_docs_local_cluster_example_runs(tmp_path):
+    # The page's examples are skipped by the core's docs tests, which do not
+    # install dask: the local one runs here, as a reader would run it.
+    page = DOCS_PAGE.read_text()
+    marker = "plugins/crystallize-dask/tests runs it -->\n```python\n"
+    assert page.count(marker) == 1
+    example = page.split(marker, 1)[1].split("```", 1)[0]
+    assert "DaskExecution(" in example and "__main__" in example
+    script = tmp_path / "study.py"
+    script.write_text(example)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "strategy: dask" in done.stdout
