@@ -20,6 +20,7 @@ DISTRIBUTIONS = {
     "crystallize-parallel": ROOT / "plugins" / "crystallize-parallel",
     "crystallize-shuffled": ROOT / "examples" / "third-party-strategy",
     "crystallize-ray": ROOT / "plugins" / "crystallize-ray",
+    "crystallize-dask": ROOT / "plugins" / "crystallize-dask",
 }
 
 THROWAWAY_PYPROJECT = """
@@ -95,7 +96,7 @@ def wheels(tmp_path_factory):
     for source in [*DISTRIBUTIONS.values(), throwaway]:
         build_wheel(source, outdir)
     built = sorted(p.name for p in outdir.glob("*.whl"))
-    assert len(built) == 6, built
+    assert len(built) == 7, built
     return outdir
 
 
@@ -105,12 +106,12 @@ def env(wheels, tmp_path_factory):
     home = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(home)
     python = home / "bin" / "python"
-    ray_wheel = next(wheels.glob("crystallize_ray-*.whl"))
-    others = [str(p) for p in wheels.glob("*.whl") if p != ray_wheel]
+    engines = [next(wheels.glob(f"crystallize_{name}-*.whl")) for name in ("ray", "dask")]
+    others = [str(p) for p in wheels.glob("*.whl") if p not in engines]
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, *others], check=True, timeout=600)
-    # crystallize-ray without Ray itself: what a user with a broken install sees.
-    subprocess.run([*pip, "--no-deps", str(ray_wheel)], check=True, timeout=600)
+    # crystallize-ray and crystallize-dask without Ray or dask: what a user with a broken install sees.
+    subprocess.run([*pip, "--no-deps", *map(str, engines)], check=True, timeout=600)
     study = tmp_path_factory.mktemp("study") / "study.py"
     study.write_text(STUDY)
     return home, study
@@ -142,7 +143,12 @@ def test_every_strategy_is_discovered_with_its_version(env):
     assert done.returncode == 0, done.stderr
     found = {r["name"]: (r["distribution"], r["version"], r["status"]) for r in json.loads(done.stdout)["strategies"]}
     missing_ray = "broken: ImportError: crystallize-ray needs Ray, which is not installed: pip install 'ray'"
+    missing_dask = (
+        "broken: ImportError: crystallize-dask needs dask.distributed, which is not installed: "
+        "pip install 'distributed'"
+    )
     assert found == {
+        "dask": ("crystallize-dask", "0.2.0", missing_dask),
         "evens": ("evens-only", "3.1.4", "ok"),
         "parallel": ("crystallize-parallel", "0.2.0", "ok"),
         "ray": ("crystallize-ray", "0.2.0", missing_ray),
@@ -197,7 +203,14 @@ def test_blocking_and_disabling_autoload_in_the_installed_environment(env):
         for line in done.stdout.splitlines()[1:]
         if line and not line.startswith("steered")
     }
-    assert rows == {"evens": "blocked", "parallel": "blocked", "ray": "blocked", "serial": "ok", "shuffled": "blocked"}
+    assert rows == {
+        "dask": "blocked",
+        "evens": "blocked",
+        "parallel": "blocked",
+        "ray": "blocked",
+        "serial": "ok",
+        "shuffled": "blocked",
+    }
     done = run_in(
         env,
         "crystallize",
@@ -228,10 +241,11 @@ def test_listing_imports_no_strategy(env):
         import sys
         from crystallize_core import available_strategies
         names = [i.name for i in available_strategies()]
-        strategies = ("crystallize_serial", "crystallize_parallel", "crystallize_shuffled", "crystallize_ray", "tqdm")
+        strategies = ("crystallize_serial", "crystallize_parallel", "crystallize_shuffled", "crystallize_ray",
+                      "crystallize_dask", "tqdm")
         loaded = [m for m in sys.modules if m.startswith(strategies)]
         print(sorted(names), loaded)
         """
     )
     done = run_in(env, "python", "-c", code)
-    assert done.stdout.strip() == "['evens', 'parallel', 'ray', 'serial', 'shuffled'] []", done.stderr
+    assert done.stdout.strip() == "['dask', 'evens', 'parallel', 'ray', 'serial', 'shuffled'] []", done.stderr

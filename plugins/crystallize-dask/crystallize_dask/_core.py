@@ -100,18 +100,21 @@ def connect(address: str, source: str, workers: int, timeout: float) -> Client |
         try:
             socket.create_connection(endpoint, timeout=timeout).close()
         except OSError as exc:
-            return _decline(f"cannot reach {where}: {exc.strerror or exc}")
+            _decline(f"cannot reach {where}: {exc.strerror or exc}")
+            return None
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, *_TIMEOUTS) as exc:
-        return _decline(f"cannot connect to {where} within {timeout:g} s: {exc}")
+        _decline(f"cannot connect to {where} within {timeout:g} s: {exc}")
+        return None
     try:
         client.wait_for_workers(workers, timeout=timeout)
     except _TIMEOUTS:
         joined = len(client.nthreads())
         if joined == 0:
             client.close()
-            return _decline(f"{where} has no workers (waited {timeout:g} s)")
+            _decline(f"{where} has no workers (waited {timeout:g} s)")
+            return None
         logger.warning(
             "dask: %d of the %d workers asked for joined %s within %g s; running on those",
             joined,
@@ -124,7 +127,6 @@ def connect(address: str, source: str, workers: int, timeout: float) -> Client |
 
 def _decline(reason: str) -> None:
     logger.warning("dask: %s; declining the run, the next strategy runs it", reason)
-    return None
 
 
 def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
