@@ -27,7 +27,7 @@ from distributed.comm.registry import get_backend
 from distributed.scheduler import KilledWorker
 
 from crystallize_core import Capabilities, ConfigurationError, WorkerLostError
-from crystallize_core.engine import Backend, drive, run_shipped_span
+from crystallize_core.engine import ExecutorBackend, drive, run_shipped_span
 from crystallize_core.replicate import dumps_replicate_fn
 from crystallize_dask import ADDRESS_VARIABLE
 
@@ -159,10 +159,17 @@ def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
         raise
 
 
-class DaskBackend(Backend):
-    """Replicates as tasks on a dask cluster: the given client's, or a LocalCluster started for the run."""
+class DaskBackend(ExecutorBackend):
+    """Replicates as tasks on a dask cluster: the given client's, or a LocalCluster started for the run.
 
-    capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
+    An executor backend over the client's ``concurrent.futures`` executor,
+    with a task function of its own that puts the driver's code folders on
+    the worker's import path before the replicate function is unpickled.
+    """
+
+    # Dask's own cost per task is about a millisecond of scheduler time:
+    # batches of a tenth of a second keep a large cluster's scheduler idle.
+    target_batch_seconds = 0.1
     # A dead worker fails every task the scheduler had placed on it, the ones
     # queued behind the running one too, so a failed task does not show which
     # replicate killed its worker: the engine reruns the replicates that were
@@ -170,6 +177,8 @@ class DaskBackend(Backend):
     failure_scope = "pool"
 
     def __init__(self, client: Client | None = None, n_workers: int | None = None):
+        super().__init__(self._client_executor)
+        self.capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
         self.client = client
         self.n_workers = n_workers
         self.cluster: LocalCluster | None = None
@@ -186,8 +195,12 @@ class DaskBackend(Backend):
         if self.client is None:
             workers = min(self.n_workers or _cpu_count(), run.replicates)
             self.cluster, self.client = start_local_cluster(workers)
-        self.executor = self.client.get_executor(pure=False)
+        self.executor = self._client_executor()
         return max(1, sum(self.client.nthreads().values()))
+
+    def _client_executor(self) -> Executor:
+        assert self.client is not None, "start() comes first"
+        return self.client.get_executor(pure=False)
 
     def submit(self, span: range) -> Future:
         return self._submit(None, span)
