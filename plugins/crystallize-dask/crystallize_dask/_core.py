@@ -143,6 +143,7 @@ def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
                 processes=True,
                 host="127.0.0.1",
                 dashboard_address=None,
+                preload=["crystallize_dask._worker"],
                 # No dashboard, and the scheduler's remaining HTTP routes
                 # (health, metrics) on a free loopback port, not on 8787.
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},

@@ -2,6 +2,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from conftest import wait_for_workers
 from distributed import LocalCluster
 
 from crystallize_core import ConfigurationError, Experiment, SeedPlugin, load_strategy
-from crystallize_core.testing import KillWorkerOn, Recorder, StrategyConformance, numbers, record
+from crystallize_core.testing import KillWorkerOn, Recorder, StrategyConformance, numbers, record, wait_until
 from crystallize_dask import DaskExecution
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,6 +29,13 @@ def closed_address() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"tcp://127.0.0.1:{port}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def record_pid(data, ctx):
@@ -142,7 +150,7 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after_it():
     assert result.strategy == "dask" and result.errors == []
     pids = set(result.metrics["baseline"]["pid"])
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+    assert not [pid for pid in pids if alive(pid)]
 
 
 def test_a_dying_worker_of_a_running_cluster_costs_only_its_replicate(dask_scheduler):
@@ -224,3 +232,47 @@ def test_the_docs_local_cluster_example_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "strategy: dask" in done.stdout
+
+
+SLOW_STUDY = """
+from crystallize_core import Experiment
+from crystallize_core.testing import RecordRuns, SleepEach, numbers, record
+
+def build():
+    return Experiment(numbers, [RecordRuns("runs.txt"), SleepEach(0.2), record], replicates=200)
+"""
+
+
+def test_ctrl_c_in_a_terminal_stops_the_run_and_its_local_cluster_quietly(tmp_path):
+    # A terminal's Ctrl-C reaches the whole foreground process group: the
+    # driver and the cluster's workers alike. The workers ignore it, the
+    # driver stops the run and closes the cluster.
+    (tmp_path / "study.py").write_text(SLOW_STUDY)
+    command = [sys.executable, "-m", "crystallize_core", "run", "study.py:build", "--strategy", "dask:n_workers=2"]
+    command.append("--no-progress")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CRYSTALLIZE_", "DASK_"))}
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        run = subprocess.Popen(
+            command, cwd=tmp_path, env=environment, stdout=stdout, stderr=stderr, start_new_session=True
+        )
+    try:
+        runs = tmp_path / "runs.txt"
+        assert wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) >= 4, seconds=120)
+        started = {p.pid for p in psutil.Process(run.pid).children(recursive=True)}
+        os.killpg(run.pid, signal.SIGINT)
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after Ctrl-C:\n{err.read_text()[-3000:]}")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    printed = err.read_text()
+    assert run.returncode == 130, printed[-3000:]
+    assert "interrupted:" in printed and "Dask Worker process" not in printed, printed[-3000:]
+    assert "replicates:" in out.read_text()
+    assert wait_until(lambda: not [pid for pid in started if alive(pid)], seconds=10), [
+        psutil.Process(pid).cmdline() for pid in started if alive(pid)
+    ]
