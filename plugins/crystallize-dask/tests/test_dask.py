@@ -144,6 +144,14 @@ def test_a_scheduler_without_workers_declines(caplog):
     assert any("has no workers" in r.getMessage() for r in caplog.records)
 
 
+def test_fewer_workers_than_asked_for_run_the_experiment_with_a_warning(dask_scheduler, caplog):
+    strategy = DaskExecution(address=dask_scheduler, n_workers=3, connect_timeout=1)
+    with caplog.at_level(logging.WARNING, logger="crystallize"):
+        result = Experiment(numbers, [record]).run(replicates=4, strategy=strategy)
+    assert result.strategy == "dask" and result.metrics["baseline"]["replicate"] == [0, 1, 2, 3]
+    assert any("2 of the 3 workers asked for joined" in r.getMessage() for r in caplog.records)
+
+
 def test_a_local_cluster_is_started_for_the_run_and_closed_after_it():
     experiment = Experiment(numbers, [record_pid], plugins=[SeedPlugin(seed=2, auto_seed=False)])
     result = experiment.run(replicates=12, strategy=DaskExecution(n_workers=2))
