@@ -242,8 +242,13 @@ class DaskBackend(ExecutorBackend):
         """
         wait(list(self.running))
 
-    def shutdown(self) -> None:
-        """Drop unfinished tasks, close the client, and close the cluster if it was started here."""
+    def shutdown(self, wait: bool = True) -> None:
+        """Drop unfinished tasks, close the client, and close the cluster if it was started here.
+
+        Nothing waits for running replicates, so ``wait`` changes nothing: a
+        cluster started here is closed with its workers, and on a running
+        scheduler the tasks are released.
+        """
         executor, self.executor = self.executor, None
         client, self.client = self.client, None
         cluster, self.cluster = self.cluster, None
