@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import uuid
 from concurrent.futures import CancelledError, Executor, Future, wait
 from typing import Any
@@ -186,6 +187,7 @@ class DaskBackend(ExecutorBackend):
         self.executor: Executor | None = None
         #: Tasks submitted and not finished, whether the engine still waits for them or not.
         self.running: set[Future] = set()
+        self._running_lock = threading.Lock()  # futures finish on dask's event-loop thread
         self.key = uuid.uuid4().hex
         self.payload = b""
         self.paths: tuple[str, ...] = ()
@@ -213,9 +215,14 @@ class DaskBackend(ExecutorBackend):
     def _submit(self, payload: bytes | None, span: range) -> Future:
         assert self.executor is not None
         future = self.executor.submit(_run_span, self.key, payload, self.paths, span.start, span.stop)
-        self.running.add(future)
-        future.add_done_callback(self.running.discard)
+        with self._running_lock:
+            self.running.add(future)
+        future.add_done_callback(self._finished)
         return future
+
+    def _finished(self, future: Future) -> None:
+        with self._running_lock:
+            self.running.discard(future)
 
     def worker_lost(self, exc: BaseException) -> str | None:
         if isinstance(exc, KilledWorker):
@@ -240,7 +247,9 @@ class DaskBackend(ExecutorBackend):
         and a death it caused would be blamed on the replicate running alone.
         So the tasks still out are waited for (the engine reruns them anyway).
         """
-        wait(list(self.running))
+        with self._running_lock:
+            running = list(self.running)
+        wait(running)
 
     def shutdown(self, wait: bool = True) -> None:
         """Drop unfinished tasks, close the client, and close the cluster if it was started here.
