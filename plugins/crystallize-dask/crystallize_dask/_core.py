@@ -123,6 +123,9 @@ def connect(address: str, source: str, workers: int, timeout: float) -> Client |
             where,
             timeout,
         )
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
@@ -233,8 +236,7 @@ class DaskBackend(ExecutorBackend):
             # scheduler dropped it, with its connection or a restart.
             raise WorkerLostError(
                 f"the Dask scheduler at {self.client.scheduler.address if self.client else '?'} dropped a task "
-                "(it shut down, restarted, or the connection to it was lost); the replicates that finished are "
-                "in the partial result"
+                "(it shut down, restarted, or the connection to it was lost), so the run cannot go on"
             ) from exc
         return None
 

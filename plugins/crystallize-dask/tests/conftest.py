@@ -33,23 +33,19 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-@pytest.fixture(scope="session")
-def dask_scheduler(tmp_path_factory):
-    """The address of a real `dask scheduler` with two single-threaded `dask worker`
-    processes, on 127.0.0.1 at ports the system picks, for the whole session.
-
-    Started before the tests that use it, so that its processes are no
-    leftovers of theirs. Its workers start in a folder of their own, with no
-    path to this checkout's tests or examples: the strategy must ship those.
-    The scheduler lets dask retry a task whose worker died zero times, so that
-    the worker-death tests kill few workers.
+def start_cluster(folder: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
+    """A real `dask scheduler` and ``workers`` single-threaded `dask worker`
+    processes on 127.0.0.1, at ports the system picks, started in ``folder``
+    (with no path to this checkout's tests or examples: the strategy must
+    ship those). Returns the scheduler's address and the processes, for
+    :func:`stop_cluster`. The scheduler lets dask retry a task whose worker
+    died zero times, so that the worker-death tests kill few workers.
     """
-    folder = tmp_path_factory.mktemp("dask-cluster")
     scheduler_file = folder / "scheduler.json"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DASK_SCHEDULER_ADDRESS")}
     env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"
-    bin_folder = Path(sys.executable).parent
-    scheduler = [str(bin_folder / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    dask = str(Path(sys.executable).parent / "dask")
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
     scheduler += ["--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)]
     processes = [_start(scheduler, folder / "scheduler.log", env, folder)]
     try:
@@ -62,17 +58,31 @@ def dask_scheduler(tmp_path_factory):
                 address = json.loads(scheduler_file.read_text())["address"]
             except (OSError, ValueError, KeyError):
                 time.sleep(0.1)
-        for n in range(2):
-            worker = [str(bin_folder / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard"]
+        for n in range(workers):
+            worker = [dask, "worker", address, "--nthreads", "1", "--no-dashboard"]
             worker += ["--dashboard-address", "127.0.0.1:0"]
             worker += ["--host", "127.0.0.1", "--local-directory", str(folder / f"worker-{n}")]
             processes.append(_start(worker, folder / f"worker-{n}.log", env, folder))
-        with Client(address, set_as_default=False, timeout=STARTUP_SECONDS) as client:
-            client.wait_for_workers(2, timeout=STARTUP_SECONDS)
-        yield address
-    finally:
-        for process in reversed(processes):
-            _stop(process)
+        wait_for_workers(address, workers)
+    except BaseException:
+        stop_cluster(processes)
+        raise
+    return address, processes
+
+
+def stop_cluster(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(tmp_path_factory):
+    """The address of a real scheduler with two workers (:func:`start_cluster`)
+    for the whole session, started before the tests that use it, so that its
+    processes are no leftovers of theirs."""
+    address, processes = start_cluster(tmp_path_factory.mktemp("dask-cluster"), workers=2)
+    yield address
+    stop_cluster(processes)
 
 
 def wait_for_workers(address: str, count: int = 2) -> None:

@@ -6,16 +6,26 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for_workers
+from conftest import start_cluster, stop_cluster, wait_for_workers
 from distributed import LocalCluster
 
-from crystallize_core import ConfigurationError, Experiment, SeedPlugin, load_strategy
-from crystallize_core.testing import KillWorkerOn, Recorder, StrategyConformance, numbers, record, wait_until
+from crystallize_core import ConfigurationError, Experiment, SeedPlugin, WorkerLostError, load_strategy
+from crystallize_core.testing import (
+    KillWorkerOn,
+    Recorder,
+    RecordRuns,
+    SleepEach,
+    StrategyConformance,
+    numbers,
+    record,
+    wait_until,
+)
 from crystallize_dask import DaskExecution
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -284,3 +294,23 @@ def test_ctrl_c_in_a_terminal_stops_the_run_and_its_local_cluster_quietly(tmp_pa
     assert wait_until(lambda: not [pid for pid in started if alive(pid)], seconds=10), [
         psutil.Process(pid).cmdline() for pid in started if alive(pid)
     ]
+
+
+def test_a_scheduler_that_goes_away_ends_the_run_with_a_clear_error(tmp_path):
+    address, processes = start_cluster(tmp_path, workers=1)
+    try:
+        runs = tmp_path / "runs.txt"
+        steps = [RecordRuns(str(runs)), SleepEach(0.1), record]
+
+        def kill_the_scheduler_once_replicates_run():
+            if wait_until(lambda: runs.exists() and len(runs.read_text().splitlines()) >= 4, seconds=120):
+                os.killpg(processes[0].pid, signal.SIGKILL)
+
+        threading.Thread(target=kill_the_scheduler_once_replicates_run, daemon=True).start()
+        with pytest.raises(WorkerLostError, match=re.escape(f"the Dask scheduler at {address} dropped a task")) as lost:
+            Experiment(numbers, steps).run(replicates=200, strategy=DaskExecution(address=address))
+    finally:
+        stop_cluster(processes)
+    finished = lost.value.completed
+    order = [r.replicate for r in finished]
+    assert 0 < len(finished) < 200 and order == sorted(set(order))
