@@ -17,8 +17,10 @@ from crystallize_core.discovery import FALLBACK_STRATEGY, describe, identify, lo
 from crystallize_core.errors import (
     CrystallizeError,
     ExperimentInterrupted,
+    ReplicateFailed,
     StrategyCapabilityError,
     StrategyContractError,
+    WorkerLostError,
 )
 from crystallize_core.hookspecs import ReplicateFn, RunView, capabilities_of
 from crystallize_core.result import ReplicateResult
@@ -40,12 +42,13 @@ def call_strategies(
     """
     passed_over: list[str] = []
     for impl in plugins.strategies():
-        answer = _ask(impl.plugin, impl.function, impl.argnames, run, replicate_fn, passed_over)
+        name = plugins.name_of(impl.plugin)
+        answer = _ask(impl.plugin, name, impl.function, impl.argnames, run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, impl.plugin)
             _log_unasked(plugins, impl.plugin)
             _, _, version = identify(impl.plugin)
-            return answer, plugins.name_of(impl.plugin), version
+            return answer, name, version
     try:
         fallback = load_strategy(FALLBACK_STRATEGY)
     except CrystallizeError as exc:
@@ -53,7 +56,7 @@ def call_strategies(
     else:
         fallback_problem = ", the 'serial' fallback included"
         loop = fallback.run_experiment_loop  # type: ignore[attr-defined]
-        answer = _ask(fallback, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
+        answer = _ask(fallback, FALLBACK_STRATEGY, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, fallback)
             return answer, FALLBACK_STRATEGY, identify(fallback)[2]
@@ -66,7 +69,7 @@ def call_strategies(
     raise StrategyContractError(f"every strategy declined to run the experiment{fallback_problem}")
 
 
-def _ask(plugin, function, argnames, run: RunView, replicate_fn: ReplicateFn, passed_over: list[str]):
+def _ask(plugin, name, function, argnames, run: RunView, replicate_fn: ReplicateFn, passed_over: list[str]):
     reason = cannot_honour(plugin, run)
     if reason is not None:
         passed_over.append(f"{describe(plugin)} {reason}")
@@ -74,11 +77,14 @@ def _ask(plugin, function, argnames, run: RunView, replicate_fn: ReplicateFn, pa
         return None
     arguments = {"experiment": run, "replicate_fn": replicate_fn}
     try:
-        return function(*[arguments[name] for name in argnames])
-    except ExperimentInterrupted:
+        return function(*[arguments[argument] for argument in argnames])
+    except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
+        stopped.strategy = name  # type: ignore[union-attr]  # for the partial result
         raise
     except KeyboardInterrupt as exc:
-        raise ExperimentInterrupted(completed=getattr(exc, "completed", None) or []) from exc
+        interrupted = ExperimentInterrupted(completed=getattr(exc, "completed", None) or [])
+        interrupted.strategy = name  # type: ignore[attr-defined]
+        raise interrupted from exc
 
 
 def cannot_honour(plugin: object, run: RunView) -> str | None:

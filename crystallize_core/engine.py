@@ -294,7 +294,7 @@ class ExecutorBackend(Backend):
             raise WorkerLostError("an executor that was passed in cannot be replaced after it broke")
         old, self._executor = self._executor, None
         if old is not None:
-            old.shutdown(wait=True, cancel_futures=True)
+            _shut(old, wait=True)
 
     def request_stop(self) -> None:
         """Ask batches running in this process to stop between replicates."""
@@ -303,8 +303,17 @@ class ExecutorBackend(Backend):
     def shutdown(self, wait: bool = True) -> None:
         self._stopping.set()
         if self._factory is not None and self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=True)
+            _shut(self._executor, wait=wait)
             self._executor = None
+
+
+def _shut(executor: Executor, wait: bool) -> None:
+    """Shut ``executor`` down, cancelling what has not started where it can
+    (``cancel_futures`` is Python 3.9's; some executors, such as dask's, lack it)."""
+    try:
+        executor.shutdown(wait=wait, cancel_futures=True)
+    except TypeError:
+        executor.shutdown(wait=wait)
 
 
 # --- the loop --------------------------------------------------------------------

@@ -62,7 +62,14 @@ class CheckpointMismatchError(ConfigurationError):
 
 class WorkerLostError(CrystallizeError):
     """A worker died and its backend can neither replace it nor rerun its
-    replicates (an executor that was passed in, not made by a factory)."""
+    replicates (an executor that was passed in, not made by a factory).
+
+    ``partial_result`` is the :class:`~crystallize_core.Result` of the
+    replicates that finished.
+    """
+
+    partial_result: Any = None
+    completed: Any = None
 
 
 class ReplicateFailed(CrystallizeError):

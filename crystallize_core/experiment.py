@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from crystallize_core.context import Context
-from crystallize_core.errors import ConfigurationError, ExperimentInterrupted, ReplicateFailed
+from crystallize_core.errors import ConfigurationError, ExperimentInterrupted, ReplicateFailed, WorkerLostError
 from crystallize_core.replicate import Condition, ReplicateRunner, ReplicateSubset, random_seed
 from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
 
@@ -173,10 +173,15 @@ class Experiment:
             if to_run:
                 try:
                     ran, name, version = call_strategies(plugins, view, replicate_fn, to_run)
-                except (ExperimentInterrupted, ReplicateFailed) as stopped:
-                    if stopped.partial_result is None:
-                        done = [*finished.values(), *(stopped.completed or ())]
-                        stopped.partial_result = Result(replicate_results_from(done), names, complete=False)
+                except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
+                    if getattr(stopped, "partial_result", None) is None:
+                        done = [*finished.values(), *(getattr(stopped, "completed", None) or ())]
+                        stopped.partial_result = Result(
+                            replicate_results_from(done),
+                            names,
+                            strategy=getattr(stopped, "strategy", None),
+                            complete=False,
+                        )
                     raise
             if finished:
                 ran = [*ran, *(finished[i] for i in range(count) if i in finished)]

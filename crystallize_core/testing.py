@@ -581,6 +581,7 @@ class StrategyConformance:
         else:
             self.fail("kept running after Ctrl-C")
         self.expect(isinstance(partial, Result) and not partial.complete, f"partial result {partial!r}")
+        self.expect(partial.strategy == self.label, f"the partial result names {partial.strategy!r} as its strategy")
         self.expect(
             0 < partial.replicates < n, f"{partial.replicates} of {n} replicates finished: not stopped promptly"
         )

@@ -73,7 +73,9 @@ def test_a_worker_death_in_a_passed_in_executor_stops_with_what_finished():
     experiment = seeded(KillWorkerOn({5: "exit"}))
     with ProcessPoolExecutor(1) as pool, pytest.raises(WorkerLostError, match="cannot replace it") as caught:
         experiment.run(replicates=20, strategy=pool)
-    assert caught.value.completed is not None and all(r.replicate != 5 for r in caught.value.completed)
+    partial = caught.value.partial_result
+    assert partial is not None and not partial.complete and partial.strategy == "ExecutorStrategy"
+    assert 0 < partial.replicates < 20 and 5 not in [r.replicate for r in partial.replicate_results]
 
 
 def test_a_factory_replaces_a_broken_pool_and_blames_only_the_culprit():
