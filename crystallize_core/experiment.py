@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from crystallize_core.context import Context
 from crystallize_core.errors import ConfigurationError, ExperimentInterrupted, ReplicateFailed, WorkerLostError
-from crystallize_core.replicate import Condition, ReplicateRunner, ReplicateSubset, random_seed
+from crystallize_core.replicate import (
+    Condition,
+    ReplicateRunner,
+    ReplicateSubset,
+    is_coroutine_function,
+    random_seed,
+)
 from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
 
 
@@ -52,6 +59,11 @@ class Treatment:
             raise ConfigurationError(
                 f"treatment {name!r}: overrides must be a mapping or a callable (ctx) -> None, "
                 f"not {type(overrides).__name__}"
+            )
+        if callable(overrides) and is_coroutine_function(overrides):
+            raise ConfigurationError(
+                f"treatment {name!r}: overrides must be a plain callable (ctx) -> None, not a coroutine function; "
+                "do the awaiting in a step (steps may be async def)"
             )
         self.name = name
         self.overrides = overrides
@@ -130,8 +142,11 @@ class Experiment:
         The experiment itself is never changed, so one experiment may run in
         several threads at once. Raises on bad input before any replicate
         starts. Ctrl-C raises :class:`ExperimentInterrupted` carrying the
-        partial result.
+        partial result. Called from a coroutine (where an event loop is
+        running, as in a Jupyter notebook), it raises
+        :class:`ConfigurationError`: ``await`` :meth:`arun` there instead.
         """
+        _refuse_inside_event_loop()
         count = self.replicates if replicates is None else _check_replicates(replicates)
         chosen = self.treatments if treatments is None else _check_treatments(treatments)
         stop_early = self.fail_fast if fail_fast is None else _check_flag("fail_fast", fail_fast)
@@ -193,6 +208,21 @@ class Experiment:
             runner.monitor.close()
             runner.monitor = None
 
+    async def arun(self, *args: Any, **kwargs: Any) -> Result:
+        """Run the experiment from a coroutine: ``result = await experiment.arun(...)``.
+
+        Takes the same arguments as :meth:`run` and returns the same
+        :class:`Result`. The run happens in a worker thread
+        (:func:`asyncio.to_thread`), so the calling event loop stays free
+        while replicates run, whichever strategy drives them; the ``async``
+        strategy runs its own event loop in that thread. Cancelling the
+        awaiting task does not stop the replicates already running: the run
+        finishes in its thread and its result is discarded.
+        """
+        import asyncio
+
+        return await asyncio.to_thread(self.run, *args, **kwargs)
+
     def __repr__(self) -> str:
         return (
             f"Experiment(datasource={getattr(self.datasource, '__qualname__', self.datasource)!r}, "
@@ -232,6 +262,16 @@ class ExperimentRun:
         return (
             f"ExperimentRun(replicates={self.replicates}, timeout={self.timeout!r}, fail_fast={self.fail_fast}, "
             f"progress={self.progress!r}, experiment={self.experiment!r})"
+        )
+
+
+def _refuse_inside_event_loop() -> None:
+    asyncio = sys.modules.get("asyncio")  # no event loop can run where asyncio was never imported
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        raise ConfigurationError(
+            "Experiment.run() was called from a coroutine, where an event loop is running (as in a Jupyter "
+            "notebook): it would block that loop until every replicate finished. "
+            "Use 'result = await experiment.arun(...)', which takes the same arguments."
         )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from os import getpid as _getpid
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 _MASK64 = (1 << 64) - 1
 # NamedTuple's generated __new__ is Python code; tuple.__new__ skips it on the hot path.
 _new_result = tuple.__new__
+
+#: Exceptions from the user's code that are never captured: Ctrl-C stops the
+#: run, and GeneratorExit closes the coroutine of a replicate being torn down.
+_UNCAPTURED = (KeyboardInterrupt, GeneratorExit)
 
 #: The replicate-level hooks; plugins implementing any of them travel with the
 #: replicate function to wherever replicates run.
@@ -70,8 +75,16 @@ class ReplicateRunner:
     """Runs replicate ``i`` for every condition and returns its :class:`ReplicateResult`.
 
     Picklable whenever the datasource, steps, treatments and replicate-level
-    plugins are. Errors raised by the user's code are captured in the result;
-    ``KeyboardInterrupt`` and other ``BaseException``\\ s propagate.
+    plugins are. Whatever the user's datasource and steps raise is captured in
+    the result, ``SystemExit`` and :class:`asyncio.CancelledError` included;
+    only ``KeyboardInterrupt`` (and ``GeneratorExit``) propagate, and a
+    cancellation of the task running :meth:`acall`.
+
+    The datasource and steps may be coroutine functions (``async def``, or
+    objects whose ``__call__`` is one), mixed freely with plain ones: they are
+    awaited (see :attr:`awaits`). Called as a plain function, such a replicate
+    is driven to completion on an event loop that its thread keeps for all its
+    replicates; a strategy that runs an event loop awaits :meth:`acall`.
     """
 
     def __init__(
@@ -95,6 +108,7 @@ class ReplicateRunner:
         #: behind when the function is pickled, and is silent in forked workers.
         self.monitor: Monitor | None = None
         self._hook = self._relay(self.plugins)
+        self._awaited = _awaited(self.datasource, self.steps)
 
     @staticmethod
     def _relay(plugins: Sequence[object]):
@@ -114,6 +128,13 @@ class ReplicateRunner:
         self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast = state
         self.monitor = None
         self._hook = self._relay(self.plugins)
+        self._awaited = _awaited(self.datasource, self.steps)
+
+    @property
+    def awaits(self) -> bool:
+        """Whether the datasource or a step is a coroutine function, so that
+        :meth:`acall` waits on the running event loop rather than in a thread."""
+        return self._awaited is not None
 
     def components(self) -> Iterator[tuple[str, object]]:
         """Each user-supplied part with a label, for error messages."""
@@ -161,23 +182,34 @@ class ReplicateRunner:
         return result
 
     def __call__(self, replicate: int) -> ReplicateResult:
+        if self._awaited is not None:
+            from crystallize_core._aio import run_coroutine
+
+            return self._report(run_coroutine(self._arun(replicate)))
         return self._report(self._run(replicate))
 
-    def _run(self, replicate: int) -> ReplicateResult:
-        hook = self._hook
-        errors: list[ReplicateError] = []
-        if hook is None:
-            seed = derive_seed(self.base_seed, replicate)
-        else:
-            seed = derive_seed(self.base_seed, replicate)
-            try:
-                seed = self.seed(replicate)
-                hook.before_replicate(replicate=replicate, seed=seed)
-            except Exception as exc:  # the seed a plugin gave is kept, else the derived one
-                error = self._captured(ReplicateError.from_exception(replicate, None, exc))
-                return ReplicateResult(replicate, seed, {}, (error,))
+    async def acall(self, replicate: int) -> ReplicateResult:
+        """The awaitable form of ``self(replicate)``, for a strategy that runs an event loop.
 
+        Where the replicate :attr:`awaits`, its coroutine components are
+        awaited on the running loop and its plain ones run on the loop's
+        thread between them, so many replicates wait at once; cancelling the
+        awaiting task stops the replicate at its next ``await``. Otherwise the
+        replicate runs in a thread of the loop's default executor (as
+        :func:`asyncio.to_thread` does), so that it never blocks the loop.
+        """
+        if self._awaited is None:
+            import asyncio
+
+            return await asyncio.get_running_loop().run_in_executor(None, self, replicate)
+        return self._report(await self._arun(replicate))
+
+    def _run(self, replicate: int) -> ReplicateResult:
+        seed, failed = self._begin(replicate)
+        if failed is not None:
+            return failed
         metrics: dict[str, dict[str, Any]] = {}
+        errors: list[ReplicateError] = []
         datasource = self.datasource
         steps = self.steps
         for condition in self.conditions:
@@ -188,12 +220,68 @@ class ReplicateRunner:
                 data = datasource(ctx)
                 for step in steps:
                     data = step(data, ctx)
-            except Exception as exc:
+            except BaseException as exc:
+                if isinstance(exc, _UNCAPTURED):
+                    raise
                 errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
                 continue
             metrics[condition.name] = ctx.metrics._values
+        return self._end(replicate, seed, metrics, errors)
 
+    async def _arun(self, replicate: int) -> ReplicateResult:
+        """:meth:`_run`, awaiting the coroutine components."""
+        from crystallize_core._aio import cancel_requested
+
+        seed, failed = self._begin(replicate)
+        if failed is not None:
+            return failed
+        source_awaited, steps_awaited = self._awaited
+        metrics: dict[str, dict[str, Any]] = {}
+        errors: list[ReplicateError] = []
+        datasource = self.datasource
+        steps = tuple(zip(self.steps, steps_awaited))
+        for condition in self.conditions:
+            ctx = Context(condition.values, replicate, condition.name, seed)
+            try:
+                if condition.apply is not None:
+                    condition.apply(ctx)
+                data = datasource(ctx)
+                if source_awaited:
+                    data = await data
+                for step, awaited in steps:
+                    data = step(data, ctx)
+                    if awaited:
+                        data = await data
+            except BaseException as exc:
+                if isinstance(exc, _UNCAPTURED) or (_is_cancellation(exc) and cancel_requested()):
+                    raise
+                errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
+                continue
+            metrics[condition.name] = ctx.metrics._values
+        return self._end(replicate, seed, metrics, errors)
+
+    def _begin(self, replicate: int) -> tuple[int, ReplicateResult | None]:
+        """The replicate's seed, after the ``before_replicate`` hooks; or the
+        result of a replicate those hooks stopped."""
+        hook = self._hook
+        if hook is None:
+            return derive_seed(self.base_seed, replicate), None
+        seed = None
+        try:
+            seed = self.seed(replicate)
+            hook.before_replicate(replicate=replicate, seed=seed)
+        except Exception as exc:
+            error = self._captured(ReplicateError.from_exception(replicate, None, exc))
+            fallback = derive_seed(self.base_seed, replicate) if seed is None else seed
+            return fallback, ReplicateResult(replicate, fallback, {}, (error,))
+        return seed, None
+
+    def _end(
+        self, replicate: int, seed: int, metrics: dict[str, dict[str, Any]], errors: list[ReplicateError]
+    ) -> ReplicateResult:
+        """The replicate's result, after the ``after_replicate`` hooks."""
         result = _new_result(ReplicateResult, (replicate, seed, metrics, tuple(errors) if errors else ()))
+        hook = self._hook
         if hook is not None:
             try:
                 hook.after_replicate(replicate=replicate, result=result)
@@ -224,6 +312,15 @@ class ReplicateSubset:
 
     def __call__(self, position: int) -> ReplicateResult:
         return self.runner(self.replicates[position])
+
+    @property
+    def awaits(self) -> bool:
+        """See :attr:`ReplicateRunner.awaits`."""
+        return self.runner.awaits
+
+    def acall(self, position: int) -> Coroutine[Any, Any, ReplicateResult]:
+        """The awaitable form of ``self(position)``: see :meth:`ReplicateRunner.acall`."""
+        return self.runner.acall(self.replicates[position])
 
     def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
         return self.runner.error_result(self.replicates[position], exc_type, message)
@@ -280,6 +377,31 @@ def _pickle_into(replicate_fn: Callable[[int], Any], sink) -> None:
             "(not as a lambda, a nested function or an object holding locks, files or sockets), "
             "or choose a strategy that runs in this process, such as executor_type='thread'."
         ) from whole_failed
+
+
+def _awaited(datasource: object, steps: Sequence[object]) -> tuple[bool, tuple[bool, ...]] | None:
+    """Which of the datasource and steps return awaitables; None when none does."""
+    source = is_coroutine_function(datasource)
+    each = tuple(is_coroutine_function(step) for step in steps)
+    return (source, each) if source or any(each) else None
+
+
+def is_coroutine_function(component: object) -> bool:
+    """Whether calling ``component`` returns a coroutine to await: an ``async def``
+    function (also through :func:`functools.partial`) or an object whose
+    ``__call__`` is one."""
+    import inspect  # already imported by pluggy wherever a run starts
+
+    if inspect.iscoroutinefunction(component):
+        return True
+    call = type(component).__call__ if callable(component) else None
+    return not inspect.isroutine(component) and inspect.iscoroutinefunction(call)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    # asyncio is imported by whoever cancelled a task; no need to import it here.
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def _describe(obj: object) -> str:
