@@ -1,0 +1,232 @@
+"""Replicates on one event loop, started by this run and closed by it.
+
+``max_concurrency`` worker tasks take replicate indices from one shared
+iterator until none is left, so a run holds that many tasks however many
+replicates it has. Each worker awaits ``replicate_fn.acall(i)``, the
+replicate function's awaitable form, or runs a replicate function without
+one in a thread (:func:`asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+
+def run_on_event_loop(
+    replicate_fn: Callable[[int], Any],
+    total: int,
+    concurrency: int,
+    rate_limit: float | None,
+    timeout: float | None,
+    progress: bool,
+) -> list:
+    """Run replicates ``0 .. total - 1`` on a new event loop and return their results in order.
+
+    Raises what escapes a replicate (fail-fast's ``ReplicateFailed``) after
+    cancelling the others, and ``KeyboardInterrupt`` with ``completed`` set
+    to the finished results on Ctrl-C. The loop is closed before returning,
+    with no task left pending.
+    """
+    loop = asyncio.new_event_loop()
+    # Replicates with no coroutine step, and replicate functions with no
+    # acall, run on threads of the loop's default executor.
+    loop.set_default_executor(_DaemonThreads())
+    run = _LoopRun(replicate_fn, total, concurrency, rate_limit, timeout, progress)
+    main = loop.create_task(run.main())
+    try:
+        with _CancelOnCtrlC(loop, main) as ctrl_c:
+            try:
+                return loop.run_until_complete(main)
+            except asyncio.CancelledError:
+                if not ctrl_c.fired:
+                    raise
+                raise KeyboardInterrupt from None
+    except KeyboardInterrupt as interrupt:  # also a second Ctrl-C, or one our handler did not see
+        interrupt.completed = run.finished()
+        raise
+    finally:
+        try:
+            _cancel_remaining(loop, [main, *run.workers])
+        finally:
+            loop.close()
+            if run.bar is not None:
+                run.bar.close()
+
+
+class _LoopRun:
+    """One run's state: the results so far, the workers, and how replicates start."""
+
+    def __init__(self, replicate_fn, total, concurrency, rate_limit, timeout, progress):
+        self.replicate_fn = replicate_fn
+        self.acall = getattr(replicate_fn, "acall", None)
+        self.total = total
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.spacing = None if rate_limit is None else _StartSpacing(rate_limit)
+        self.results: list = [None] * total
+        self.workers: list[asyncio.Task] = []
+        #: Set before this run cancels its own workers, so that a cancellation
+        #: is told apart from a replicate that raised CancelledError itself.
+        self.stopping = False
+        self.bar = _progress_bar(progress, total)
+
+    def finished(self) -> list:
+        return [result for result in self.results if result is not None]
+
+    async def main(self) -> list:
+        indices = iter(range(self.total))
+        loop = asyncio.get_running_loop()
+        self.workers = [loop.create_task(self.work(indices)) for _ in range(self.concurrency)]
+        try:
+            await asyncio.wait(self.workers, return_when=asyncio.FIRST_EXCEPTION)
+            for worker in self.workers:  # in creation order: the same error wins every time
+                if worker.done() and worker.exception() is not None:
+                    raise worker.exception()
+            return self.results
+        finally:
+            # Fail-fast or Ctrl-C: cancel every replicate in flight and wait
+            # for them to unwind, so no task is left pending on the loop.
+            self.stopping = True
+            running = [worker for worker in self.workers if not worker.done()]
+            for worker in running:
+                worker.cancel()
+            if running:
+                await asyncio.wait(running)
+
+    async def work(self, indices: Iterator[int]) -> None:
+        # One iterator shared by every worker on one thread: each index is
+        # taken exactly once, with no lock.
+        for replicate in indices:
+            if self.spacing is not None:
+                await self.spacing.wait()
+            self.results[replicate] = await self.one(replicate)
+            if self.bar is not None:
+                self.bar.update()
+
+    async def one(self, replicate: int) -> Any:
+        acall = self.acall
+        call = acall(replicate) if acall is not None else asyncio.to_thread(self.replicate_fn, replicate)
+        try:
+            if self.timeout is None:
+                return await call
+            return await asyncio.wait_for(call, self.timeout)
+        except asyncio.TimeoutError:
+            return self.replicate_fn.error_result(
+                replicate,
+                "ReplicateTimeout",
+                f"replicate {replicate} ran longer than the timeout of {self.timeout} s; its task was cancelled",
+            )
+        except asyncio.CancelledError:
+            if self.stopping:
+                raise
+            # Not cancelled by this run: the replicate raised CancelledError
+            # itself (only seen on Python 3.10, where acall cannot tell).
+            return self.replicate_fn.error_result(
+                replicate, "asyncio.CancelledError", f"replicate {replicate} raised CancelledError"
+            )
+
+
+class _StartSpacing:
+    """Spaces replicate starts at least ``1 / rate`` seconds apart, on the loop's clock."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self.next_start: float | None = None
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        start = now if self.next_start is None or self.next_start < now else self.next_start
+        self.next_start = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class _CancelOnCtrlC:
+    """While the loop runs in the main thread, Ctrl-C cancels the run's main task.
+
+    Python's own handler would raise KeyboardInterrupt wherever the main
+    thread happens to be, possibly inside the loop's machinery; cancelling
+    the task lets every replicate unwind at its ``await``. A second Ctrl-C
+    raises KeyboardInterrupt at once. (``asyncio.Runner`` does the same from
+    Python 3.11 on.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task):
+        self.loop = loop
+        self.task = task
+        self.fired = False
+        self.previous: Any = None
+
+    def __enter__(self) -> _CancelOnCtrlC:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.fired or self.task.done():
+            raise KeyboardInterrupt
+        self.fired = True
+        self.task.cancel()
+        self.loop.call_soon_threadsafe(lambda: None)  # wake the loop if it is waiting
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _DaemonThreads(ThreadPoolExecutor):
+    """The loop's default executor: each call on a new daemon thread.
+
+    A plain replicate abandoned at its timeout or at Ctrl-C cannot be
+    stopped; on a ``ThreadPoolExecutor`` thread it would keep the interpreter
+    from exiting until it returned. A subclass only because
+    ``loop.set_default_executor`` accepts nothing else.
+    """
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        threading.Thread(target=work, name="crystallize-async-replicate", daemon=True).start()
+        return future
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop, ours: list[asyncio.Task]) -> None:
+    """Cancel whatever is still pending on ``loop`` (tasks the replicates started
+    included) and let it unwind, so that closing the loop destroys no pending
+    task and leaves no exception unretrieved."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending))
+    for task in {*pending, *ours}:
+        if task.done() and not task.cancelled():
+            task.exception()
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+def _progress_bar(enabled: bool, total: int):
+    """A tqdm bar over ``total`` replicates, or None when disabled or pointless."""
+    if not enabled or total <= 1:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="replicates", unit="rep")

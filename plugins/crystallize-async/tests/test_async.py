@@ -1,0 +1,349 @@
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from importlib import metadata
+
+import pytest
+
+from crystallize_async import DEFAULT_MAX_CONCURRENCY, AsyncExecution
+from crystallize_core import (
+    ConfigurationError,
+    Experiment,
+    ReplicateResult,
+    ReproducibilityWarning,
+    SeedPlugin,
+    Treatment,
+    load_strategy,
+)
+from crystallize_core.testing import (
+    DelayEarlyReplicates,
+    SleepEach,
+    SleepOn,
+    StrategyConformance,
+    numbers,
+    record,
+)
+
+
+class TestAsyncConformance(StrategyConformance):
+    """The kit's own plain components: each replicate runs in a thread of its own."""
+
+    strategy_name = "async"
+
+    def make_strategy(self):
+        return AsyncExecution(max_concurrency=4)
+
+
+# --- the kit again, with every component a coroutine ------------------------------
+
+
+class AsyncSleepEach:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    async def __call__(self, data, ctx):
+        await asyncio.sleep(self.seconds)
+        return data
+
+
+class AsyncSleepOn:
+    def __init__(self, replicates, seconds: float):
+        self.replicates = frozenset(replicates)
+        self.seconds = seconds
+
+    async def __call__(self, data, ctx):
+        if ctx.replicate in self.replicates:
+            await asyncio.sleep(self.seconds)
+        return data
+
+
+class AsyncDelayEarlyReplicates(DelayEarlyReplicates):
+    async def __call__(self, data, ctx):
+        if ctx.replicate < self.slow:
+            await asyncio.sleep(self.seconds * (self.slow - ctx.replicate))
+        return data
+
+
+class Awaited:
+    """A plain component behind an ``async def __call__``."""
+
+    def __init__(self, component):
+        self.component = component
+
+    async def __call__(self, *args):
+        await asyncio.sleep(0)
+        return self.component(*args)
+
+
+def as_coroutine(step):
+    if isinstance(step, SleepEach):
+        return AsyncSleepEach(step.seconds)
+    if isinstance(step, SleepOn):
+        return AsyncSleepOn(step.replicates, step.seconds)
+    if isinstance(step, DelayEarlyReplicates):
+        return AsyncDelayEarlyReplicates(step.slow, step.seconds)
+    return Awaited(step)
+
+
+class TestAsyncStepsConformance(StrategyConformance):
+    """The kit with coroutine datasources and steps: replicates wait on the loop, and
+    timeouts, fail-fast and Ctrl-C cancel them there."""
+
+    strategy_name = "async"
+
+    def make_strategy(self):
+        return AsyncExecution(max_concurrency=4)
+
+    def experiment(self, steps=(record,), datasource=numbers, plugins=(), **kwargs):
+        return super().experiment(
+            steps=[as_coroutine(step) for step in steps], datasource=Awaited(datasource), plugins=plugins, **kwargs
+        )
+
+
+# --- components of the tests below --------------------------------------------------
+
+
+async def waiting_source(ctx):
+    await asyncio.sleep(0.01)
+    return [ctx.rng.random() for _ in range(3)]
+
+
+class InFlight:
+    """Counts the replicates waiting at once (one event loop: no lock needed)."""
+
+    def __init__(self):
+        self.now = 0
+        self.most = 0
+
+    async def __call__(self, data, ctx):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.01)
+        finally:
+            self.now -= 1
+        ctx.metrics.add("total", sum(data))
+        return data
+
+
+class StartTimes:
+    def __init__(self):
+        self.times = []
+
+    async def __call__(self, ctx):
+        self.times.append(asyncio.get_running_loop().time())
+        return [ctx.rng.random()]
+
+
+class Raise:
+    def __init__(self, replicate, kind):
+        self.replicate = replicate
+        self.kind = kind
+
+    async def __call__(self, data, ctx):
+        await asyncio.sleep(0)
+        if ctx.replicate == self.replicate:
+            raise self.kind("on purpose")
+        return data
+
+
+def experiment(source=numbers, steps=(record,), plugins=(), **kwargs):
+    treatments = [Treatment("treated", {"factor": 2})]
+    return Experiment(source, list(steps), plugins=list(plugins), treatments=treatments, **kwargs)
+
+
+# --- the tests -------------------------------------------------------------------------
+
+
+def test_registered_under_its_entry_point():
+    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "async"]
+    assert entry_point.value == "crystallize_async:AsyncExecution"
+    strategy = load_strategy("async", max_concurrency=7, rate_limit=2.5)
+    assert (strategy.max_concurrency, strategy.rate_limit) == (7, 2.5)
+    assert AsyncExecution().max_concurrency == DEFAULT_MAX_CONCURRENCY == 100
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_concurrency": 0}, "max_concurrency must be a positive integer"),
+        ({"max_concurrency": 2.5}, "max_concurrency must be a positive integer"),
+        ({"max_concurrency": True}, "max_concurrency must be a positive integer"),
+        ({"rate_limit": 0}, "rate_limit must be a positive number"),
+        ({"rate_limit": "fast"}, "rate_limit must be a positive number"),
+        ({"timeout": -1}, "timeout must be a positive number"),
+        ({"progress": "yes"}, "progress must be True or False"),
+    ],
+)
+def test_bad_options_are_refused_by_name(options, message):
+    with pytest.raises(ConfigurationError, match=message):
+        AsyncExecution(**options)
+
+
+def test_never_more_than_max_concurrency_replicates_in_flight():
+    counter = InFlight()
+    result = experiment(waiting_source, [counter]).run(replicates=40, strategy=AsyncExecution(max_concurrency=5))
+    assert result.errors == [] and result.metrics["treated"]["total"][39] is not None
+    assert counter.most == 5
+
+
+def test_rate_limit_spaces_the_starts():
+    starts = StartTimes()
+    result = experiment(starts, [record]).run(replicates=8, strategy=AsyncExecution(rate_limit=40))
+    assert result.errors == []
+    replicate_starts = sorted(starts.times)[::2]  # the baseline of each replicate starts it
+    gaps = [later - earlier for earlier, later in itertools.pairwise(replicate_starts)]
+    assert min(gaps) >= 1 / 40 - 1e-3, gaps
+
+
+def test_same_seed_same_metrics_as_serial_with_and_without_coroutines():
+    def run(source, strategy):
+        plugins = [SeedPlugin(seed=3, auto_seed=False)]
+        return experiment(source, [record], plugins=plugins).run(replicates=30, strategy=strategy)
+
+    serial = run(numbers, "serial")
+    for source in (numbers, Awaited(numbers), waiting_source):
+        expected = run(source, "serial")
+        got = run(source, AsyncExecution(max_concurrency=7))
+        assert got.seeds == serial.seeds and got.metrics == expected.metrics
+    assert run(Awaited(numbers), AsyncExecution()).metrics == serial.metrics
+
+
+def test_global_seeding_warns_with_the_fix():
+    with pytest.warns(ReproducibilityWarning, match="ctx.rng"):
+        experiment(plugins=[SeedPlugin(seed=1)]).run(replicates=2, strategy=AsyncExecution())
+
+
+def test_no_warning_without_global_seeding():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        experiment(plugins=[SeedPlugin(seed=1, auto_seed=False)]).run(replicates=2, strategy=AsyncExecution())
+
+
+def test_the_strategy_timeout_cancels_a_waiting_replicate():
+    steps = [AsyncSleepOn({2}, 60.0), record]
+    result = experiment(Awaited(numbers), steps).run(replicates=5, strategy=AsyncExecution(timeout=0.5))
+    (error,) = result.errors
+    assert (error.replicate, error.exc_type) == (2, "ReplicateTimeout")
+    assert "timeout of 0.5 s" in error.message
+    assert result.metrics["baseline"]["replicate"] == [0, 1, None, 3, 4]
+
+
+@pytest.mark.parametrize("kind", [SystemExit, asyncio.CancelledError])
+def test_system_exit_and_cancelled_error_from_a_step_stay_in_their_replicate(kind):
+    result = experiment(waiting_source, [Raise(1, kind), record]).run(replicates=4, strategy=AsyncExecution())
+    assert sorted((e.replicate, e.condition) for e in result.errors) == [(1, "baseline"), (1, "treated")]
+    assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3]
+
+
+def test_a_replicate_function_without_acall_runs_in_threads():
+    class View:
+        replicates = 6
+        plugins = ()
+        timeout = None
+
+    ran_on = []
+
+    def replicate_fn(i):
+        import threading
+
+        ran_on.append(threading.current_thread().name)
+        return ReplicateResult(i, i, {"baseline": {"i": i}})
+
+    results = AsyncExecution(max_concurrency=3).run_experiment_loop(View(), replicate_fn)
+    assert [r.replicate for r in results] == list(range(6))
+    assert ran_on and all(name == "crystallize-async-replicate" for name in ran_on)
+
+
+def test_a_step_that_starts_tasks_leaves_nothing_pending(caplog):
+    async def forget(data, ctx):
+        asyncio.get_running_loop().create_task(asyncio.sleep(60))
+        return data
+
+    result = experiment(waiting_source, [forget, record]).run(replicates=3, strategy=AsyncExecution())
+    assert result.errors == []
+    import gc
+
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text
+
+
+def test_progress_bar_advances_to_the_total(capsys):
+    experiment(waiting_source).run(replicates=9, strategy=AsyncExecution(progress=True))
+    assert "9/9" in capsys.readouterr().err
+
+
+def test_arun_from_a_running_loop_with_the_async_strategy():
+    async def main():
+        return await experiment(waiting_source, plugins=[SeedPlugin(seed=4, auto_seed=False)]).arun(
+            replicates=6, strategy="async:max_concurrency=3"
+        )
+
+    result = asyncio.run(main())
+    expected = experiment(waiting_source, plugins=[SeedPlugin(seed=4, auto_seed=False)]).run(replicates=6)
+    assert result.strategy == "async" and result.metrics == expected.metrics
+
+
+CTRL_C_SCRIPT = """
+import asyncio, os, signal, sys
+from crystallize_core import Experiment, ExperimentInterrupted
+from crystallize_async import AsyncExecution
+
+finished = 0
+
+async def source(ctx):
+    await asyncio.sleep(0.05 if ctx.replicate < 10 else 60)
+    return ctx.replicate
+
+async def interrupt_after_five(data, ctx):
+    global finished
+    finished += 1
+    if finished == 5:
+        os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.sleep(0)
+    ctx.metrics.add("value", data)
+    return data
+
+try:
+    Experiment(source, [interrupt_after_five]).run(replicates=200, strategy=AsyncExecution(max_concurrency={k}))
+except ExperimentInterrupted as interrupted:
+    print("partial", interrupted.partial_result.replicates)
+"""
+
+
+@pytest.mark.parametrize("concurrency", [1, 50])
+def test_ctrl_c_cancels_every_task_at_once_and_keeps_the_finished(concurrency):
+    # Replicates 10 and later wait 60 s: only cancelling them ends the run in time.
+    code = textwrap.dedent(CTRL_C_SCRIPT).replace("{k}", str(concurrency))
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning", "PYTHONDEVMODE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=env)
+    assert done.returncode == 0, done.stderr
+    finished = int(done.stdout.split()[-1])
+    assert 4 <= finished <= 10, done.stdout  # the fifth is cancelled at its next await
+    for trouble in ("Task was destroyed", "never awaited", "never retrieved", "Traceback"):
+        assert trouble not in done.stderr, done.stderr
+
+
+def test_a_plain_replicate_past_its_timeout_does_not_hold_up_exit():
+    code = textwrap.dedent(
+        """
+        import time
+        from crystallize_core import Experiment
+        from crystallize_async import AsyncExecution
+
+        def source(ctx):
+            if ctx.replicate == 1:
+                time.sleep(120)
+            return ctx.replicate
+
+        result = Experiment(source, []).run(replicates=3, strategy=AsyncExecution(timeout=0.5))
+        print([e.exc_type for e in result.errors])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['ReplicateTimeout']"
