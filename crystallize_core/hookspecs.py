@@ -94,6 +94,25 @@ class ReplicateFn(Protocol):
     ``KeyboardInterrupt`` through. It pickles whenever the user's components
     do: a strategy that runs work elsewhere pickles it once
     (:func:`crystallize_core.dumps_replicate_fn`) and ships only positions.
+
+    The user's datasource and steps may be coroutine functions: calling the
+    replicate function then drives them to completion on an event loop its
+    thread keeps for all its replicates (so it must not be called from a
+    thread whose event loop is running). For a strategy that runs an event
+    loop, the core's replicate functions also have, beyond this protocol:
+
+    - ``await replicate_fn.acall(position)``: the awaitable form of the call,
+      with the same result. Where the replicate ``awaits``, coroutine
+      components are awaited on the running loop (plain ones run on its
+      thread between them) and cancelling the awaiting task stops the
+      replicate at its next ``await``; otherwise the replicate runs in a
+      thread of the loop's default executor, so as not to block the loop.
+    - ``replicate_fn.awaits``: whether the datasource or a step is a
+      coroutine function, so that the replicate can be cancelled while it
+      waits.
+
+    A replicate function without ``acall`` is run in a thread
+    (:func:`asyncio.to_thread`) by such a strategy.
     """
 
     def __call__(self, position: int, /) -> ReplicateResult: ...

@@ -13,6 +13,7 @@ import crystallize_core
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.py"
+ASYNC_QUICKSTART = ROOT / "examples" / "async_quickstart.py"
 
 
 def crystallize(*args, cwd=None, env=None):
@@ -113,6 +114,21 @@ def test_run_the_quickstart_with_processes():
     )
     assert done.returncode == 0, done.stderr
     assert "replicates: 6" in done.stdout and "half" in done.stdout
+
+
+def test_run_the_async_quickstart_with_the_async_strategy(tmp_path):
+    output = tmp_path / "result.json"
+    target = f"{ASYNC_QUICKSTART}:build_experiment"
+    done = crystallize("run", target, "--strategy", "async", "-o", "rate_limit=500", "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    assert "strategy: async" in done.stdout and "replicates: 200" in done.stdout and "boosted" in done.stdout
+    assert "errors: baseline: 0, boosted: 0" in done.stdout
+    assert "200/200" in done.stderr, "no progress bar"
+    three = tmp_path / "three.json"
+    serial = crystallize("run", target, "--strategy", "serial", "-n", "3", "--no-progress", "--output", str(three))
+    assert serial.returncode == 0, serial.stderr
+    first_three = json.loads(three.read_text())["metrics"]["boosted"]["mean"]
+    assert json.loads(output.read_text())["metrics"]["boosted"]["mean"][:3] == first_three
 
 
 @pytest.mark.parametrize(

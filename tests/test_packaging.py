@@ -21,6 +21,7 @@ DISTRIBUTIONS = {
     "crystallize-shuffled": ROOT / "examples" / "third-party-strategy",
     "crystallize-ray": ROOT / "plugins" / "crystallize-ray",
     "crystallize-dask": ROOT / "plugins" / "crystallize-dask",
+    "crystallize-async": ROOT / "plugins" / "crystallize-async",
 }
 
 THROWAWAY_PYPROJECT = """
@@ -96,7 +97,7 @@ def wheels(tmp_path_factory):
     for source in [*DISTRIBUTIONS.values(), throwaway]:
         build_wheel(source, outdir)
     built = sorted(p.name for p in outdir.glob("*.whl"))
-    assert len(built) == 7, built
+    assert len(built) == 8, built
     return outdir
 
 
@@ -148,6 +149,7 @@ def test_every_strategy_is_discovered_with_its_version(env):
         "pip install 'distributed'"
     )
     assert found == {
+        "async": ("crystallize-async", "0.1.0", "ok"),
         "dask": ("crystallize-dask", "0.2.0", missing_dask),
         "evens": ("evens-only", "3.1.4", "ok"),
         "parallel": ("crystallize-parallel", "0.2.0", "ok"),
@@ -182,6 +184,7 @@ def test_same_seed_same_metrics_under_every_installed_strategy(env):
     for strategy in [
         "parallel:executor_type='thread'",
         "parallel:executor_type='process',max_workers=2",
+        "async:max_concurrency=3",
         "shuffled",
         "evens",
     ]:
@@ -204,6 +207,7 @@ def test_blocking_and_disabling_autoload_in_the_installed_environment(env):
         if line and not line.startswith("steered")
     }
     assert rows == {
+        "async": "blocked",
         "dask": "blocked",
         "evens": "blocked",
         "parallel": "blocked",
@@ -242,10 +246,10 @@ def test_listing_imports_no_strategy(env):
         from crystallize_core import available_strategies
         names = [i.name for i in available_strategies()]
         strategies = ("crystallize_serial", "crystallize_parallel", "crystallize_shuffled", "crystallize_ray",
-                      "crystallize_dask", "tqdm")
+                      "crystallize_dask", "crystallize_async", "tqdm", "asyncio")
         loaded = [m for m in sys.modules if m.startswith(strategies)]
         print(sorted(names), loaded)
         """
     )
     done = run_in(env, "python", "-c", code)
-    assert done.stdout.strip() == "['dask', 'evens', 'parallel', 'ray', 'serial', 'shuffled'] []", done.stderr
+    assert done.stdout.strip() == "['async', 'dask', 'evens', 'parallel', 'ray', 'serial', 'shuffled'] []", done.stderr
