@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import workloads as w  # noqa: E402
 
+from crystallize_async import AsyncExecution  # noqa: E402
 from crystallize_core import Experiment  # noqa: E402
 from crystallize_parallel import ParallelExecution  # noqa: E402
 from crystallize_serial import SerialExecution  # noqa: E402
@@ -51,6 +52,8 @@ class Sizes:
     io: int = 64
     io_threads: int = 16
     numeric: int = 40
+    aio: int = 1000
+    aio_concurrency: int = 100
     repeat: int = 5
     import_repeat: int = 20
     unrelated_distributions: int = 200
@@ -65,6 +68,8 @@ QUICK = Sizes(
     io=16,
     io_threads=8,
     numeric=4,
+    aio=200,
+    aio_concurrency=100,
     repeat=1,
     import_repeat=2,
     unrelated_distributions=20,
@@ -192,6 +197,22 @@ def process_map(fn, n: int, workers: int, chunksize: int, initializer=None, init
             return list(pool.map(fn, range(n), chunksize=chunksize))
 
     return run
+
+
+def gather_under_semaphore(coroutine_fn, n: int, concurrency: int) -> Callable[[], list]:
+    """What an asyncio user writes by hand: every call a task, at most ``concurrency`` running."""
+    import asyncio
+
+    async def main():
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(i):
+            async with semaphore:
+                return await coroutine_fn(i)
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    return lambda: asyncio.run(main())
 
 
 def joblib_run(fn, n: int, workers: int, backend: str) -> Callable[[], list]:
@@ -379,6 +400,23 @@ def bench_numeric(report: Report, sizes: Sizes, ml: Path | None) -> None:
     measure(report, "numeric", contenders, expected, n, sizes.repeat)
 
 
+def bench_asyncio(report: Report, sizes: Sizes, ml: Path | None) -> None:
+    n, k = sizes.aio, sizes.aio_concurrency
+    expected = [w.overhead_expected(i) for i in range(n)]
+    ideal = n / k * w.IO_SECONDS
+    report.add(Row("asyncio", "ideal", ideal, n, note=f"{n} x {w.IO_SECONDS}s awaited, {k} at once"))
+    our_threads = ParallelExecution(executor_type="thread", max_workers=k)
+    contenders = {
+        f"asyncio.gather + Semaphore({k})": Contender(gather_under_semaphore(w.async_io_raw, n, k), "ideal"),
+        f"ThreadPoolExecutor.map {k} threads": Contender(thread_map(w.io_raw, n, k), "ideal"),
+        f"crystallize threads, {k} workers": Contender(ours(w.io_source, w.overhead_step, n, our_threads), "ideal"),
+        "crystallize async": Contender(
+            ours(w.async_io_source, w.overhead_step, n, AsyncExecution(max_concurrency=k)), "ideal"
+        ),
+    }
+    measure(report, "asyncio", contenders, expected, n, sizes.repeat)
+
+
 def startup(python: str, code: str, repeat: int, env=None) -> float:
     times = []
     for _ in range(repeat):
@@ -419,7 +457,7 @@ def bench_import(report: Report, sizes: Sizes, ml: Path | None) -> None:
             "from crystallize_core import available_strategies\n"
             "names = [s.name for s in available_strategies()]\n"
             "took = time.perf_counter() - began\n"
-            "heavy = ('crystallize_serial', 'crystallize_parallel', 'tqdm')\n"
+            "heavy = ('crystallize_serial', 'crystallize_parallel', 'crystallize_async', 'tqdm', 'asyncio')\n"
             "imported = [m for m in sys.modules if m.startswith(heavy)]\n"
             "assert 'serial' in names and 'parallel' in names and not imported, (names, imported)\n"
             "print(took)\n"
@@ -485,6 +523,8 @@ def targets(report: Report) -> list[tuple[str, str, bool | None]]:
     r = ratio("numeric", "crystallize processes")
     out.append(("numeric, processes: >= 1.6x speed-up over serial", f"{numeric:.2f}x", numeric >= 1.6))
     out.append(("numeric, processes: no slower than joblib's loky", f"{r:.2f}x", r <= 1.0))
+    r = ratio("asyncio", "crystallize async")
+    out.append(("asyncio, async: <= 1.1x the ideal time", f"{r:.2f}x", r <= 1.1))
     added = (seconds("import", "import crystallize_core") - seconds("import", "python -c pass")) * 1e3
     out.append(("import: import crystallize_core adds <= 15 ms", f"{added:.1f} ms", added <= 15))
     return out
@@ -523,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         "payload": bench_payload,
         "io": bench_io,
         "numeric": bench_numeric,
+        "asyncio": bench_asyncio,
         "import": bench_import,
     }
     for name, bench in benches.items():

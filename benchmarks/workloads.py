@@ -9,6 +9,7 @@ can import it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 # --- overhead: a one-step pipeline recording one metric -------------------------
@@ -151,3 +152,16 @@ def numeric_source(ctx):
 def numeric_step(data, ctx):
     ctx.metrics.add("value", numeric_fit(data))
     return data
+
+
+# --- asyncio: replicates that await I/O ----------------------------------------------
+
+
+async def async_io_source(ctx):
+    await asyncio.sleep(IO_SECONDS)
+    return ctx.replicate
+
+
+async def async_io_raw(i: int) -> int:
+    await asyncio.sleep(IO_SECONDS)
+    return i * 2 + 1
