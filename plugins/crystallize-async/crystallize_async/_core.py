@@ -35,8 +35,9 @@ def run_on_event_loop(
     loop = asyncio.new_event_loop()
     # Replicates with no coroutine step, and replicate functions with no
     # acall, run on threads of the loop's default executor.
-    loop.set_default_executor(_DaemonThreads())
-    run = _LoopRun(replicate_fn, total, concurrency, rate_limit, timeout, progress)
+    threads = _DaemonThreads()
+    loop.set_default_executor(threads)
+    run = _LoopRun(replicate_fn, total, concurrency, rate_limit, timeout, progress, threads.running)
     main = loop.create_task(run.main())
     try:
         with _CancelOnCtrlC(loop, main) as ctrl_c:
@@ -61,7 +62,7 @@ def run_on_event_loop(
 class _LoopRun:
     """One run's state: the results so far, the workers, and how replicates start."""
 
-    def __init__(self, replicate_fn, total, concurrency, rate_limit, timeout, progress):
+    def __init__(self, replicate_fn, total, concurrency, rate_limit, timeout, progress, in_threads):
         self.replicate_fn = replicate_fn
         self.acall = getattr(replicate_fn, "acall", None)
         self.total = total
@@ -74,6 +75,8 @@ class _LoopRun:
         #: is told apart from a replicate that raised CancelledError itself.
         self.stopping = False
         self.bar = _progress_bar(progress, total)
+        #: The workers whose replicate is running in a thread, which cannot be stopped.
+        self.in_threads: dict[asyncio.Future, Future] = in_threads
 
     def finished(self) -> list:
         return [result for result in self.results if result is not None]
@@ -89,22 +92,30 @@ class _LoopRun:
                     raise worker.exception()
             return self.results
         finally:
-            # Fail-fast or Ctrl-C: cancel every replicate in flight and wait
-            # for them to unwind, so no task is left pending on the loop.
+            # Fail-fast or Ctrl-C: cancel every replicate waiting on the loop
+            # and wait for them to unwind, so no task is left pending. One
+            # running in a thread cannot be stopped: as under the thread
+            # strategy, it finishes and its result is kept (a second Ctrl-C
+            # abandons it).
             self.stopping = True
             running = [worker for worker in self.workers if not worker.done()]
             for worker in running:
-                worker.cancel()
+                if worker not in self.in_threads:
+                    worker.cancel()
             if running:
                 await asyncio.wait(running)
 
     async def work(self, indices: Iterator[int]) -> None:
+        me = asyncio.current_task()
         # One iterator shared by every worker on one thread: each index is
         # taken exactly once, with no lock.
         for replicate in indices:
+            if self.stopping:
+                return
             if self.spacing is not None:
                 await self.spacing.wait()
             self.results[replicate] = await self.one(replicate)
+            self.in_threads.pop(me, None)
             if self.bar is not None:
                 self.bar.update()
 
@@ -185,14 +196,22 @@ class _CancelOnCtrlC:
 class _DaemonThreads(ThreadPoolExecutor):
     """The loop's default executor: each call on a new daemon thread.
 
-    A plain replicate abandoned at its timeout or at Ctrl-C cannot be
-    stopped; on a ``ThreadPoolExecutor`` thread it would keep the interpreter
-    from exiting until it returned. A subclass only because
-    ``loop.set_default_executor`` accepts nothing else.
+    A plain replicate abandoned at its timeout cannot be stopped; on a
+    ``ThreadPoolExecutor`` thread it would keep the interpreter from exiting
+    until it returned. A subclass only because ``loop.set_default_executor``
+    accepts nothing else. ``running`` maps the task that submitted a call to
+    its future, until the run has taken the result.
     """
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)  # never used: submit starts threads of its own
+        self.running: dict[asyncio.Future, Future] = {}
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         future: Future = Future()
+        task = asyncio.current_task()
+        if task is not None:
+            self.running[task] = future
 
         def work() -> None:
             if not future.set_running_or_notify_cancel():

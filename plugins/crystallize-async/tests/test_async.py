@@ -236,7 +236,11 @@ def test_the_strategy_timeout_cancels_a_waiting_replicate():
 @pytest.mark.parametrize("kind", [SystemExit, asyncio.CancelledError])
 def test_system_exit_and_cancelled_error_from_a_step_stay_in_their_replicate(kind):
     result = experiment(waiting_source, [Raise(1, kind), record]).run(replicates=4, strategy=AsyncExecution())
-    assert sorted((e.replicate, e.condition) for e in result.errors) == [(1, "baseline"), (1, "treated")]
+    if kind is asyncio.CancelledError and sys.version_info < (3, 11):
+        # Python 3.10 cannot tell it from a cancelled task: the whole replicate is the error.
+        assert [(e.replicate, e.condition, e.exc_type) for e in result.errors] == [(1, None, "asyncio.CancelledError")]
+    else:
+        assert sorted((e.replicate, e.condition) for e in result.errors) == [(1, "baseline"), (1, "treated")]
     assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3]
 
 
