@@ -49,7 +49,9 @@ class AsyncExecution:
 
     Results come back in replicate order. With ``fail_fast``, the first error
     cancels every other replicate and is raised. Ctrl-C cancels every task at
-    once and the finished replicates are kept in the partial result.
+    once and the finished replicates are kept in the partial result. In both
+    cases a replicate running in a thread cannot be cancelled: it finishes
+    first and is kept (a second Ctrl-C abandons it).
 
     Every replicate gets the same seed and ``ctx.rng`` draws as under any
     other strategy. Global random state (``SeedPlugin(auto_seed=True)``) is
