@@ -54,7 +54,7 @@ def build_experiment() -> Experiment:
 
 
 if __name__ == "__main__":
-    strategy = sys.argv[1] if len(sys.argv) > 1 else "async:progress=True"
-    result = build_experiment().run(strategy=strategy)
+    strategy = sys.argv[1] if len(sys.argv) > 1 else "async"
+    result = build_experiment().run(strategy=strategy, progress=True)
     print(f"strategy: {result.strategy} {result.strategy_version}")
     print(result.format_summary())

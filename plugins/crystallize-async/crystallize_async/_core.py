@@ -23,21 +23,21 @@ def run_on_event_loop(
     concurrency: int,
     rate_limit: float | None,
     timeout: float | None,
-    progress: bool,
+    fail_fast: bool = False,
 ) -> list:
     """Run replicates ``0 .. total - 1`` on a new event loop and return their results in order.
 
-    Raises what escapes a replicate (fail-fast's ``ReplicateFailed``) after
-    cancelling the others, and ``KeyboardInterrupt`` with ``completed`` set
-    to the finished results on Ctrl-C. The loop is closed before returning,
-    with no task left pending.
+    On Ctrl-C, raises ``KeyboardInterrupt``; an exception that escapes a
+    replicate (fail-fast's ``ReplicateFailed``, raised for a timeout too under
+    ``fail_fast``) is raised after the others are cancelled. Either way its ``completed`` holds the finished results.
+    The loop is closed before returning, with no task left pending.
     """
     loop = asyncio.new_event_loop()
     # Replicates with no coroutine step, and replicate functions with no
     # acall, run on threads of the loop's default executor.
     threads = _DaemonThreads()
     loop.set_default_executor(threads)
-    run = _LoopRun(replicate_fn, total, concurrency, rate_limit, timeout, progress, threads.running)
+    run = _LoopRun(replicate_fn, total, concurrency, rate_limit, timeout, fail_fast, threads.running)
     main = loop.create_task(run.main())
     try:
         with _CancelOnCtrlC(loop, main) as ctrl_c:
@@ -47,34 +47,32 @@ def run_on_event_loop(
                 if not ctrl_c.fired:
                     raise
                 raise KeyboardInterrupt from None
-    except KeyboardInterrupt as interrupt:  # also a second Ctrl-C, or one our handler did not see
-        interrupt.completed = run.finished()
+    except BaseException as stopped:  # also a second Ctrl-C, or one our handler did not see
+        stopped.completed = run.finished()  # type: ignore[attr-defined]
         raise
     finally:
         try:
             _cancel_remaining(loop, [main, *run.workers])
         finally:
             loop.close()
-            if run.bar is not None:
-                run.bar.close()
 
 
 class _LoopRun:
     """One run's state: the results so far, the workers, and how replicates start."""
 
-    def __init__(self, replicate_fn, total, concurrency, rate_limit, timeout, progress, in_threads):
+    def __init__(self, replicate_fn, total, concurrency, rate_limit, timeout, fail_fast, in_threads):
         self.replicate_fn = replicate_fn
         self.acall = getattr(replicate_fn, "acall", None)
         self.total = total
         self.concurrency = concurrency
         self.timeout = timeout
+        self.fail_fast = fail_fast
         self.spacing = None if rate_limit is None else _StartSpacing(rate_limit)
         self.results: list = [None] * total
         self.workers: list[asyncio.Task] = []
         #: Set before this run cancels its own workers, so that a cancellation
         #: is told apart from a replicate that raised CancelledError itself.
         self.stopping = False
-        self.bar = _progress_bar(progress, total)
         #: The workers whose replicate is running in a thread, which cannot be stopped.
         self.in_threads: dict[asyncio.Future, Future] = in_threads
 
@@ -116,8 +114,6 @@ class _LoopRun:
                 await self.spacing.wait()
             self.results[replicate] = await self.one(replicate)
             self.in_threads.pop(me, None)
-            if self.bar is not None:
-                self.bar.update()
 
     async def one(self, replicate: int) -> Any:
         acall = self.acall
@@ -127,11 +123,16 @@ class _LoopRun:
                 return await call
             return await asyncio.wait_for(call, self.timeout)
         except asyncio.TimeoutError:
-            return self.replicate_fn.error_result(
+            result = self.replicate_fn.error_result(
                 replicate,
                 "ReplicateTimeout",
                 f"replicate {replicate} ran longer than the timeout of {self.timeout} s; its task was cancelled",
             )
+            if self.fail_fast:  # a timeout stops a fail-fast run, as under every strategy
+                from crystallize_core import ReplicateFailed
+
+                raise ReplicateFailed(result.errors[0]) from None
+            return result
         except asyncio.CancelledError:
             if self.stopping:
                 raise
@@ -143,18 +144,28 @@ class _LoopRun:
 
 
 class _StartSpacing:
-    """Spaces replicate starts at least ``1 / rate`` seconds apart, on the loop's clock."""
+    """Lets replicates start one at a time, at least ``1 / rate`` seconds apart.
+
+    The gap is measured from when the previous replicate actually started (on
+    the loop's clock), not from when it was due, so a late wake-up never lets
+    two starts crowd together: the rate is never exceeded, only missed.
+    """
 
     def __init__(self, rate: float):
         self.interval = 1.0 / rate
-        self.next_start: float | None = None
+        self.last: float | None = None
+        self.turn: asyncio.Lock | None = None
 
     async def wait(self) -> None:
-        now = asyncio.get_running_loop().time()
-        start = now if self.next_start is None or self.next_start < now else self.next_start
-        self.next_start = start + self.interval
-        if start > now:
-            await asyncio.sleep(start - now)
+        if self.turn is None:
+            self.turn = asyncio.Lock()  # made on the loop that uses it
+        async with self.turn:
+            loop = asyncio.get_running_loop()
+            if self.last is not None:
+                delay = self.last + self.interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            self.last = loop.time()
 
 
 class _CancelOnCtrlC:
@@ -196,7 +207,7 @@ class _CancelOnCtrlC:
 class _DaemonThreads(ThreadPoolExecutor):
     """The loop's default executor: each call on a new daemon thread.
 
-    A plain replicate abandoned at its timeout cannot be stopped; on a
+    A plain replicate abandoned at a second Ctrl-C cannot be stopped; on a
     ``ThreadPoolExecutor`` thread it would keep the interpreter from exiting
     until it returned. A subclass only because ``loop.set_default_executor``
     accepts nothing else. ``running`` maps the task that submitted a call to
@@ -240,12 +251,3 @@ def _cancel_remaining(loop: asyncio.AbstractEventLoop, ours: list[asyncio.Task])
         if task.done() and not task.cancelled():
             task.exception()
     loop.run_until_complete(loop.shutdown_asyncgens())
-
-
-def _progress_bar(enabled: bool, total: int):
-    """A tqdm bar over ``total`` replicates, or None when disabled or pointless."""
-    if not enabled or total <= 1:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="replicates", unit="rep")

@@ -13,30 +13,28 @@ from crystallize_async import DEFAULT_MAX_CONCURRENCY, AsyncExecution
 from crystallize_core import (
     ConfigurationError,
     Experiment,
+    ExperimentInterrupted,
+    ReplicateFailed,
     ReplicateResult,
     ReproducibilityWarning,
     SeedPlugin,
+    StrategyCapabilityError,
     Treatment,
     load_strategy,
 )
 from crystallize_core.testing import (
     DelayEarlyReplicates,
+    InterruptAfter,
+    RecordRuns,
     SleepEach,
     SleepOn,
     StrategyConformance,
+    live_child_processes,
+    live_threads,
     numbers,
     record,
+    wait_until,
 )
-
-
-class TestAsyncConformance(StrategyConformance):
-    """The kit's own plain components: each replicate runs in a thread of its own."""
-
-    strategy_name = "async"
-
-    def make_strategy(self):
-        return AsyncExecution(max_concurrency=4)
-
 
 # --- the kit again, with every component a coroutine ------------------------------
 
@@ -89,9 +87,11 @@ def as_coroutine(step):
     return Awaited(step)
 
 
-class TestAsyncStepsConformance(StrategyConformance):
-    """The kit with coroutine datasources and steps: replicates wait on the loop, and
-    timeouts, fail-fast and Ctrl-C cancel them there."""
+class TestAsyncConformance(StrategyConformance):
+    """The kit, with its datasource and steps made coroutines: the waits it uses to
+    test timeouts and Ctrl-C are plain ``time.sleep`` calls, which no event loop
+    can cancel, so here they are ``asyncio.sleep``. Plain pipelines under this
+    strategy are tested below."""
 
     strategy_name = "async"
 
@@ -175,8 +175,6 @@ def test_registered_under_its_entry_point():
         ({"max_concurrency": True}, "max_concurrency must be a positive integer"),
         ({"rate_limit": 0}, "rate_limit must be a positive number"),
         ({"rate_limit": "fast"}, "rate_limit must be a positive number"),
-        ({"timeout": -1}, "timeout must be a positive number"),
-        ({"progress": "yes"}, "progress must be True or False"),
     ],
 )
 def test_bad_options_are_refused_by_name(options, message):
@@ -224,13 +222,21 @@ def test_no_warning_without_global_seeding():
         experiment(plugins=[SeedPlugin(seed=1, auto_seed=False)]).run(replicates=2, strategy=AsyncExecution())
 
 
-def test_the_strategy_timeout_cancels_a_waiting_replicate():
+def test_a_timeout_cancels_a_waiting_replicate():
     steps = [AsyncSleepOn({2}, 60.0), record]
-    result = experiment(Awaited(numbers), steps).run(replicates=5, strategy=AsyncExecution(timeout=0.5))
+    result = experiment(Awaited(numbers), steps).run(replicates=5, strategy=AsyncExecution(), timeout=0.5)
     (error,) = result.errors
     assert (error.replicate, error.exc_type) == (2, "ReplicateTimeout")
     assert "timeout of 0.5 s" in error.message
     assert result.metrics["baseline"]["replicate"] == [0, 1, None, 3, 4]
+
+
+def test_under_fail_fast_a_timeout_stops_the_run():
+    steps = [AsyncSleepOn({2}, 60.0), record]
+    with pytest.raises(ReplicateFailed) as failed:
+        experiment(Awaited(numbers), steps, fail_fast=True).run(replicates=5, strategy=AsyncExecution(), timeout=0.5)
+    assert (failed.value.error.replicate, failed.value.error.exc_type) == (2, "ReplicateTimeout")
+    assert 2 not in [r.replicate for r in failed.value.partial_result.replicate_results]
 
 
 @pytest.mark.parametrize("kind", [SystemExit, asyncio.CancelledError])
@@ -249,6 +255,7 @@ def test_a_replicate_function_without_acall_runs_in_threads():
         replicates = 6
         plugins = ()
         timeout = None
+        fail_fast = False
 
     ran_on = []
 
@@ -274,11 +281,6 @@ def test_a_step_that_starts_tasks_leaves_nothing_pending(caplog):
 
     gc.collect()
     assert "Task was destroyed" not in caplog.text
-
-
-def test_progress_bar_advances_to_the_total(capsys):
-    experiment(waiting_source).run(replicates=9, strategy=AsyncExecution(progress=True))
-    assert "9/9" in capsys.readouterr().err
 
 
 def test_arun_from_a_running_loop_with_the_async_strategy():
@@ -332,22 +334,22 @@ def test_ctrl_c_cancels_every_task_at_once_and_keeps_the_finished(concurrency):
         assert trouble not in done.stderr, done.stderr
 
 
-def test_a_plain_replicate_past_its_timeout_does_not_hold_up_exit():
-    code = textwrap.dedent(
-        """
-        import time
-        from crystallize_core import Experiment
-        from crystallize_async import AsyncExecution
+def test_a_timeout_is_refused_for_a_pipeline_with_nothing_to_await(tmp_path):
+    log = tmp_path / "runs.txt"
+    with pytest.raises(StrategyCapabilityError, match=r"all plain functions.*async def"):
+        experiment(steps=[RecordRuns(str(log)), record]).run(replicates=3, strategy=AsyncExecution(), timeout=1.0)
+    assert not log.exists(), "replicates started before the refusal"
 
-        def source(ctx):
-            if ctx.replicate == 1:
-                time.sleep(120)
-            return ctx.replicate
 
-        result = Experiment(source, []).run(replicates=3, strategy=AsyncExecution(timeout=0.5))
-        print([e.exc_type for e in result.errors])
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['ReplicateTimeout']"
+def test_a_plain_pipeline_runs_in_threads_and_ctrl_c_keeps_what_finished(tmp_path):
+    processes, threads = live_child_processes(), live_threads()
+    plain = experiment(plugins=[SeedPlugin(seed=8, auto_seed=False)]).run(replicates=20, strategy="serial")
+    result = experiment(plugins=[SeedPlugin(seed=8, auto_seed=False)]).run(replicates=20, strategy=AsyncExecution())
+    assert result.metrics == plain.metrics and result.strategy == "async"
+    marker = str(tmp_path / "interrupted")
+    steps = [SleepEach(0.1), record, InterruptAfter(3, os.getpid(), marker)]
+    with pytest.raises(ExperimentInterrupted) as interrupted:
+        experiment(steps=steps).run(replicates=40, strategy=AsyncExecution(max_concurrency=4))
+    finished = interrupted.value.partial_result.metrics["baseline"]["replicate"]
+    assert 3 <= len(finished) < 40 and None not in finished, finished
+    assert wait_until(lambda: not (live_child_processes() - processes) and not (live_threads() - threads))
