@@ -352,4 +352,4 @@ def test_a_plain_pipeline_runs_in_threads_and_ctrl_c_keeps_what_finished(tmp_pat
         experiment(steps=steps).run(replicates=40, strategy=AsyncExecution(max_concurrency=4))
     finished = interrupted.value.partial_result.metrics["baseline"]["replicate"]
     assert 3 <= len(finished) < 40 and None not in finished, finished
-    assert wait_until(lambda: not (live_child_processes() - processes) and not (live_threads() - threads))
+    assert wait_until(lambda: not (live_child_processes().keys() - processes.keys()) and not (live_threads() - threads))
