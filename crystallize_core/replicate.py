@@ -235,6 +235,7 @@ class ReplicateRunner:
         seed, failed = self._begin(replicate)
         if failed is not None:
             return failed
+        assert self._awaited is not None  # only called where the replicate awaits
         source_awaited, steps_awaited = self._awaited
         metrics: dict[str, dict[str, Any]] = {}
         errors: list[ReplicateError] = []

@@ -60,7 +60,16 @@ def run_on_event_loop(
 class _LoopRun:
     """One run's state: the results so far, the workers, and how replicates start."""
 
-    def __init__(self, replicate_fn, total, concurrency, rate_limit, timeout, fail_fast, in_threads):
+    def __init__(
+        self,
+        replicate_fn: Any,
+        total: int,
+        concurrency: int,
+        rate_limit: float | None,
+        timeout: float | None,
+        fail_fast: bool,
+        in_threads: dict[asyncio.Future, Future],
+    ):
         self.replicate_fn = replicate_fn
         self.acall = getattr(replicate_fn, "acall", None)
         self.total = total
@@ -86,8 +95,9 @@ class _LoopRun:
         try:
             await asyncio.wait(self.workers, return_when=asyncio.FIRST_EXCEPTION)
             for worker in self.workers:  # in creation order: the same error wins every time
-                if worker.done() and worker.exception() is not None:
-                    raise worker.exception()
+                escaped = worker.exception() if worker.done() and not worker.cancelled() else None
+                if escaped is not None:
+                    raise escaped
             return self.results
         finally:
             # Fail-fast or Ctrl-C: cancel every replicate waiting on the loop
@@ -105,6 +115,7 @@ class _LoopRun:
 
     async def work(self, indices: Iterator[int]) -> None:
         me = asyncio.current_task()
+        assert me is not None  # a worker is a task
         # One iterator shared by every worker on one thread: each index is
         # taken exactly once, with no lock.
         for replicate in indices:
