@@ -46,6 +46,8 @@ logger = logging.getLogger("crystallize")
 IN_FLIGHT_PER_WORKER = 2
 #: The longest single wait, so that waits never overflow the platform's time_t.
 MAX_WAIT_SECONDS = 3600.0
+#: Submissions a broken pool may refuse in a row, each followed by a restart, before the run gives up.
+MAX_REFUSED_SUBMITS = 3
 #: How often to look for batches that started, while a timeout's clock waits for them.
 START_POLL_SECONDS = 0.05
 
@@ -348,6 +350,8 @@ class _Dispatch:
         self.report = getattr(replicate_fn, "record", None) if self.capabilities.ships_work else None
         #: Set when a second Ctrl-C gave up waiting for running replicates.
         self.abandoned = False
+        #: Submissions refused in a row by a broken pool.
+        self.refused = 0
 
     # scheduling ------------------------------------------------------------------
 
@@ -375,7 +379,8 @@ class _Dispatch:
             try:
                 future = self.backend.submit(span)
             except Exception as exc:
-                if self.backend.worker_lost(exc) is None:
+                self.refused += 1
+                if self.backend.worker_lost(exc) is None or self.refused > MAX_REFUSED_SUBMITS:
                     raise
                 # The pool broke before this batch went out: it is blameless
                 # (a suspect stays at the head of its queue).
@@ -384,7 +389,12 @@ class _Dispatch:
                 if not self.in_flight:  # no failing future will bring the pool back
                     self.backend.restart()
                 return
+            self.refused = 0
             self.in_flight[future] = _Task(span, time.monotonic())
+
+    def pending(self) -> bool:
+        """Whether replicates remain to be sent."""
+        return bool(self.suspects or self.again) or self.sizer.next_index < self.total
 
     def deadline(self, future: Future, task: _Task) -> float | None:
         """When ``task`` runs out of time, or None while it has not started."""
@@ -399,6 +409,8 @@ class _Dispatch:
         while True:
             self.fill()
             if not self.in_flight:
+                if self.pending():  # the pool was found broken and replaced: send again
+                    continue
                 return self.results
             wait_for = None
             if self.timeout is not None:

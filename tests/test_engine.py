@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 
 from crystallize_core import (
+    Capabilities,
     ConfigurationError,
     ExecutorStrategy,
     Experiment,
@@ -217,3 +218,40 @@ def test_no_process_is_left_after_a_run_on_a_factory_pool():
     before = live_child_processes()
     seeded().run(replicates=10, strategy=ExecutorStrategy(partial(ProcessPoolExecutor, 2)))
     assert wait_until(lambda: not processes_started_since(before))
+
+
+class BreaksOnce(ExecutorBackend):
+    """A thread pool that reports itself broken on one submission, as a process
+    pool does when a worker died between two batches."""
+
+    def __init__(self):
+        super().__init__(partial(ThreadPoolExecutor, 2), workers=2, ships_work=False)
+        self.capabilities = Capabilities(retries_dead_workers=True)
+        self.submissions = 0
+        self.restarts = 0
+
+    def submit(self, span):
+        self.submissions += 1
+        if self.submissions == 1:
+            from concurrent.futures import BrokenExecutor
+
+            raise BrokenExecutor("a worker died between batches")
+        return super().submit(span)
+
+    def restart(self):
+        self.restarts += 1
+        super().restart()
+
+
+def test_a_pool_found_broken_at_submission_is_replaced_and_nothing_is_lost():
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 40, None, False, None, ()
+
+    from crystallize_core.experiment import Condition
+    from crystallize_core.replicate import ReplicateRunner
+
+    replicate_fn = ReplicateRunner(numbers, [record], [Condition("baseline", None, None)])
+    backend = BreaksOnce()
+    results = drive(Run(), replicate_fn, backend)
+    assert [r.replicate for r in results] == list(range(40)) and all(not r.errors for r in results)
+    assert backend.restarts >= 1
