@@ -106,13 +106,25 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+#: Modules that load a native thread pool (BLAS, OpenMP) when imported.
+NATIVE_POOL_MODULES = ("numpy", "scipy", "torch", "sklearn", "tensorflow", "jax", "mkl")
+
+
+def _native_pools_loaded() -> bool:
+    return any(name in sys.modules for name in NATIVE_POOL_MODULES)
+
+
 def _limit_inner_threads(inner_threads: int) -> None:
     global _limits
+    # Libraries loaded from now on read these when they start their pools;
+    # those already loaded (inherited through fork, or imported by the main
+    # module under spawn) are capped through threadpoolctl.
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(inner_threads)
-    from threadpoolctl import threadpool_limits
+    if _native_pools_loaded():
+        from threadpoolctl import threadpool_limits
 
-    _limits = threadpool_limits(limits=inner_threads)  # kept: the limits last while it lives
+        _limits = threadpool_limits(limits=inner_threads)  # kept: the limits last while it lives
 
 
 def _run_span(start: int, stop: int) -> tuple[list | bytes, float]:
@@ -147,8 +159,13 @@ class ProcessBackend(Backend):
     def start(self, run: Any, replicate_fn: Callable[[int], Any]) -> int:
         if self.context.get_start_method() == "fork":
             # Forked workers inherit the replicate function as it is: nothing
-            # to copy, however large (the engine has checked it pickles).
+            # to copy, however large (the engine has checked it pickles); and
+            # the modules their set-up needs, imported here once, not per worker.
             self.shipped = replicate_fn
+            if sys.platform.startswith("linux"):
+                import ctypes  # noqa: F401
+            if self.inner_threads is not None and _native_pools_loaded():
+                import threadpoolctl  # noqa: F401
         else:
             self.shipped = dumps_replicate_fn(replicate_fn)
         if run.timeout is not None:
