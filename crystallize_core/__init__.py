@@ -22,6 +22,8 @@ _EXPORTS = {
     "Result": "crystallize_core.result",
     "ReplicateResult": "crystallize_core.result",
     "ReplicateError": "crystallize_core.result",
+    "MetricSummary": "crystallize_core.result",
+    "PairedDifference": "crystallize_core.result",
     "SeedPlugin": "crystallize_core.seed",
     "derive_seed": "crystallize_core.replicate",
     "dumps_replicate_fn": "crystallize_core.replicate",
@@ -34,7 +36,9 @@ _EXPORTS = {
     "StrategyInfo": "crystallize_core.discovery",
     "available_strategies": "crystallize_core.discovery",
     "load_strategy": "crystallize_core.discovery",
+    "CheckpointError": "crystallize_core.errors",
     "CheckpointMismatchError": "crystallize_core.errors",
+    "CheckpointPermissionError": "crystallize_core.errors",
     "CrystallizeError": "crystallize_core.errors",
     "ConfigurationError": "crystallize_core.errors",
     "ExperimentInterrupted": "crystallize_core.errors",
@@ -76,7 +80,9 @@ if TYPE_CHECKING:
     from crystallize_core.discovery import StrategyInfo, available_strategies, load_strategy
     from crystallize_core.engine import ExecutorStrategy
     from crystallize_core.errors import (
+        CheckpointError,
         CheckpointMismatchError,
+        CheckpointPermissionError,
         ConfigurationError,
         CrystallizeError,
         ExperimentInterrupted,
@@ -97,6 +103,6 @@ if TYPE_CHECKING:
     from crystallize_core.experiment import Experiment, Pipeline, Treatment
     from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, hookimpl, hookspec
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
-    from crystallize_core.result import ReplicateError, ReplicateResult, Result
+    from crystallize_core.result import MetricSummary, PairedDifference, ReplicateError, ReplicateResult, Result
     from crystallize_core.seed import SeedPlugin
     from crystallize_core.sweep import treatment_grid

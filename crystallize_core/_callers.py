@@ -30,10 +30,11 @@ logger = logging.getLogger("crystallize")
 
 def call_strategies(
     plugins: RunPlugins, run: RunView, replicate_fn: ReplicateFn, expected: Sequence[int]
-) -> tuple[list[ReplicateResult], str, str | None]:
+) -> tuple[list[ReplicateResult], str, str | None, object]:
     """Ask each ``run_experiment_loop`` implementation in turn, then the
     ``serial`` fallback; return the first non-None answer, checked against
-    the ``expected`` replicate indices, with the winner's name and version.
+    the ``expected`` replicate indices, with the winner's name, version and
+    the winning strategy object itself.
 
     Implementers that cannot honour the run's options are passed over
     unasked. Raises :class:`StrategyCapabilityError` when one was passed over
@@ -48,7 +49,7 @@ def call_strategies(
             check_answer(answer, expected, impl.plugin)
             _log_unasked(plugins, impl.plugin)
             _, _, version = identify(impl.plugin)
-            return answer, name, version
+            return answer, name, version, impl.plugin
     try:
         fallback = load_strategy(FALLBACK_STRATEGY)
     except CrystallizeError as exc:
@@ -59,7 +60,7 @@ def call_strategies(
         answer = _ask(fallback, FALLBACK_STRATEGY, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, fallback)
-            return answer, FALLBACK_STRATEGY, identify(fallback)[2]
+            return answer, FALLBACK_STRATEGY, identify(fallback)[2], fallback
     if passed_over:
         raise StrategyCapabilityError(
             f"no strategy able to honour this run's options answered{fallback_problem}. Passed over: "

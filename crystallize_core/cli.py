@@ -195,7 +195,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--replicates", "-n", type=int, metavar="N", help="replicate count (default: the experiment's)")
     run.add_argument("--seed", type=int, metavar="S", help="base seed (adds or replaces the SeedPlugin)")
-    run.add_argument("--output", metavar="PATH", help="write the whole result as JSON to PATH")
+    run.add_argument(
+        "--output",
+        metavar="PATH",
+        help="write the result to PATH: .json (everything), .jsonl or .csv (one row per replicate, condition and "
+        "metric); '-' writes JSON to standard output",
+    )
     run.add_argument("--fail-fast", action="store_true", help="stop at the first error inside a replicate")
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="per-replicate time limit")
     run.add_argument(
@@ -300,6 +305,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
     added = _treatments_from_options(args.sweeps, args.treatments)  # checked before any import
+    _check_output(args.output)
     experiment = load_target(args.target)
     try:
         strategy = _chosen_strategy(args)
@@ -402,23 +408,46 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
     return added
 
 
-def _report(result: Any, output: str | None) -> None:
-    print(f"strategy: {result.strategy} {result.strategy_version or ''}".rstrip())
-    print(f"replicates: {result.replicates}")
-    print(result.format_summary())
-    for error in result.errors[:5]:
-        print(f"  {error}")
-    if len(result.errors) > 5:
-        print(f"  ... and {len(result.errors) - 5} more (see --output)")
-    if output:
-        import crystallize_core
+def _check_output(output: str | None) -> None:
+    """Refuse, before any replicate runs, an --output the run could not write."""
+    if output is None:
+        return
+    from crystallize_core.errors import ConfigurationError
+    from crystallize_core.result import output_format
 
-        document = {"crystallize_core_version": crystallize_core.__version__, **result.to_dict()}
+    if output != "-" and Path(output).is_dir():
+        raise UsageError(f"--output {output!r} is a directory; name a file in it")
+    try:
+        output_format(output)
+    except ConfigurationError as exc:
+        raise UsageError(f"--output: {exc}") from None
+    if output == "-":
+        return
+    path = Path(output)
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"--output folder {str(folder)!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write --output {output!r}: permission denied")
+
+
+def _report(result: Any, output: str | None) -> None:
+    # With JSON on standard output, the human summary goes to standard error.
+    shown = sys.stderr if output == "-" else sys.stdout
+    print(f"strategy: {result.strategy} {result.strategy_version or ''}".rstrip(), file=shown)
+    print(f"replicates: {result.replicates}", file=shown)
+    print(result.format_summary(), file=shown)
+    for error in result.errors[:5]:
+        print(f"  {error}", file=shown)
+    if len(result.errors) > 5:
+        print(f"  ... and {len(result.errors) - 5} more (see --output)", file=shown)
+    if output:
         try:
-            Path(output).write_text(json.dumps(document, indent=2, default=repr) + "\n")
+            result.save(output)
         except OSError as exc:
             raise UsageError(f"cannot write --output {output!r}: {exc.strerror or exc}") from None
-        print(f"result written to {output}")
+        if output != "-":
+            print(f"result written to {output}", file=shown)
 
 
 def _chosen_strategy(args: argparse.Namespace) -> object | None:

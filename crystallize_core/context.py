@@ -62,7 +62,21 @@ class Metrics:
         self._values: dict[str, Any] = {}
 
     def add(self, name: str, value: Any) -> None:
-        """Record ``value`` under ``name``."""
+        """Record ``value`` under ``name``, a non-empty string.
+
+        Any value that pickles may be recorded; the summary counts what is not
+        a finite number instead of averaging it (see
+        :class:`~crystallize_core.result.MetricSummary`).
+        """
+        if type(name) is not str:  # exact type: the common case costs one comparison
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"metric names must be strings, got {type(name).__name__} {name!r}; "
+                    f"record it as ctx.metrics.add({str(name)!r}, value)"
+                )
+            name = str(name)  # a str subclass would not survive JSON or a checkpoint as itself
+        if not name:
+            raise ValueError("metric names must be non-empty strings")
         if name in self._values:
             raise ValueError(f"metric {name!r} was already recorded for this replicate and condition")
         if type(value) not in _PLAIN and not _plain_array(value):

@@ -56,8 +56,17 @@ class StrategyCapabilityError(ConfigurationError):
     """The chosen strategy cannot honour a run option, such as a timeout."""
 
 
-class CheckpointMismatchError(ConfigurationError):
+class CheckpointError(ConfigurationError):
+    """A checkpoint file cannot be used: corrupt, truncated, another application's,
+    of an older format, or holding values the run may not read or write."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint file belongs to a different experiment or seed."""
+
+
+class CheckpointPermissionError(CheckpointError, PermissionError):
+    """A checkpoint file, or its folder, cannot be read or written."""
 
 
 class WorkerLostError(CrystallizeError):

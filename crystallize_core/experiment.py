@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -121,6 +122,7 @@ class Experiment:
         fail_fast: bool | None = None,
         checkpoint: str | os.PathLike | None = None,
         progress: bool | None = None,
+        checkpoint_pickle: bool = False,
     ) -> Result:
         """Run every replicate for the baseline and each treatment and return the :class:`Result`.
 
@@ -133,11 +135,17 @@ class Experiment:
         (:class:`StrategyCapabilityError`) when none that can answers.
         ``fail_fast`` stops at the first error inside a replicate and raises
         :class:`ReplicateFailed`; by default errors are captured, logged as they
-        happen (a bounded number), and the run goes on. ``checkpoint`` names a
-        file that receives each finished replicate; rerunning with the same
+        happen (a bounded number), and the run goes on. ``progress`` shows a
+        bar on a terminal (``None``, the default, shows it only there; ``True``
+        also writes plain lines elsewhere; ``False`` hides it).
+
+        ``checkpoint`` names a file that receives finished replicates, committed
+        in batches by this process; rerunning the same experiment with the same
         file skips them and returns the same result as an uninterrupted run.
-        ``progress`` shows a bar on a terminal (``None``, the default, shows it
-        only there; ``True`` also writes plain lines elsewhere; ``False`` hides it).
+        Metric values are stored as JSON; a value that would need pickle is
+        refused unless ``checkpoint_pickle=True``, which lets the checkpoint
+        hold and read pickles: only use it for files you trust, since reading
+        a pickle can run any code.
 
         The experiment itself is never changed, so one experiment may run in
         several threads at once. Raises on bad input before any replicate
@@ -147,9 +155,13 @@ class Experiment:
         :class:`ConfigurationError`: ``await`` :meth:`arun` there instead.
         """
         _refuse_inside_event_loop()
+        started = time.time()
         count = self.replicates if replicates is None else _check_replicates(replicates)
         chosen = self.treatments if treatments is None else _check_treatments(treatments)
         stop_early = self.fail_fast if fail_fast is None else _check_flag("fail_fast", fail_fast)
+        _check_flag("checkpoint_pickle", checkpoint_pickle)
+        if checkpoint_pickle and checkpoint is None:
+            raise ConfigurationError("checkpoint_pickle=True applies to a checkpoint: pass checkpoint=PATH too")
         _check_timeout(timeout)
         if progress is not None:
             _check_flag("progress", progress)
@@ -169,25 +181,27 @@ class Experiment:
             fail_fast=stop_early,
         )
         finished: dict[int, ReplicateResult] = {}
-        store = None
+        recorder = None
         if checkpoint is not None:
-            from crystallize_core.checkpoint import Checkpoint, fingerprint
-
-            store, finished, runner.base_seed = Checkpoint.open(
-                checkpoint, fingerprint(runner.components()), runner.base_seed
-            )
+            runner, finished, recorder = _open_checkpoint(runner, checkpoint, checkpoint_pickle)
         to_run = [i for i in range(count) if i not in finished] if finished else range(count)
         replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
         names = [c.name for c in conditions]
         view = ExperimentRun(self, len(to_run), timeout, stop_early, progress)
-        runner.monitor = Monitor(len(to_run), progress, store)
+        runner.monitor = Monitor(len(to_run), progress, recorder)
+        record: dict[str, Any] = {
+            "base_seed": _base_seed(runner),
+            "treatments": {t.name: _treatment_parameters(t) for t in chosen},
+            "started_at": started,
+        }
         try:
             plugins.hook.before_run(experiment=view)
             name = version = None
+            options: dict[str, Any] = {}
             ran: list[ReplicateResult] = []
             if to_run:
                 try:
-                    ran, name, version = call_strategies(plugins, view, replicate_fn, to_run)
+                    ran, name, version, winner = call_strategies(plugins, view, replicate_fn, to_run)
                 except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
                     if getattr(stopped, "partial_result", None) is None:
                         done = [*finished.values(), *(getattr(stopped, "completed", None) or ())]
@@ -196,17 +210,34 @@ class Experiment:
                             names,
                             strategy=getattr(stopped, "strategy", None),
                             complete=False,
+                            finished_at=time.time(),
+                            **record,
                         )
                     raise
+                options = _strategy_options(winner)
             if finished:
                 ran = [*ran, *(finished[i] for i in range(count) if i in finished)]
                 ran.sort(key=lambda r: r.replicate)
-            result = Result(ran, names, strategy=name, strategy_version=version)
+            result = Result(
+                ran,
+                names,
+                strategy=name,
+                strategy_version=version,
+                strategy_options=options,
+                finished_at=time.time(),
+                **record,
+            )
             plugins.hook.after_run(experiment=view, result=result)
-            return result
+        except BaseException:
+            if recorder is not None:
+                _close_after_failure(recorder)
+            raise
         finally:
             runner.monitor.close()
             runner.monitor = None
+        if recorder is not None:
+            recorder.close()  # the last batch
+        return result
 
     async def arun(self, *args: Any, **kwargs: Any) -> Result:
         """Run the experiment from a coroutine: ``result = await experiment.arun(...)``.
@@ -229,6 +260,101 @@ class Experiment:
             f"pipeline={self.pipeline!r}, treatments={[t.name for t in self.treatments]}, "
             f"plugins={[type(p).__qualname__ for p in self.plugins]})"
         )
+
+
+def _open_checkpoint(
+    runner: ReplicateRunner, path: str | os.PathLike, allow_pickle: bool
+) -> tuple[ReplicateRunner, dict[int, ReplicateResult], Any]:
+    """Open the checkpoint for ``runner``'s experiment; return the runner that
+    resumes it (with the stored seeds), the finished results and the
+    :class:`~crystallize_core.checkpoint.Recorder` that writes the rest."""
+    import copy
+
+    from crystallize_core.checkpoint import Checkpoint, Recorder
+    from crystallize_core.fingerprint import experiment_components, plugin_labels
+    from crystallize_core.seed import SeedPlugin
+
+    labelled = plugin_labels(runner.plugins)
+    drawn = {label: p.seed for label, p in labelled if isinstance(p, SeedPlugin) and p.seed_drawn}
+    opened = Checkpoint.open(path, experiment_components(runner), runner.base_seed, drawn, allow_pickle)
+    plugins = []
+    for label, plugin in labelled:
+        stored = opened.drawn_seeds.get(label)
+        if isinstance(plugin, SeedPlugin) and plugin.seed_drawn and isinstance(stored, int):
+            plugin = copy.copy(plugin)  # the user's plugin keeps its own seed
+            plugin.seed = stored
+        plugins.append(plugin)
+    resumed = ReplicateRunner(
+        runner.datasource,
+        runner.steps,
+        runner.conditions,
+        plugins,
+        base_seed=opened.base_seed,
+        fail_fast=runner.fail_fast,
+    )
+    return resumed, opened.finished, Recorder(opened.checkpoint)
+
+
+def _close_after_failure(recorder: Any) -> None:
+    """Commit what finished before the run failed, without hiding why it failed."""
+    import logging
+
+    try:
+        recorder.close()
+    except Exception as exc:
+        logging.getLogger("crystallize").error("the checkpoint could not be written after the run failed: %s", exc)
+
+
+def _base_seed(runner: ReplicateRunner) -> int | None:
+    """The seed replicate seeds derive from, when known: the first seed-giving
+    plugin's, if it is a :class:`SeedPlugin`, else the run's own."""
+    from crystallize_core.seed import SeedPlugin
+
+    for plugin in runner.plugins:
+        if hasattr(plugin, "replicate_seed"):
+            return plugin.seed if isinstance(plugin, SeedPlugin) else None
+    return runner.base_seed
+
+
+def _treatment_parameters(treatment: Treatment) -> dict[str, Any]:
+    overrides = treatment.overrides
+    if overrides is None or isinstance(overrides, Mapping):
+        return {"overrides": dict(overrides or {}), "function": None}
+    return {"overrides": None, "function": _qualified_name(overrides)}
+
+
+def _qualified_name(function: object) -> str:
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    module = getattr(function, "__module__", None) or type(function).__module__
+    return f"{module}.{name}"
+
+
+def _strategy_options(strategy: object) -> dict[str, Any]:
+    """What a strategy was configured with: what its ``options()`` method returns,
+    else its ``__init__`` parameters read back from attributes of the same name."""
+    options = getattr(strategy, "options", None)
+    if callable(options):
+        try:
+            return dict(options())
+        except Exception:
+            return {}
+    if isinstance(options, Mapping):
+        return dict(options)
+    import inspect
+
+    try:
+        parameters = inspect.signature(type(strategy).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    found = {}
+    for name, parameter in parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        try:
+            found[name] = getattr(strategy, name)
+        except Exception:  # no attribute of that name, or a property that failed
+            continue
+    return found
 
 
 class ExperimentRun:

@@ -232,6 +232,18 @@ def before_replicate(replicate: int, seed: int) -> None:
 
 
 @hookspec
+def before_condition(replicate: int, condition: str, seed: int) -> None:
+    """Called where the replicate runs, before each of its conditions (the
+    baseline first, then each treatment), with the replicate's seed.
+
+    Every condition of a replicate starts from the same state this way, so
+    conditions stay paired for anything seeded here, such as the global
+    :mod:`random` module (``SeedPlugin`` does this). An exception raised here
+    is recorded as that condition's error and the condition does not run.
+    """
+
+
+@hookspec
 def after_replicate(replicate: int, result: ReplicateResult) -> None:
     """Called where the replicate runs, with its
     :class:`~crystallize_core.ReplicateResult`, after its last condition.

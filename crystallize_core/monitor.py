@@ -38,15 +38,16 @@ class Monitor:
         for result in results:
             if result.errors:
                 progress.errors(result.errors)
-        if self.checkpoint is not None:
+        if self.checkpoint is not None:  # a checkpoint Recorder: it commits in batches
             kept = [r for r in results if not any(e.exc_type in FAULTS and e.condition is None for e in r.errors)]
-            for result in kept:
-                self.checkpoint.append(result)
+            self.checkpoint.add_many(kept)
 
     def finished_one(self, result: ReplicateResult) -> None:
         """:meth:`finished` for a single result: the replicate function's hot path."""
-        if result.errors or self.checkpoint is not None or self.progress.shown:
+        if result.errors or self.progress.shown:
             self.finished((result,))
+        elif self.checkpoint is not None:  # no error, so no fault to leave out
+            self.checkpoint.add(result)
 
     def close(self) -> None:
         """End of the run, finished or not."""

@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from os import getpid as _getpid
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ _UNCAPTURED = (KeyboardInterrupt, GeneratorExit)
 
 #: The replicate-level hooks; plugins implementing any of them travel with the
 #: replicate function to wherever replicates run.
-REPLICATE_HOOKS = ("replicate_seed", "before_replicate", "after_replicate")
+REPLICATE_HOOKS = ("replicate_seed", "before_replicate", "before_condition", "after_replicate")
 
 
 def random_seed() -> int:
@@ -107,19 +108,19 @@ class ReplicateRunner:
         #: replicate this function finishes in the driver process. It stays
         #: behind when the function is pickled, and is silent in forked workers.
         self.monitor: Monitor | None = None
-        self._hook = self._relay(self.plugins)
+        self._hook, self._per_condition = self._relay(self.plugins)
         self._awaited = _awaited(self.datasource, self.steps)
 
     @staticmethod
     def _relay(plugins: Sequence[object]):
         if not plugins:
-            return None
+            return None, False
         from crystallize_core._manager import new_plugin_manager
 
         manager = new_plugin_manager()
         for plugin in reversed(plugins):  # pluggy asks the last registered first
             manager.register(plugin)
-        return manager.hook
+        return manager.hook, bool(manager.hook.before_condition.get_hookimpls())
 
     def __getstate__(self):
         return (self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast)
@@ -127,7 +128,7 @@ class ReplicateRunner:
     def __setstate__(self, state):
         self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast = state
         self.monitor = None
-        self._hook = self._relay(self.plugins)
+        self._hook, self._per_condition = self._relay(self.plugins)
         self._awaited = _awaited(self.datasource, self.steps)
 
     @property
@@ -160,7 +161,8 @@ class ReplicateRunner:
         """The result of a replicate that could not run, for a strategy to record.
 
         For faults outside the user's code, such as a worker process that died
-        or a replicate past its timeout. Call it where the run is driven.
+        or a replicate past its timeout. Call it where the run is driven. Such
+        a result is never checkpointed: a rerun tries the replicate again.
         """
         error = ReplicateError(replicate, None, exc_type, message, "")
         return self._report(ReplicateResult(replicate, self.seed(replicate), {}, (error,)))
@@ -205,16 +207,20 @@ class ReplicateRunner:
         return self._report(await self._arun(replicate))
 
     def _run(self, replicate: int) -> ReplicateResult:
-        seed, failed = self._begin(replicate)
+        began = time.perf_counter()
+        seed, failed = self._begin(replicate, began)
         if failed is not None:
             return failed
         metrics: dict[str, dict[str, Any]] = {}
         errors: list[ReplicateError] = []
         datasource = self.datasource
         steps = self.steps
+        hook = self._hook if self._per_condition else None
         for condition in self.conditions:
             ctx = Context(condition.values, replicate, condition.name, seed)
             try:
+                if hook is not None:
+                    hook.before_condition(replicate=replicate, condition=condition.name, seed=seed)
                 if condition.apply is not None:
                     condition.apply(ctx)
                 data = datasource(ctx)
@@ -226,13 +232,14 @@ class ReplicateRunner:
                 errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
                 continue
             metrics[condition.name] = ctx.metrics._values
-        return self._end(replicate, seed, metrics, errors)
+        return self._end(replicate, seed, metrics, errors, began)
 
     async def _arun(self, replicate: int) -> ReplicateResult:
         """:meth:`_run`, awaiting the coroutine components."""
         from crystallize_core._aio import cancel_requested
 
-        seed, failed = self._begin(replicate)
+        began = time.perf_counter()
+        seed, failed = self._begin(replicate, began)
         if failed is not None:
             return failed
         assert self._awaited is not None  # only called where the replicate awaits
@@ -241,9 +248,12 @@ class ReplicateRunner:
         errors: list[ReplicateError] = []
         datasource = self.datasource
         steps = tuple(zip(self.steps, steps_awaited))
+        hook = self._hook if self._per_condition else None
         for condition in self.conditions:
             ctx = Context(condition.values, replicate, condition.name, seed)
             try:
+                if hook is not None:
+                    hook.before_condition(replicate=replicate, condition=condition.name, seed=seed)
                 if condition.apply is not None:
                     condition.apply(ctx)
                 data = datasource(ctx)
@@ -259,9 +269,9 @@ class ReplicateRunner:
                 errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
                 continue
             metrics[condition.name] = ctx.metrics._values
-        return self._end(replicate, seed, metrics, errors)
+        return self._end(replicate, seed, metrics, errors, began)
 
-    def _begin(self, replicate: int) -> tuple[int, ReplicateResult | None]:
+    def _begin(self, replicate: int, began: float) -> tuple[int, ReplicateResult | None]:
         """The replicate's seed, after the ``before_replicate`` hooks; or the
         result of a replicate those hooks stopped."""
         hook = self._hook
@@ -274,14 +284,22 @@ class ReplicateRunner:
         except Exception as exc:
             error = self._captured(ReplicateError.from_exception(replicate, None, exc))
             fallback = derive_seed(self.base_seed, replicate) if seed is None else seed
-            return fallback, ReplicateResult(replicate, fallback, {}, (error,))
+            return fallback, ReplicateResult(replicate, fallback, {}, (error,), time.perf_counter() - began)
         return seed, None
 
     def _end(
-        self, replicate: int, seed: int, metrics: dict[str, dict[str, Any]], errors: list[ReplicateError]
+        self,
+        replicate: int,
+        seed: int,
+        metrics: dict[str, dict[str, Any]],
+        errors: list[ReplicateError],
+        began: float,
     ) -> ReplicateResult:
-        """The replicate's result, after the ``after_replicate`` hooks."""
-        result = _new_result(ReplicateResult, (replicate, seed, metrics, tuple(errors) if errors else ()))
+        """The replicate's result, with its duration, after the ``after_replicate`` hooks."""
+        result = _new_result(
+            ReplicateResult,
+            (replicate, seed, metrics, tuple(errors) if errors else (), time.perf_counter() - began),
+        )
         hook = self._hook
         if hook is not None:
             try:

@@ -3,10 +3,26 @@ into a :class:`Result`."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 import traceback as _traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
+
+from crystallize_core._values import (
+    FINITE,
+    INF,
+    MISSING,
+    NAN,
+    NON_NUMERIC,
+    classify,
+    mean_and_std,
+    plain,
+    plain_rows,
+    t_quantile,
+)
 
 BASELINE = "baseline"
 
@@ -43,12 +59,14 @@ class ReplicateError(NamedTuple):
 
 class ReplicateResult(NamedTuple):
     """The outcome of one replicate: its seed, the metrics of each condition
-    that finished, and the errors of those that did not."""
+    that finished, the errors of those that did not, and how long it took
+    (seconds where it ran; None when unknown, as for a worker that died)."""
 
     replicate: int
     seed: int
     metrics: dict[str, dict[str, Any]]
     errors: tuple[ReplicateError, ...] = ()
+    duration: float | None = None
 
 
 def pack_results(results: Iterable[ReplicateResult]) -> list[tuple]:
@@ -67,12 +85,68 @@ def unpack_results(rows: Iterable[tuple]) -> list[ReplicateResult]:
     return [make(ReplicateResult, row) for row in rows]
 
 
-class MetricSummary(NamedTuple):
-    """Count, mean and sample standard deviation of one metric's numeric values."""
+class PairedDifference(NamedTuple):
+    """A treatment minus the baseline, replicate by replicate, with a confidence interval.
+
+    Only replicates where both conditions recorded a finite number count
+    (``n``). ``low`` and ``high`` bound the mean difference with Student's t
+    interval at ``confidence``; they are None below two pairs, and ``mean``
+    and ``std`` are None where undefined (no pair; fewer than two pairs).
+    """
 
     n: int
-    mean: float
-    std: float
+    mean: float | None
+    std: float | None
+    low: float | None
+    high: float | None
+    confidence: float = 0.95
+
+
+class MetricSummary(NamedTuple):
+    """One metric of one condition, over the replicates.
+
+    ``n``, ``mean`` and ``std`` (the sample standard deviation) cover the
+    finite numbers only: Python and NumPy ints, floats and bools. The rest is
+    counted, never averaged: ``nan``, ``inf`` (either sign, or an integer
+    beyond a float's range) and ``non_numeric`` (strings, sequences, arrays,
+    objects). ``mean`` is None when ``n`` is 0, ``std`` when ``n`` is below 2.
+    For a treatment, ``difference`` is its paired difference against the
+    baseline (see :meth:`Result.paired_difference`); None for the baseline.
+    """
+
+    n: int
+    mean: float | None
+    std: float | None
+    nan: int = 0
+    inf: int = 0
+    non_numeric: int = 0
+    difference: PairedDifference | None = None
+
+
+#: The file formats :meth:`Result.save` writes, by file name extension.
+OUTPUT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+#: The columns of :meth:`Result.to_records`, in order.
+RECORD_FIELDS = ("replicate", "seed", "condition", "metric", "value")
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The format :meth:`Result.save` writes to ``path``: ``"json"``, ``"jsonl"`` or ``"csv"``.
+
+    ``"-"`` means JSON on standard output. Raises
+    :class:`~crystallize_core.ConfigurationError` for any other extension.
+    """
+    if str(path) == "-":
+        return "json"
+    suffix = os.path.splitext(str(path))[1].lower()
+    found = OUTPUT_FORMATS.get(suffix)
+    if found is None:
+        from crystallize_core.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"cannot tell the output format of {str(path)!r}: name the file with one of "
+            f"{', '.join(OUTPUT_FORMATS)} (JSON, JSON lines, CSV), or '-' for JSON on standard output"
+        )
+    return found
 
 
 class Result:
@@ -81,6 +155,14 @@ class Result:
     ``metrics[condition][name]`` lists one value per replicate, in replicate
     order, with ``None`` for a replicate whose condition failed or did not
     record that metric, so that lists of different conditions pair up.
+    ``replicate_indices`` says which replicate each position holds (all of
+    them in order, unless the result is partial).
+
+    What reproduces the run is kept beside it: the base seed, the strategy's
+    name, version and options, each treatment's parameters, start and end
+    times (seconds since the epoch) and each replicate's duration; with the
+    versions of Python and of the Crystallize distributions, all of it is in
+    :meth:`to_dict`.
     """
 
     def __init__(
@@ -90,6 +172,12 @@ class Result:
         strategy: str | None = None,
         strategy_version: str | None = None,
         complete: bool = True,
+        *,
+        base_seed: int | None = None,
+        strategy_options: Mapping[str, Any] | None = None,
+        treatments: Mapping[str, Mapping[str, Any]] | None = None,
+        started_at: float | None = None,
+        finished_at: float | None = None,
     ):
         self.replicate_results: list[ReplicateResult] = list(replicates)
         self.conditions: tuple[str, ...] = tuple(conditions)
@@ -97,8 +185,17 @@ class Result:
         self.strategy = strategy
         #: Version of the distribution that provides the strategy, if known.
         self.strategy_version = strategy_version
+        #: The options the strategy was configured with, as far as it tells (see :meth:`to_dict`).
+        self.strategy_options: dict[str, Any] = dict(strategy_options or {})
         #: False for the partial result carried by :class:`ExperimentInterrupted`.
         self.complete = complete
+        #: The seed each replicate's seed derives from (``crystallize run --seed`` takes it).
+        self.base_seed = base_seed
+        #: Per treatment: ``{"overrides": mapping or None, "function": "module.qualname" or None}``.
+        self.treatments: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (treatments or {}).items()}
+        #: When the run started and ended, in seconds since the epoch (None if unknown).
+        self.started_at = started_at
+        self.finished_at = finished_at
         self.seeds: list[int] = [r.seed for r in self.replicate_results]
         self.errors: list[ReplicateError] = [e for r in self.replicate_results for e in r.errors]
         self.metrics: dict[str, dict[str, list[Any]]] = _align_metrics(self.replicate_results, self.conditions)
@@ -108,16 +205,76 @@ class Result:
         """How many replicates this result holds."""
         return len(self.replicate_results)
 
+    @property
+    def replicate_indices(self) -> list[int]:
+        """The replicate index at each position of the per-replicate lists."""
+        return [r.replicate for r in self.replicate_results]
+
+    @property
+    def durations(self) -> list[float | None]:
+        """Seconds each replicate took where it ran, in position order (None if unknown)."""
+        return [r.duration if len(r) > 4 else None for r in self.replicate_results]
+
+    # --- statistics -------------------------------------------------------------------
+
     def summary(self) -> dict[str, dict[str, MetricSummary]]:
-        """Per condition and numeric metric: count, mean and standard deviation."""
+        """Per condition and metric: a :class:`MetricSummary`, with each
+        treatment's paired difference against the baseline at 95%."""
+        summaries: dict[str, dict[str, MetricSummary]] = {}
+        reference = self.metrics.get(BASELINE, {})
+        for condition, by_name in self.metrics.items():
+            summaries[condition] = {}
+            for name, values in by_name.items():
+                summary = _summarize(values)
+                if condition != BASELINE and name in reference:
+                    summary = summary._replace(difference=_paired(values, reference[name], 0.95))
+                summaries[condition][name] = summary
+        return summaries
+
+    def paired_difference(
+        self, treatment: str, metric: str, baseline: str = BASELINE, confidence: float = 0.95
+    ) -> PairedDifference:
+        """``treatment`` minus ``baseline`` for ``metric``, replicate by replicate.
+
+        Conditions are paired by replicate: both ran with the replicate's seed.
+        The mean difference comes with Student's t interval at ``confidence``
+        over the replicates where both recorded a finite number. Raises
+        :class:`KeyError` naming what is missing.
+        """
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
+        return _paired(self._column(treatment, metric), self._column(baseline, metric), confidence)
+
+    def compare(self, baseline: str = BASELINE, confidence: float = 0.95) -> dict[str, dict[str, PairedDifference]]:
+        """:meth:`paired_difference` of every other condition against ``baseline``,
+        for each metric both recorded: ``{treatment: {metric: PairedDifference}}``."""
+        reference = self.metrics.get(baseline)
+        if reference is None:
+            raise KeyError(f"no condition named {baseline!r}; conditions: {', '.join(self.conditions)}")
         return {
-            condition: {name: _summarize(values) for name, values in by_name.items() if _numeric(values)}
+            condition: {
+                name: self.paired_difference(condition, name, baseline, confidence)
+                for name in by_name
+                if name in reference
+            }
             for condition, by_name in self.metrics.items()
+            if condition != baseline
         }
 
+    def _column(self, condition: str, metric: str) -> list[Any]:
+        by_name = self.metrics.get(condition)
+        if by_name is None:
+            raise KeyError(f"no condition named {condition!r}; conditions: {', '.join(self.conditions)}")
+        if metric not in by_name:
+            known = ", ".join(map(repr, by_name)) or "none"
+            raise KeyError(f"condition {condition!r} recorded no metric {metric!r} (metrics: {known})")
+        return by_name[metric]
+
     def format_summary(self) -> str:
-        """A plain-text table of :meth:`summary` with each condition's error count."""
-        header = ("condition", "metric", "n", "mean", "std")
+        """A plain-text table of :meth:`summary`: n, mean and std per condition and
+        metric, each treatment's paired difference against the baseline with its
+        95% interval, the values left out of the statistics, and the error counts."""
+        header = ("condition", "metric", "n", "mean", "std", "diff vs baseline", "95% CI", "not counted")
         rows: list[tuple[str, ...]] = []
         error_counts = {c: 0 for c in self.conditions}
         for error in self.errors:
@@ -127,28 +284,126 @@ class Result:
         for condition in self.conditions:
             metrics = summary.get(condition, {})
             for name, s in metrics.items():
-                rows.append((condition, name, str(s.n), f"{s.mean:.6g}", f"{s.std:.6g}" if s.n > 1 else "-"))
+                d = s.difference
+                rows.append(
+                    (
+                        condition,
+                        name,
+                        str(s.n),
+                        _number(s.mean),
+                        _number(s.std),
+                        "-" if d is None else _number(d.mean, sign=True),
+                        "-" if d is None or d.low is None else f"[{_number(d.low)}, {_number(d.high)}]",
+                        _left_out(s),
+                    )
+                )
             if not metrics:
-                rows.append((condition, "-", "0", "-", "-"))
+                rows.append((condition, "-", "0", "-", "-", "-", "-", "-"))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
         errors = ", ".join(f"{c}: {error_counts.get(c, 0)}" for c in self.conditions)
         lines.append(f"errors: {errors}")
         return "\n".join(lines)
 
+    # --- output -------------------------------------------------------------------------
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The metrics as a tidy table: one row per replicate, condition and metric.
+
+        Each row is ``{"replicate", "seed", "condition", "metric", "value"}``
+        with the value as recorded. Conditions that failed have no rows.
+        """
+        rows = []
+        for result in self.replicate_results:
+            for condition, values in result.metrics.items():
+                for name, value in values.items():
+                    rows.append(
+                        {
+                            "replicate": result.replicate,
+                            "seed": result.seed,
+                            "condition": condition,
+                            "metric": name,
+                            "value": value,
+                        }
+                    )
+        return rows
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_records` as a :class:`pandas.DataFrame` with those five columns.
+
+        Needs pandas: ``pip install 'crystallize-core[pandas]'``.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError(
+                "Result.to_pandas() needs pandas, which is not installed: "
+                "pip install 'crystallize-core[pandas]' (or pip install pandas)"
+            ) from None
+        return pandas.DataFrame.from_records(self.to_records(), columns=list(RECORD_FIELDS))
+
     def to_dict(self) -> dict[str, Any]:
-        """The whole result as JSON-ready data (metric values are left as they are)."""
+        """The whole result and what reproduces it, as data that is strict JSON.
+
+        Metric values are made JSON as :func:`crystallize_core._values.plain`
+        says: NaN and the infinities become the strings ``"NaN"``,
+        ``"Infinity"`` and ``"-Infinity"``, NumPy values Python numbers and
+        lists, other objects their ``repr``. Times are ISO 8601 in UTC.
+        """
+        import crystallize_core
+
+        summary = {
+            condition: {name: _summary_dict(s) for name, s in by_name.items()}
+            for condition, by_name in self.summary().items()
+        }
         return {
-            "strategy": self.strategy,
-            "strategy_version": self.strategy_version,
             "complete": self.complete,
             "replicates": self.replicates,
+            "replicate_indices": self.replicate_indices,
             "conditions": list(self.conditions),
+            "treatments": plain(self.treatments),
+            "base_seed": self.base_seed,
+            "strategy": self.strategy,
+            "strategy_version": self.strategy_version,
+            "strategy_options": plain(self.strategy_options),
+            "crystallize_core_version": crystallize_core.__version__,
+            "versions": installed_versions(),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
             "seeds": self.seeds,
-            "metrics": self.metrics,
-            "summary": {c: {name: s._asdict() for name, s in by_name.items()} for c, by_name in self.summary().items()},
+            "durations": self.durations,
+            "metrics": plain(self.metrics),
+            "summary": summary,
             "errors": [e._asdict() for e in self.errors],
         }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as strict JSON text (never a bare ``NaN`` or ``Infinity``)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the result to ``path`` in the format its extension names.
+
+        ``.json``: :meth:`to_json`, everything. ``.jsonl`` (or ``.ndjson``):
+        one JSON object per line, the rows of :meth:`to_records`. ``.csv``: the
+        same rows as CSV with a header; non-finite floats are written ``nan``,
+        ``inf`` and ``-inf``, sequences and mappings as JSON, None as an empty
+        field. ``"-"`` writes JSON to standard output. Any other extension is a
+        :class:`~crystallize_core.ConfigurationError`, raised before writing.
+        """
+        chosen = output_format(path)
+        if str(path) == "-":
+            sys.stdout.write(self.to_json() + "\n")
+            sys.stdout.flush()
+            return
+        if chosen == "json":
+            text = self.to_json() + "\n"
+        elif chosen == "jsonl":
+            text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in plain_rows(self.to_records()))
+        else:
+            text = _csv_text(self.to_records())
+        with open(path, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
 
     def __repr__(self) -> str:
         return (
@@ -171,17 +426,106 @@ def _align_metrics(results: Sequence[ReplicateResult], conditions: Iterable[str]
     return aligned
 
 
-def _numeric(values: Iterable[Any]) -> bool:
-    present = [v for v in values if v is not None]
-    return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
-
-
 def _summarize(values: Iterable[Any]) -> MetricSummary:
-    present = [float(v) for v in values if v is not None]
-    n = len(present)
-    mean = math.fsum(present) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in present) / (n - 1)) if n > 1 else 0.0
-    return MetricSummary(n, mean, std)
+    finite: list[float] = []
+    counts = [0] * 5
+    for value in values:
+        kind, number = classify(value)
+        if kind == FINITE:
+            finite.append(number)
+        else:
+            counts[kind] += 1
+    mean, std = mean_and_std(finite)
+    return MetricSummary(len(finite), mean, std, counts[NAN], counts[INF], counts[NON_NUMERIC])
+
+
+def _paired(treated: Sequence[Any], reference: Sequence[Any], confidence: float) -> PairedDifference:
+    differences = []
+    for a, b in zip(treated, reference):
+        kind_a, x = classify(a)
+        kind_b, y = classify(b)
+        if kind_a == FINITE and kind_b == FINITE:
+            difference = x - y
+            if math.isfinite(difference):
+                differences.append(difference)
+    n = len(differences)
+    mean, std = mean_and_std(differences)
+    if n < 2 or mean is None or std is None:
+        return PairedDifference(n, mean, std, None, None, confidence)
+    half_width = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return PairedDifference(n, mean, std, mean - half_width, mean + half_width, confidence)
+
+
+def _number(value: float | None, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.6g}" if sign else f"{value:.6g}"
+
+
+def _left_out(summary: MetricSummary) -> str:
+    parts = [
+        f"{count} {label}"
+        for count, label in ((summary.nan, "nan"), (summary.inf, "inf"), (summary.non_numeric, "non-numeric"))
+        if count
+    ]
+    return ", ".join(parts) or "-"
+
+
+def _summary_dict(summary: MetricSummary) -> dict[str, Any]:
+    document = {key: plain(value) for key, value in summary._asdict().items() if key != "difference"}
+    difference = summary.difference
+    document["difference"] = None if difference is None else {k: plain(v) for k, v in difference._asdict().items()}
+    return document
+
+
+def _csv_text(records: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RECORD_FIELDS)
+    for row in records:
+        writer.writerow([row["replicate"], row["seed"], row["condition"], row["metric"], _csv_value(row["value"])])
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> str:
+    kind, _ = classify(value)
+    if kind == MISSING:
+        return ""
+    made = plain(value)
+    if kind == NAN:
+        return "nan"
+    if kind == INF and isinstance(made, str):  # a float infinity, not a huge integer
+        return "-inf" if made.startswith("-") else "inf"
+    if isinstance(made, (list, dict)):
+        return json.dumps(made, allow_nan=False)
+    return str(made)
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).isoformat()
+
+
+def installed_versions() -> dict[str, str]:
+    """The versions of Python and of every installed Crystallize distribution
+    (the core and each distribution that provides a strategy)."""
+    import platform
+    from importlib import metadata
+
+    import crystallize_core
+
+    versions = {"python": platform.python_version(), "crystallize-core": crystallize_core.__version__}
+    for entry_point in metadata.entry_points(group="crystallize.strategies"):
+        distribution = getattr(entry_point, "dist", None)
+        if distribution is not None:
+            versions.setdefault(distribution.metadata["Name"], distribution.version)
+    return versions
 
 
 def replicate_results_from(

@@ -17,11 +17,15 @@ class SeedPlugin:
     The seed depends on the base ``seed`` and the replicate index only, so
     every strategy sees the same seeds, and the baseline and each treatment of
     a replicate share one (paired comparisons). ``seed=None`` draws a base seed
-    once, when the plugin is created; it is kept in :attr:`seed`.
+    once, when the plugin is created; it is kept in :attr:`seed`. A run that
+    resumes from a checkpoint reuses the base seed drawn for the checkpoint.
 
-    Where the replicate runs, before it starts, ``seed_fn(seed)`` is called if
-    given; otherwise, with ``auto_seed=True``, the global :mod:`random` module
-    and, if it is imported, NumPy's global generator are seeded. Seeding global
+    Where the replicate runs, before *each* condition (the baseline and every
+    treatment), ``seed_fn(seed)`` is called with the replicate's seed if given;
+    otherwise, with ``auto_seed=True``, the global :mod:`random` module and, if
+    it is imported, NumPy's global generator are seeded with it. Every
+    condition of a replicate so starts from the same random state: a treatment
+    that changes nothing draws the same numbers as the baseline. Seeding global
     state is only reproducible when each replicate has its process to itself:
     under threads prefer ``ctx.rng``.
     """
@@ -32,6 +36,8 @@ class SeedPlugin:
         if seed_fn is not None and not callable(seed_fn):
             raise ConfigurationError("SeedPlugin seed_fn must be callable with the replicate's seed")
         self.seed: int = random_seed() if seed is None else seed
+        #: Whether :attr:`seed` was drawn rather than given.
+        self.seed_drawn = seed is None
         self.auto_seed = bool(auto_seed)
         self.seed_fn = seed_fn
 
@@ -45,7 +51,7 @@ class SeedPlugin:
         return derive_seed(self.seed, replicate)
 
     @hookimpl
-    def before_replicate(self, seed: int) -> None:
+    def before_condition(self, seed: int) -> None:
         if self.seed_fn is not None:
             self.seed_fn(seed)
         elif self.auto_seed:

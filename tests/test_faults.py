@@ -107,19 +107,37 @@ def test_ctrl_c_returns_the_partial_result_promptly_and_leaves_no_process(study,
     assert wait_until(lambda: not alive(children)), f"left behind: {alive(children)}"
 
 
-def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_result(study, tmp_path):
+def committed_replicates(checkpoint):
+    if not checkpoint.exists():
+        return set()
+    with sqlite3.connect(checkpoint) as db:
+        try:
+            return {row[0] for row in db.execute("SELECT replicate FROM replicates")}
+        except sqlite3.OperationalError:
+            return set()
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_ctrl_c_commits_the_replicates_that_finished(study, tmp_path, strategy):
+    checkpoint, output = tmp_path / "run.sqlite", tmp_path / "partial.json"
+    process = start(study, *STRATEGIES[strategy], "--checkpoint", str(checkpoint), "--output", str(output))
+    assert wait_until(lambda: len(finished_lines(study[1])) >= 2), "no replicate finished"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    document = json.loads(output.read_text())
+    assert document["replicate_indices"] and len(document["replicate_indices"]) == document["replicates"]
+    assert committed_replicates(checkpoint) == set(document["replicate_indices"])
+
+
+@pytest.mark.parametrize("strategy", ["serial", "processes"])
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_result(study, tmp_path, strategy):
     checkpoint = tmp_path / "run.sqlite"
-    args = [*STRATEGIES["processes"], "--checkpoint", str(checkpoint)]
+    args = [*STRATEGIES[strategy], "--checkpoint", str(checkpoint)]
     first = start(study, *args, "--output", str(tmp_path / "never.json"), STUDY_SLEEP="0.1")
 
     def committed():
-        if not checkpoint.exists():
-            return 0
-        with sqlite3.connect(checkpoint) as db:
-            try:
-                return db.execute("SELECT COUNT(*) FROM replicates").fetchone()[0]
-            except sqlite3.OperationalError:
-                return 0
+        return len(committed_replicates(checkpoint))
 
     assert wait_until(lambda: committed() >= 6), "nothing was checkpointed"
     children = [c.pid for c in psutil.Process(first.pid).children(recursive=True)]
@@ -145,9 +163,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_result(study, tm
 def test_a_checkpoint_of_another_experiment_or_seed_is_refused(tmp_path):
     path = tmp_path / "checkpoint.sqlite"
     Experiment(numbers, [record], plugins=[SeedPlugin(seed=1)]).run(replicates=3, checkpoint=path)
-    with pytest.raises(CheckpointMismatchError, match="different experiment or seed"):
+    with pytest.raises(CheckpointMismatchError, match="different experiment: plugin SeedPlugin changed: seed 1, now 2"):
         Experiment(numbers, [record], plugins=[SeedPlugin(seed=2)]).run(replicates=3, checkpoint=path)
-    with pytest.raises(CheckpointMismatchError, match="different experiment or seed"):
+    with pytest.raises(CheckpointMismatchError, match=r"step 1 \(record\) was added; plugin SeedPlugin was removed"):
         Experiment(numbers, [record, record]).run(replicates=3, checkpoint=path)
     (tmp_path / "junk.sqlite").write_text("not a database")
     with pytest.raises(ConfigurationError, match="not a Crystallize checkpoint"):
