@@ -50,6 +50,9 @@ _replicate_fn: Callable[[int], Any] | None = None
 _setup_failure: str | None = None
 _starts: Any = None
 _limits: Any = None
+#: The native thread pools the driver found before forking, inherited by its
+#: workers: finding them costs milliseconds, calling them microseconds.
+_controller: Any = None
 
 
 class WorkerSetupError(RuntimeError):
@@ -121,7 +124,9 @@ def _limit_inner_threads(inner_threads: int) -> None:
     # module under spawn) are capped through threadpoolctl.
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(inner_threads)
-    if _native_pools_loaded():
+    if _controller is not None:  # found by the driver before forking: only the calls remain
+        _limits = _controller.limit(limits=inner_threads)
+    elif _native_pools_loaded():
         from threadpoolctl import threadpool_limits
 
         _limits = threadpool_limits(limits=inner_threads)  # kept: the limits last while it lives
@@ -165,7 +170,10 @@ class ProcessBackend(Backend):
             if sys.platform.startswith("linux"):
                 import ctypes  # noqa: F401
             if self.inner_threads is not None and _native_pools_loaded():
-                import threadpoolctl  # noqa: F401
+                global _controller
+                from threadpoolctl import ThreadpoolController
+
+                _controller = ThreadpoolController()
         else:
             self.shipped = dumps_replicate_fn(replicate_fn)
         if run.timeout is not None:
