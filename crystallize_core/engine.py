@@ -206,6 +206,37 @@ def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> 
     return run_span(replicate_fn, start, stop, serialize=True)
 
 
+# --- for backends ----------------------------------------------------------------
+
+
+def cpu_count() -> int:
+    """How many CPUs this process may run on (its affinity where the platform
+    says, else the machine's count)."""
+    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+: honours affinity
+    if counter is not None:
+        return counter() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def user_code_paths() -> list[str]:
+    """Folders on this driver's import path that are neither Python's own nor
+    an installed package's: where the experiment's modules live (the folder of
+    a ``crystallize run path/to/file.py:NAME`` target, say). A backend whose
+    workers do not inherit the driver's import path puts these on theirs."""
+    import sys
+
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    paths: list[str] = []
+    for entry in sys.path:
+        folder = os.path.realpath(entry or os.curdir)
+        inside_installed = any(folder == root or folder.startswith(root + os.sep) for root in installed)
+        if os.path.isdir(folder) and not inside_installed and folder not in paths:
+            paths.append(folder)
+    return paths
+
+
 # --- any concurrent.futures.Executor ---------------------------------------------
 
 

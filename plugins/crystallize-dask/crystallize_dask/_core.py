@@ -28,7 +28,7 @@ from distributed.comm.registry import get_backend
 from distributed.scheduler import KilledWorker
 
 from crystallize_core import Capabilities, ConfigurationError, WorkerLostError
-from crystallize_core.engine import ExecutorBackend, drive, run_shipped_span
+from crystallize_core.engine import ExecutorBackend, cpu_count, drive, run_shipped_span, user_code_paths
 from crystallize_core.replicate import dumps_replicate_fn
 from crystallize_dask import ADDRESS_VARIABLE
 
@@ -199,7 +199,7 @@ class DaskBackend(ExecutorBackend):
         self.payload = dumps_replicate_fn(replicate_fn)
         self.paths = tuple(user_code_paths())
         if self.client is None:
-            workers = min(self.n_workers or _cpu_count(), run.replicates)
+            workers = min(self.n_workers or cpu_count(), run.replicates)
             self.cluster, self.client = start_local_cluster(workers)
         self.executor = self._client_executor()
         return max(1, sum(self.client.nthreads().values()))
@@ -273,26 +273,3 @@ class DaskBackend(ExecutorBackend):
             finally:
                 if cluster is not None:
                     cluster.close()
-
-
-def user_code_paths() -> list[str]:
-    """Folders on this driver's import path that are not Python's own or an
-    installed package's: where the experiment's modules live (for example the
-    folder of a ``crystallize run path/to/file.py:NAME`` target)."""
-    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    paths: list[str] = []
-    for entry in sys.path:
-        folder = os.path.realpath(entry or os.curdir)
-        inside_installed = any(folder == root or folder.startswith(root + os.sep) for root in installed)
-        if os.path.isdir(folder) and not inside_installed and folder not in paths:
-            paths.append(folder)
-    return paths
-
-
-def _cpu_count() -> int:
-    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+: honours affinity
-    if counter is not None:
-        return counter() or 1
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1

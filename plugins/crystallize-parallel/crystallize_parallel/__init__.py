@@ -7,7 +7,6 @@ this package supplies the pools.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
@@ -21,15 +20,6 @@ __all__ = ["ParallelExecution", "__version__", "default_max_workers"]
 EXECUTOR_TYPES = ("thread", "process")
 
 
-def _cpu_count() -> int:
-    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+: honours affinity
-    if counter is not None:
-        return counter() or 1
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 def default_max_workers(executor_type: str, replicates: int) -> int:
     """The worker count used when ``max_workers`` is None.
 
@@ -39,7 +29,9 @@ def default_max_workers(executor_type: str, replicates: int) -> int:
     gains nothing from more processes than cores. ``cpus`` is the number of
     CPUs this process may run on.
     """
-    cpus = _cpu_count()
+    from crystallize_core.engine import cpu_count
+
+    cpus = cpu_count()
     limit = min(32, cpus + 4) if executor_type == "thread" else cpus
     return max(1, min(limit, replicates))
 
@@ -134,7 +126,9 @@ class ParallelExecution:
 
             inner = self.inner_threads
             if inner == "auto":  # workers times inner threads fit the cores
-                inner = max(1, _cpu_count() // workers)
+                from crystallize_core.engine import cpu_count
+
+                inner = max(1, cpu_count() // workers)
             backend = ProcessBackend(workers, self.start_method, inner)  # type: ignore[arg-type]
         return drive(experiment, replicate_fn, backend, max_retries=self.max_retries)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import os
 import socket
-import sys
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -14,7 +13,7 @@ from urllib.parse import urlsplit
 import ray
 
 from crystallize_core import Capabilities, ConfigurationError
-from crystallize_core.engine import Backend, run_span
+from crystallize_core.engine import Backend, run_span, user_code_paths
 
 #: How long an unreachable cluster address may take to be reported.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -44,7 +43,7 @@ def connect(address: str | None, runtime_env: dict | None) -> bool:
     target = address or os.environ.get("RAY_ADDRESS") or None
     job_env = dict(runtime_env or {})
     env_vars = dict(job_env.get("env_vars") or {})
-    env_vars.setdefault("PYTHONPATH", os.pathsep.join(_user_code_paths()))
+    env_vars.setdefault("PYTHONPATH", os.pathsep.join(user_code_paths()))
     job_env["env_vars"] = env_vars
     if target is None:
         ray.init(include_dashboard=False, runtime_env=job_env)
@@ -57,21 +56,6 @@ def connect(address: str | None, runtime_env: dict | None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigurationError(f"cannot connect to the Ray cluster at {target!r}: {exc}") from None
     return True
-
-
-def _user_code_paths() -> list[str]:
-    """Folders on this driver's import path that are not Python's or installed
-    packages': where the experiment's own modules live (for example the folder
-    of a `crystallize run path/to/file.py:NAME` target). Workers on this
-    machine import from them too; other machines need a runtime_env."""
-    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    paths = []
-    for entry in sys.path:
-        folder = os.path.realpath(entry or os.curdir)
-        inside_installed = any(folder == root or folder.startswith(root + os.sep) for root in installed)
-        if os.path.isdir(folder) and not inside_installed and folder not in paths:
-            paths.append(folder)
-    return paths
 
 
 def _shutdown_if_started_here() -> None:
