@@ -41,7 +41,9 @@ class RunPlugins:
         self._names: dict[int, str] = {}
         for plugin in reversed(self.experiment_plugins):
             self.register(plugin)
-        if self.chosen is not None and not self.manager.is_registered(self.chosen):
+        if self.chosen is not None:
+            if self.manager.is_registered(self.chosen):  # also an experiment plugin: it must still come first
+                self.manager.unregister(self.chosen)
             self.register(self.chosen)
         try:
             self.manager.check_pending()

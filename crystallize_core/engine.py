@@ -30,6 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from threading import Event
 from typing import Any
 
@@ -251,8 +252,10 @@ class ExecutorBackend(Backend):
     With ``ships_work=False`` the replicate function runs as it is (threads
     of this process); otherwise it is sent pickled, once per worker process.
     Unless given, ``ships_work`` is False for a
-    :class:`~concurrent.futures.ThreadPoolExecutor` instance and True for any
-    other executor or callable. ``workers`` is how many batches run at once
+    :class:`~concurrent.futures.ThreadPoolExecutor`, its class or a
+    ``functools.partial`` of it, and True for any other executor or callable
+    (pass ``ships_work=False`` with a factory such as a lambda that makes a
+    thread pool). ``workers`` is how many batches run at once
     (default: the executor's ``max_workers`` where it has one, else the CPU
     count).
 
@@ -281,7 +284,7 @@ class ExecutorBackend(Backend):
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ConfigurationError(f"workers must be a positive integer or None, got {workers!r}")
         if ships_work is None:
-            ships_work = not isinstance(executor, ThreadPoolExecutor)
+            ships_work = not _makes_threads(executor)
         self.capabilities = Capabilities(
             ships_work=ships_work, retries_dead_workers=ships_work and self._factory is not None
         )
@@ -338,6 +341,15 @@ class ExecutorBackend(Backend):
         if self._factory is not None and self._executor is not None:
             _shut(self._executor, wait=wait)
             self._executor = None
+
+
+def _makes_threads(executor: object) -> bool:
+    """Whether ``executor`` is, or is a factory of, a thread pool: replicates
+    then run in this process and nothing is pickled."""
+    if isinstance(executor, ThreadPoolExecutor):
+        return True
+    factory = executor.func if isinstance(executor, partial) else executor
+    return isinstance(factory, type) and issubclass(factory, ThreadPoolExecutor)
 
 
 def _shut(executor: Executor, wait: bool) -> None:
@@ -411,8 +423,14 @@ class _Dispatch:
                 future = self.backend.submit(span)
             except Exception as exc:
                 self.refused += 1
-                if self.backend.worker_lost(exc) is None or self.refused > MAX_REFUSED_SUBMITS:
+                how = self.backend.worker_lost(exc)
+                if how is None:
                     raise
+                if self.refused > MAX_REFUSED_SUBMITS:
+                    raise WorkerLostError(
+                        f"the workers' pool kept breaking ({how}): it refused {self.refused} batches in a row, "
+                        "each after being replaced"
+                    ) from exc
                 # The pool broke before this batch went out: it is blameless
                 # (a suspect stays at the head of its queue).
                 if not (self.suspects and self.suspects[0] == span.start and len(span) == 1):
@@ -453,8 +471,9 @@ class _Dispatch:
             done, _ = wait(self.in_flight, timeout=wait_for, return_when=FIRST_COMPLETED)
             lost: list[tuple[_Task, str]] = []
             for future in done:
-                task = self.in_flight.pop(future)
+                task = self.in_flight[future]
                 outcome = self.outcome(future, task)
+                del self.in_flight[future]  # only now: a Ctrl-C before this still harvests it
                 if isinstance(outcome, str):
                     lost.append((task, outcome))
             if lost:
@@ -476,7 +495,14 @@ class _Dispatch:
             return how
         if value == NEED_PAYLOAD:
             assert isinstance(self.backend, ExecutorBackend), "only an executor backend ships payloads on demand"
-            self.in_flight[self.backend.resubmit_with_payload(task.span)] = _Task(task.span, time.monotonic())
+            try:
+                resent = self.backend.resubmit_with_payload(task.span)
+            except Exception as exc:  # the pool broke meanwhile: the batch is lost with it
+                how = self.backend.worker_lost(exc)
+                if how is None:
+                    raise
+                return how
+            self.in_flight[resent] = _Task(task.span, time.monotonic())
             return None
         packed, seconds = value
         count = self.store(task.span, packed)
@@ -574,6 +600,10 @@ class _Dispatch:
         expired = {f for f, t in self.in_flight.items() if (self.deadline(f, t) or now + 1) <= now}
         if not expired:
             return
+        for future in self.in_flight:
+            failed = future.exception() if future.done() and not future.cancelled() else None
+            if failed is not None and self.backend.worker_lost(failed) is None:
+                raise self.backend.escaped(failed)  # it failed on its own account, not for the timeout
         self.backend.stop_all()
         for future, task in list(self.in_flight.items()):
             del self.in_flight[future]
@@ -690,14 +720,14 @@ def drive(
     dispatch = _Dispatch(run, replicate_fn, backend, max_retries, batch_size)
     try:
         return dispatch.loop()
-    except KeyboardInterrupt as interrupt:
-        dispatch.stop(interrupted=True)
-        interrupt.completed = dispatch.completed()  # type: ignore[attr-defined]
-        raise
-    except BaseException as escaped:
-        dispatch.stop(interrupted=False)
-        escaped.completed = dispatch.completed()  # type: ignore[attr-defined]
-        raise
+    except BaseException as stopped:
+        try:
+            dispatch.stop(interrupted=isinstance(stopped, KeyboardInterrupt))
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping: keep what finished, stop waiting
+            dispatch.abandoned = True
+        finally:
+            stopped.completed = dispatch.completed()  # type: ignore[attr-defined]
+        raise stopped
     finally:
         backend.shutdown(wait=not dispatch.abandoned)
 

@@ -204,7 +204,8 @@ class Experiment:
                     ran, name, version, winner = call_strategies(plugins, view, replicate_fn, to_run)
                 except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
                     if getattr(stopped, "partial_result", None) is None:
-                        done = [*finished.values(), *(getattr(stopped, "completed", None) or ())]
+                        kept = [r for i, r in finished.items() if i < count]  # a larger run's checkpoint holds more
+                        done = [*kept, *(getattr(stopped, "completed", None) or ())]
                         stopped.partial_result = Result(
                             replicate_results_from(done),
                             names,
@@ -382,6 +383,10 @@ class ExperimentRun:
         return tuple(self.experiment.plugins)
 
     def __getattr__(self, name: str) -> Any:
+        # Only reached for names not on the view; never for the view's own
+        # machinery, so that copy and pickle see a plain object.
+        if name.startswith("__") or name == "experiment":
+            raise AttributeError(name)
         return getattr(self.experiment, name)
 
     def __repr__(self) -> str:

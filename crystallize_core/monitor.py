@@ -18,7 +18,7 @@ from crystallize_core.result import ReplicateResult
 
 #: Errors the driver records for faults outside the user's code: a rerun
 #: should try these replicates again, so they are never checkpointed.
-FAULTS = frozenset({"WorkerDied", "ReplicateTimeout"})
+FAULTS = frozenset({"WorkerDied", "ReplicateTimeout", "UnpicklingError"})
 
 
 class Monitor:

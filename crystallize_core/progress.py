@@ -41,7 +41,6 @@ class Progress:
         self._stream = stream if stream is not None else sys.stderr
         self._lock = threading.Lock()
         self._bar: Any = None
-        self._redirect: Any = None
         self._lines = False
         self._last_line = time.monotonic()
         self._started = self._last_line
@@ -58,12 +57,7 @@ class Progress:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         self._bar = tqdm(total=self.total, desc="replicates", unit="rep", file=self._stream)
-        # Log lines go above the bar instead of through it: the user's console
-        # handlers on the root logger if there are any (ours propagate to
-        # them), else a handler of our own for Crystallize's lines.
-        target = logging.root if logging.root.handlers else logger
-        self._redirect = logging_redirect_tqdm(loggers=[target], tqdm_class=tqdm)
-        self._redirect.__enter__()
+        _redirect_logging(tqdm, logging_redirect_tqdm)
 
     @property
     def shown(self) -> bool:
@@ -100,7 +94,7 @@ class Progress:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-                self._redirect.__exit__(None, None, None)
+                _restore_logging()
             elif self._lines:
                 self._lines = False
                 self._write_line(time.monotonic())
@@ -112,6 +106,36 @@ class Progress:
         rate = self.done / max(now - self._started, 1e-9)
         percent = 100 * self.done // max(self.total, 1)
         print(f"replicates: {self.done}/{self.total} ({percent}%), {rate:.1f}/s", file=self._stream, flush=True)
+
+
+# One redirection of log lines for every bar shown at once (runs in several
+# threads): installed by the first, removed by the last, so that handlers are
+# restored in order whatever order the runs end in.
+_redirect_lock = threading.Lock()
+_redirect_users = 0
+_redirect_context: Any = None
+
+
+def _redirect_logging(tqdm: Any, logging_redirect_tqdm: Any) -> None:
+    """Send log lines above the bars instead of through them: through the
+    user's console handlers on the root logger if there are any (ours
+    propagate to them), else a handler of our own for Crystallize's lines."""
+    global _redirect_users, _redirect_context
+    with _redirect_lock:
+        _redirect_users += 1
+        if _redirect_users == 1:
+            target = logging.root if logging.root.handlers else logger
+            _redirect_context = logging_redirect_tqdm(loggers=[target], tqdm_class=tqdm)
+            _redirect_context.__enter__()
+
+
+def _restore_logging() -> None:
+    global _redirect_users, _redirect_context
+    with _redirect_lock:
+        _redirect_users -= 1
+        if _redirect_users == 0 and _redirect_context is not None:
+            _redirect_context.__exit__(None, None, None)
+            _redirect_context = None
 
 
 def _is_terminal(stream: IO[str]) -> bool:

@@ -207,3 +207,21 @@ def test_the_same_plugin_object_twice_is_refused():
     plugin = First()
     with pytest.raises(ConfigurationError, match="cannot be registered"):
         run(plugin, plugin)
+
+
+def test_a_strategy_chosen_for_the_run_comes_first_even_if_it_is_also_an_experiment_plugin():
+    own, chosen = First(), Chosen()
+    assert run(own, chosen, strategy=chosen).strategy == "Chosen"
+    assert own.asked == 0
+
+
+def test_the_run_view_copies_and_pickles_like_a_plain_object():
+    import copy
+    import pickle
+
+    from crystallize_core.experiment import ExperimentRun
+
+    view = ExperimentRun(Experiment(numbers, [record]), 3, None, False, None)
+    assert copy.copy(view).replicates == 3
+    assert pickle.loads(pickle.dumps(view)).replicates == 3
+    assert view.pipeline is view.experiment.pipeline  # other attributes come from the experiment

@@ -119,7 +119,9 @@ class ParallelExecution:
 
             warn_if_seeding_globally(experiment.plugins, "executor_type='thread'", "executor_type='process'")
             backend = ExecutorBackend(
-                lambda: ThreadPoolExecutor(workers, thread_name_prefix="crystallize-replicate"), workers=workers
+                lambda: ThreadPoolExecutor(workers, thread_name_prefix="crystallize-replicate"),
+                workers=workers,
+                ships_work=False,
             )
         else:
             from crystallize_parallel._processes import ProcessBackend

@@ -33,6 +33,8 @@ from crystallize_core.engine import Backend, run_span
 from crystallize_core.replicate import dumps_replicate_fn
 
 PARENT_CHECK_SECONDS = 0.5
+#: How long the survivors of a broken pool get to obey SIGTERM before SIGKILL.
+SURVIVOR_GRACE_SECONDS = 3.0
 #: The variables native thread pools read when they start; threadpoolctl caps
 #: those already started.
 THREAD_VARIABLES = (
@@ -204,18 +206,28 @@ class ProcessBackend(Backend):
         if self.loss is None:  # every future of a broken pool fails: look once
             workers = _workers(self.pool)
             if self.pool is not None:
-                self.pool.shutdown(wait=True)  # the pool's own thread reaps its workers first
-            codes = [p.exitcode for p in workers if p.exitcode not in (None, 0, -signal.SIGTERM)]
+                # The broken pool's own thread sends the survivors SIGTERM and
+                # joins them; one whose code ignores SIGTERM would hold it (and
+                # us) forever, so wait a while, then kill what is left.
+                self.pool.shutdown(wait=False)
+            deadline = time.monotonic() + SURVIVOR_GRACE_SECONDS
+            for process in workers:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
+            stubborn = {p.pid for p in workers if p.is_alive()}
+            _kill_workers(workers)  # the stubborn, and whatever any of them started
+            codes = [
+                p.exitcode for p in workers if p.pid not in stubborn and p.exitcode not in (None, 0, -signal.SIGTERM)
+            ]
             self.loss = ", ".join(map(_describe_exit, codes)) or "cause unknown"
         return self.loss
 
     def stop_all(self) -> None:
         if self.pool is not None:
-            _kill_workers(self.pool)
+            _kill_workers(_workers(self.pool))
 
     def restart(self) -> None:
         if self.pool is not None:
-            _kill_workers(self.pool)
+            _kill_workers(_workers(self.pool))
             # Not cancel_futures: the broken pool fails what was pending itself,
             # and cancelling races with that before Python 3.12.
             self.pool.shutdown(wait=True)
@@ -224,8 +236,9 @@ class ProcessBackend(Backend):
 
     def shutdown(self, wait: bool = True) -> None:
         if self.pool is not None:
+            workers = _workers(self.pool)  # the pool forgets them on shutdown
             self.pool.shutdown(wait=wait)
-            _kill_workers(self.pool)
+            _kill_workers(workers)  # and whatever they started that is still running
             self.pool = None
 
 
@@ -236,14 +249,14 @@ def _workers(pool: ProcessPoolExecutor | None) -> list:
     return list((getattr(pool, "_processes", None) or {}).values())
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill every worker and what it started: each worker leads its own process group."""
-    workers = _workers(pool)
+def _kill_workers(workers: list) -> None:
+    """Kill the workers and what they started: each worker leads its own process
+    group, which outlives its leader while anything in it runs."""
     for process in workers:
-        if process.is_alive():
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (AttributeError, OSError):  # no process groups here, or not (yet) its own
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (AttributeError, OSError):  # no process groups here, the group is gone, or not yet its own
+            if process.is_alive():
                 process.kill()
     for process in workers:
         process.join(timeout=5)

@@ -16,6 +16,7 @@ from crystallize_core import Experiment, ExperimentInterrupted, NotPicklableErro
 from crystallize_core.testing import (
     InterruptAfter,
     KillWorkerOn,
+    RecordRuns,
     SleepEach,
     SleepOn,
     StrategyConformance,
@@ -322,3 +323,48 @@ def test_interrupting_a_spawned_pool_leaves_nothing_behind(tmp_path):
     with pytest.raises(ExperimentInterrupted):
         experiment.run(replicates=30, strategy=processes("spawn"))
     assert wait_until(lambda: not processes_started_since(before), 10), processes_started_since(before)
+
+
+class IgnoreTermThenSleep:
+    """Replicate 0 ignores SIGTERM and sleeps; replicate 1 kills its worker."""
+
+    def __call__(self, data, ctx):
+        if ctx.replicate == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(2)
+        if ctx.replicate == 1:
+            time.sleep(0.3)
+            os._exit(1)
+        return data
+
+
+def test_a_survivor_that_ignores_sigterm_does_not_hang_the_recovery():
+    experiment = Experiment(numbers, [IgnoreTermThenSleep(), record])
+    result = experiment.run(replicates=4, strategy=processes("fork", max_retries=0))
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(1, "WorkerDied")]
+    assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3]
+
+
+def test_threads_run_components_that_cannot_be_pickled_as_they_are():
+    shared = []
+
+    def note(data, ctx):  # a closure over the driver's list: threads share it
+        shared.append(ctx.replicate)
+        return data
+
+    result = Experiment(numbers, [note, record]).run(replicates=6, strategy=ParallelExecution(max_workers=2))
+    assert result.errors == [] and sorted(shared) == list(range(6))
+
+
+def test_a_result_that_could_not_come_back_is_not_checkpointed_so_a_rerun_tries_it_again(tmp_path):
+    path, log = tmp_path / "checkpoint.sqlite", tmp_path / "runs.txt"
+
+    def experiment():
+        steps = [RecordRuns(str(log)), PoisonMetric(os.getpid()), record]
+        return Experiment(numbers, steps, plugins=[SeedPlugin(seed=2, auto_seed=False)])
+
+    for _ in range(2):
+        result = experiment().run(replicates=5, checkpoint=path, strategy=processes("fork"))
+        assert [(e.replicate, e.exc_type) for e in result.errors] == [(3, "UnpicklingError")]
+    runs = sorted(int(line.split()[0]) for line in log.read_text().splitlines())
+    assert runs == [0, 1, 2, 3, 3, 4], runs
