@@ -205,11 +205,10 @@ class ProcessBackend(Backend):
             return None
         if self.loss is None:  # every future of a broken pool fails: look once
             workers = _workers(self.pool)
-            if self.pool is not None:
-                # The broken pool's own thread sends the survivors SIGTERM and
-                # joins them; one whose code ignores SIGTERM would hold it (and
-                # us) forever, so wait a while, then kill what is left.
-                self.pool.shutdown(wait=False)
+            # The broken pool's own thread sends the survivors SIGTERM and joins
+            # them, holding the pool's shutdown lock from Python 3.12 on; one
+            # whose code ignores SIGTERM would hold it, and any shutdown() we
+            # call, forever. So wait a while, then kill what is left.
             deadline = time.monotonic() + SURVIVOR_GRACE_SECONDS
             for process in workers:
                 process.join(timeout=max(0.0, deadline - time.monotonic()))
