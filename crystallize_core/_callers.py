@@ -9,11 +9,9 @@ itself.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from crystallize_core._manager import RunPlugins
-from crystallize_core.discovery import FALLBACK_STRATEGY, describe, identify, load_strategy
 from crystallize_core.errors import (
     CrystallizeError,
     ExperimentInterrupted,
@@ -21,20 +19,19 @@ from crystallize_core.errors import (
     StrategyCapabilityError,
     StrategyContractError,
     WorkerLostError,
+    logger,
 )
 from crystallize_core.hookspecs import ReplicateFn, RunView, capabilities_of
 from crystallize_core.result import ReplicateResult
 
-logger = logging.getLogger("crystallize")
-
 
 def call_strategies(
     plugins: RunPlugins, run: RunView, replicate_fn: ReplicateFn, expected: Sequence[int]
-) -> tuple[list[ReplicateResult], str, str | None, object]:
+) -> tuple[list[ReplicateResult], object]:
     """Ask each ``run_experiment_loop`` implementation in turn, then the
     ``serial`` fallback; return the first non-None answer, checked against
-    the ``expected`` replicate indices, with the winner's name, version and
-    the winning strategy object itself.
+    the ``expected`` replicate indices, and the winning strategy object
+    (:meth:`RunPlugins.name_of` names it).
 
     Implementers that cannot honour the run's options are passed over
     unasked. Raises :class:`StrategyCapabilityError` when one was passed over
@@ -43,13 +40,13 @@ def call_strategies(
     """
     passed_over: list[str] = []
     for impl in plugins.strategies():
-        name = plugins.name_of(impl.plugin)
-        answer = _ask(impl.plugin, name, impl.function, impl.argnames, run, replicate_fn, passed_over)
+        answer = _ask(impl.plugin, plugins, impl.function, impl.argnames, run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, impl.plugin)
             _log_unasked(plugins, impl.plugin)
-            _, _, version = identify(impl.plugin)
-            return answer, name, version, impl.plugin
+            return answer, impl.plugin
+    from crystallize_core.discovery import FALLBACK_STRATEGY, load_strategy
+
     try:
         fallback = load_strategy(FALLBACK_STRATEGY)
     except CrystallizeError as exc:
@@ -57,10 +54,10 @@ def call_strategies(
     else:
         fallback_problem = ", the 'serial' fallback included"
         loop = fallback.run_experiment_loop  # type: ignore[attr-defined]
-        answer = _ask(fallback, FALLBACK_STRATEGY, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
+        answer = _ask(fallback, plugins, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
         if answer is not None:
             check_answer(answer, expected, fallback)
-            return answer, FALLBACK_STRATEGY, identify(fallback)[2], fallback
+            return answer, fallback
     if passed_over:
         raise StrategyCapabilityError(
             f"no strategy able to honour this run's options answered{fallback_problem}. Passed over: "
@@ -70,21 +67,21 @@ def call_strategies(
     raise StrategyContractError(f"every strategy declined to run the experiment{fallback_problem}")
 
 
-def _ask(plugin, name, function, argnames, run: RunView, replicate_fn: ReplicateFn, passed_over: list[str]):
+def _ask(plugin, plugins: RunPlugins, function, argnames, run: RunView, replicate_fn: ReplicateFn, passed_over):
     reason = cannot_honour(plugin, run)
     if reason is not None:
-        passed_over.append(f"{describe(plugin)} {reason}")
-        logger.info("strategy %s passed over: it %s", describe(plugin), reason)
+        passed_over.append(f"{_describe(plugin)} {reason}")
+        logger().info("strategy %s passed over: it %s", _describe(plugin), reason)
         return None
     arguments = {"experiment": run, "replicate_fn": replicate_fn}
     try:
         return function(*[arguments[argument] for argument in argnames])
     except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
-        stopped.strategy = name  # type: ignore[union-attr]  # for the partial result
+        stopped.strategy = plugins.name_of(plugin)  # type: ignore[union-attr]  # for the partial result
         raise
     except KeyboardInterrupt as exc:
         interrupted = ExperimentInterrupted(completed=getattr(exc, "completed", None) or [])
-        interrupted.strategy = name  # type: ignore[attr-defined]
+        interrupted.strategy = plugins.name_of(plugin)  # type: ignore[attr-defined]
         raise interrupted from exc
 
 
@@ -101,9 +98,9 @@ def _log_unasked(plugins: RunPlugins, winner: object) -> None:
         return
     for plugin in plugins.experiment_plugins:
         if plugin is not winner and plugins.implements(plugin, "run_experiment_loop"):
-            logger.info(
+            logger().info(
                 "strategy %s in the experiment's plugins was passed over: %r was chosen for this run by %s",
-                describe(plugin),
+                _describe(plugin),
                 plugins.name_of(winner),
                 plugins.chosen_from,
             )
@@ -114,21 +111,29 @@ def check_answer(answer: object, replicates: Sequence[int], plugin: object) -> N
     result per replicate, in the order of ``replicates``."""
     if not isinstance(answer, list):
         raise StrategyContractError(
-            f"strategy {describe(plugin)} returned {type(answer).__name__} from run_experiment_loop; "
+            f"strategy {_describe(plugin)} returned {type(answer).__name__} from run_experiment_loop; "
             f"expected a list of {len(replicates)} replicate results or None to decline"
         )
     if len(answer) != len(replicates):
         raise StrategyContractError(
-            f"strategy {describe(plugin)} returned {len(answer)} results for {len(replicates)} replicates"
+            f"strategy {_describe(plugin)} returned {len(answer)} results for {len(replicates)} replicates"
         )
     for position, (item, expected) in enumerate(zip(answer, replicates)):
         if not isinstance(item, ReplicateResult):
             raise StrategyContractError(
-                f"strategy {describe(plugin)} returned {type(item).__name__} at position {position}; "
+                f"strategy {_describe(plugin)} returned {type(item).__name__} at position {position}; "
                 "expected the value replicate_fn returned"
             )
         if item.replicate != expected:
             raise StrategyContractError(
-                f"strategy {describe(plugin)} returned replicate {item.replicate} at position {position}; "
+                f"strategy {_describe(plugin)} returned replicate {item.replicate} at position {position}; "
                 "results must be in replicate order"
             )
+
+
+def _describe(plugin: object) -> str:
+    # Discovery reads package metadata to name a plugin: only on these error
+    # and log paths, never on a run whose strategy answers as it should.
+    from crystallize_core.discovery import describe
+
+    return describe(plugin)

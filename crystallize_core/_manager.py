@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import pluggy
 
 from crystallize_core import hookspecs
-from crystallize_core.discovery import describe, identify
 from crystallize_core.errors import ConfigurationError
 from crystallize_core.replicate import REPLICATE_HOOKS
+
+
+def registration_name(plugin: object) -> str:
+    """The entry point's name of a strategy loaded by name, else the class name."""
+    # Only discovery loads strategies by name: where it was never imported,
+    # reading package metadata to name a plugin object is left for later.
+    discovery = sys.modules.get("crystallize_core.discovery")
+    known = discovery.loaded_name(plugin) if discovery is not None else None
+    return known if known is not None else type(plugin).__qualname__
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
@@ -22,10 +31,12 @@ def new_plugin_manager() -> pluggy.PluginManager:
 class RunPlugins:
     """The experiment's plugins and the strategy chosen for one run.
 
-    Each is registered with pluggy under its name — a strategy's entry-point
-    name, any other plugin's class name, with ``#2``, ``#3`` … for repeats —
-    so that the winner of ``run_experiment_loop`` is known by its
-    registration. pluggy calls the most recently registered implementation
+    Each is registered with pluggy under its name, with ``#2``, ``#3`` … for
+    repeats: a strategy loaded by name under its entry-point name, any other
+    plugin under its class name. Which entry point names an object's class is
+    found only when someone asks (:meth:`name_of`): reading package metadata
+    costs a fresh process tens of milliseconds, which a run whose strategy
+    object answers never needs to pay. pluggy calls the most recently registered implementation
     first, so the experiment's plugins are registered last to first and the
     chosen strategy after them. Invalid plugins (an unknown hook name, a
     wrong argument name, a wrapper around ``run_experiment_loop``, a chosen
@@ -48,11 +59,15 @@ class RunPlugins:
         try:
             self.manager.check_pending()
         except pluggy.PluginValidationError as exc:
+            from crystallize_core.discovery import describe
+
             raise ConfigurationError(
                 f"plugin {describe(exc.plugin)} implements a hook Crystallize does not define: {exc}. "
                 "The hooks are listed in crystallize_core.hookspecs."
             ) from exc
         if self.chosen is not None and not self.implements(self.chosen, "run_experiment_loop"):
+            from crystallize_core.discovery import describe
+
             raise ConfigurationError(
                 f"{describe(self.chosen)}, chosen as the strategy by {self.chosen_from}, implements no "
                 "run_experiment_loop hook: it cannot run an experiment. Choose a strategy "
@@ -61,7 +76,7 @@ class RunPlugins:
 
     def register(self, plugin: object) -> None:
         """Register ``plugin`` under its name; refuse it if pluggy does."""
-        name = identify(plugin)[0]
+        name = registration_name(plugin)
         unique, repeat = name, 1
         while self.manager.has_plugin(unique):
             repeat += 1
@@ -69,23 +84,33 @@ class RunPlugins:
         try:
             self.manager.register(plugin, name=unique)
         except (ValueError, pluggy.PluginValidationError) as exc:
+            from crystallize_core.discovery import describe
+
             raise ConfigurationError(f"plugin {describe(plugin)} cannot be registered: {exc}") from exc
         for impl in self.manager.hook.run_experiment_loop.get_hookimpls():
             if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                from crystallize_core.discovery import describe
+
                 self.manager.unregister(plugin)
                 raise ConfigurationError(
                     f"plugin {describe(plugin)} wraps run_experiment_loop, which is not supported: "
                     "use the before_run and after_run hooks instead"
                 )
-        self._names[id(plugin)] = name
 
     @property
     def hook(self) -> pluggy.HookRelay:
         return self.manager.hook
 
     def name_of(self, plugin: object) -> str:
-        """The name ``plugin`` is registered under, without a repeat suffix."""
-        return self._names[id(plugin)]
+        """The name of ``plugin``: its entry point's name where an entry point
+        names its class (package metadata is read the first time), else the
+        class name it is registered under."""
+        name = self._names.get(id(plugin))
+        if name is None:
+            from crystallize_core.discovery import identify
+
+            name = self._names[id(plugin)] = identify(plugin)[0]
+        return name
 
     def implements(self, plugin: object, hook: str) -> bool:
         return any(impl.plugin is plugin for impl in getattr(self.manager.hook, hook).get_hookimpls())

@@ -452,13 +452,13 @@ def _report(result: Any, output: str | None) -> None:
 
 def _chosen_strategy(args: argparse.Namespace) -> object | None:
     from crystallize_core.discovery import (
-        ENV_STRATEGY,
         FALLBACK_STRATEGY,
         load_strategy,
         naming_origin,
         parse_strategy_spec,
         parse_value,
     )
+    from crystallize_core.experiment import ENV_STRATEGY
 
     extra: dict[str, Any] = {}
     for item in args.options:

@@ -18,7 +18,6 @@ Two environment variables steer discovery, in the manner of pytest's
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "crystallize.strategies"
 FALLBACK_STRATEGY = "serial"
-ENV_STRATEGY = "CRYSTALLIZE_STRATEGY"
 ENV_DISABLE_AUTOLOAD = "CRYSTALLIZE_DISABLE_PLUGIN_AUTOLOAD"
 ENV_BLOCK = "CRYSTALLIZE_BLOCK_STRATEGIES"
 
@@ -303,6 +301,8 @@ def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def parse_value(text: str) -> Any:
     """``text`` as a Python literal where it is one, else the text itself."""
+    import ast  # only where a strategy is named with options: it is slow to import
+
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -358,6 +358,12 @@ def identify(plugin: object) -> tuple[str, str | None, str | None]:
             except metadata.PackageNotFoundError:
                 version = None
     return cls.__qualname__, distribution, version
+
+
+def loaded_name(plugin: object) -> str | None:
+    """The entry point's name of ``plugin``'s class if it was loaded by name, else None."""
+    known = _loaded.get(type(plugin))
+    return known[0] if known is not None else None
 
 
 @lru_cache(maxsize=1)

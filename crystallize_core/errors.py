@@ -135,3 +135,11 @@ def warn_at_user_code(message: str, category: type[Warning] = ReproducibilityWar
 
     _, skipped = user_frame(sys._getframe(1))
     warnings.warn(message, category, stacklevel=2 + skipped)
+
+
+def logger() -> Any:
+    """The ``crystallize`` logger. :mod:`logging` is imported when something is
+    logged, not by every run: a process pays for each import on its first run."""
+    import logging
+
+    return logging.getLogger("crystallize")

@@ -19,6 +19,9 @@ from crystallize_core.replicate import (
 )
 from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
 
+#: The environment variable naming the strategy of runs that choose none.
+ENV_STRATEGY = "CRYSTALLIZE_STRATEGY"
+
 
 class Pipeline:
     """An ordered sequence of steps; each step is a callable ``(data, ctx) -> data``."""
@@ -196,12 +199,12 @@ class Experiment:
         }
         try:
             plugins.hook.before_run(experiment=view)
-            name = version = None
+            winner = None
             options: dict[str, Any] = {}
             ran: list[ReplicateResult] = []
             if to_run:
                 try:
-                    ran, name, version, winner = call_strategies(plugins, view, replicate_fn, to_run)
+                    ran, winner = call_strategies(plugins, view, replicate_fn, to_run)
                 except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
                     if getattr(stopped, "partial_result", None) is None:
                         kept = [r for i, r in finished.items() if i < count]  # a larger run's checkpoint holds more
@@ -219,15 +222,9 @@ class Experiment:
             if finished:
                 ran = [*ran, *(finished[i] for i in range(count) if i in finished)]
                 ran.sort(key=lambda r: r.replicate)
-            result = Result(
-                ran,
-                names,
-                strategy=name,
-                strategy_version=version,
-                strategy_options=options,
-                finished_at=time.time(),
-                **record,
-            )
+            result = Result(ran, names, strategy_options=options, finished_at=time.time(), **record)
+            if winner is not None:
+                result._name_strategy_later(_identity_of(winner))
             plugins.hook.after_run(experiment=view, result=result)
         except BaseException:
             if recorder is not None:
@@ -298,22 +295,21 @@ def _open_checkpoint(
 
 def _close_after_failure(recorder: Any) -> None:
     """Commit what finished before the run failed, without hiding why it failed."""
-    import logging
+    from crystallize_core.errors import logger
 
     try:
         recorder.close()
     except Exception as exc:
-        logging.getLogger("crystallize").error("the checkpoint could not be written after the run failed: %s", exc)
+        logger().error("the checkpoint could not be written after the run failed: %s", exc)
 
 
 def _base_seed(runner: ReplicateRunner) -> int | None:
     """The seed replicate seeds derive from, when known: the first seed-giving
     plugin's, if it is a :class:`SeedPlugin`, else the run's own."""
-    from crystallize_core.seed import SeedPlugin
-
+    seed_module = sys.modules.get("crystallize_core.seed")  # not imported: then no plugin is a SeedPlugin
     for plugin in runner.plugins:
         if hasattr(plugin, "replicate_seed"):
-            return plugin.seed if isinstance(plugin, SeedPlugin) else None
+            return plugin.seed if seed_module is not None and isinstance(plugin, seed_module.SeedPlugin) else None
     return runner.base_seed
 
 
@@ -330,6 +326,18 @@ def _qualified_name(function: object) -> str:
     return f"{module}.{name}"
 
 
+def _identity_of(strategy: object) -> Callable[[], tuple[str, str | None]]:
+    """The strategy's name and version, found when first asked."""
+
+    def identify() -> tuple[str, str | None]:
+        from crystallize_core.discovery import identify
+
+        name, _, version = identify(strategy)
+        return name, version
+
+    return identify
+
+
 def _strategy_options(strategy: object) -> dict[str, Any]:
     """What a strategy was configured with: what its ``options()`` method returns,
     else its ``__init__`` parameters read back from attributes of the same name."""
@@ -341,10 +349,13 @@ def _strategy_options(strategy: object) -> dict[str, Any]:
             return {}
     if isinstance(options, Mapping):
         return dict(options)
+    init = type(strategy).__init__
+    if init is object.__init__:  # no options; and inspect would parse object's text signature, slowly
+        return {}
     import inspect
 
     try:
-        parameters = inspect.signature(type(strategy).__init__).parameters
+        parameters = inspect.signature(init).parameters
     except (TypeError, ValueError):
         return {}
     found = {}
@@ -408,8 +419,6 @@ def _refuse_inside_event_loop() -> None:
 
 def _chosen_strategy(strategy: object) -> tuple[object, str] | None:
     """The strategy chosen for this run, with where the choice came from."""
-    from crystallize_core.discovery import ENV_STRATEGY, load_strategy, naming_origin, parse_strategy_spec
-
     if strategy is None or isinstance(strategy, str):
         if strategy is None:
             spec, origin = os.environ.get(ENV_STRATEGY, "").strip(), ENV_STRATEGY
@@ -417,6 +426,8 @@ def _chosen_strategy(strategy: object) -> tuple[object, str] | None:
                 return None
         else:
             spec, origin = strategy, "run(strategy=...)"
+        from crystallize_core.discovery import load_strategy, naming_origin, parse_strategy_spec
+
         with naming_origin(origin):
             name, options = parse_strategy_spec(spec)
             return load_strategy(name, **options), origin
@@ -425,9 +436,8 @@ def _chosen_strategy(strategy: object) -> tuple[object, str] | None:
             f"strategy must be a name or a strategy object, not the class {strategy.__qualname__}: "
             f"pass {strategy.__qualname__}() instead"
         )
-    from concurrent.futures import Executor
-
-    if isinstance(strategy, Executor):
+    futures = sys.modules.get("concurrent.futures")  # not imported: then no object is an Executor
+    if futures is not None and isinstance(strategy, futures.Executor):
         from crystallize_core.engine import ExecutorStrategy
 
         return ExecutorStrategy(strategy), "run(strategy=...)"

@@ -20,8 +20,7 @@ specification, in any order; pluggy passes them by name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import pluggy
 
@@ -35,12 +34,14 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
-@dataclass(frozen=True)
-class Capabilities:
+# A named tuple, immutable like a frozen dataclass: importing dataclasses would
+# add milliseconds to the first run in a process that uses only serial.
+class Capabilities(NamedTuple):
     """What a strategy can honour, declared as its ``capabilities`` attribute.
 
-    Every flag defaults to False, so a strategy declares only what it does;
-    an unknown flag name is a :class:`TypeError` when the object is built.
+    Every flag defaults to False, so a strategy declares only what it does,
+    by keyword; an unknown flag name is a :class:`TypeError` when the object
+    is built.
     The core passes over a strategy that cannot honour a run's options (a
     ``timeout`` needs :attr:`timeout`) and the conformance kit holds each
     strategy to what it claims. A strategy whose abilities depend on its

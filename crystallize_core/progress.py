@@ -9,19 +9,18 @@ then a count of the rest.
 
 from __future__ import annotations
 
-import logging
 import sys
-import threading
 import time
+from _thread import allocate_lock
 from collections.abc import Iterable
 from typing import IO, Any
+
+from crystallize_core.errors import logger
 
 #: Captured errors logged in full per run; the rest are counted.
 MAX_REPORTED_ERRORS = 10
 #: Seconds between plain progress lines when standard error is not a terminal.
 LINE_INTERVAL_SECONDS = 10.0
-
-logger = logging.getLogger("crystallize")
 
 
 class Progress:
@@ -39,7 +38,7 @@ class Progress:
         self.reported_errors = 0
         self.unreported_errors = 0
         self._stream = stream if stream is not None else sys.stderr
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._bar: Any = None
         self._lines = False
         self._last_line = time.monotonic()
@@ -86,7 +85,7 @@ class Progress:
                     self.unreported_errors += 1
                     continue
                 self.reported_errors += 1
-            logger.warning("%s", error)
+            logger().warning("%s", error)
 
     def close(self) -> None:
         """Close the bar, write the last plain line, and count the errors not shown."""
@@ -100,7 +99,7 @@ class Progress:
                 self._write_line(time.monotonic())
             unreported, self.unreported_errors = self.unreported_errors, 0
         if unreported:
-            logger.warning("%d more captured error(s) not shown; every error is in the result's errors", unreported)
+            logger().warning("%d more captured error(s) not shown; every error is in the result's errors", unreported)
 
     def _write_line(self, now: float) -> None:
         rate = self.done / max(now - self._started, 1e-9)
@@ -111,7 +110,7 @@ class Progress:
 # One redirection of log lines for every bar shown at once (runs in several
 # threads): installed by the first, removed by the last, so that handlers are
 # restored in order whatever order the runs end in.
-_redirect_lock = threading.Lock()
+_redirect_lock = allocate_lock()
 _redirect_users = 0
 _redirect_context: Any = None
 
@@ -124,7 +123,9 @@ def _redirect_logging(tqdm: Any, logging_redirect_tqdm: Any) -> None:
     with _redirect_lock:
         _redirect_users += 1
         if _redirect_users == 1:
-            target = logging.root if logging.root.handlers else logger
+            import logging
+
+            target = logging.root if logging.root.handlers else logger()
             _redirect_context = logging_redirect_tqdm(loggers=[target], tqdm_class=tqdm)
             _redirect_context.__enter__()
 

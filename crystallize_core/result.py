@@ -8,7 +8,7 @@ import math
 import os
 import sys
 import traceback as _traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from crystallize_core._values import (
@@ -181,10 +181,9 @@ class Result:
     ):
         self.replicate_results: list[ReplicateResult] = list(replicates)
         self.conditions: tuple[str, ...] = tuple(conditions)
-        #: Name of the strategy that ran the replicates.
-        self.strategy = strategy
-        #: Version of the distribution that provides the strategy, if known.
-        self.strategy_version = strategy_version
+        self._strategy = strategy
+        self._strategy_version = strategy_version
+        self._identify_strategy: Callable[[], tuple[str, str | None]] | None = None
         #: The options the strategy was configured with, as far as it tells (see :meth:`to_dict`).
         self.strategy_options: dict[str, Any] = dict(strategy_options or {})
         #: False for the partial result carried by :class:`ExperimentInterrupted`.
@@ -199,6 +198,44 @@ class Result:
         self.seeds: list[int] = [r.seed for r in self.replicate_results]
         self.errors: list[ReplicateError] = [e for r in self.replicate_results for e in r.errors]
         self.metrics: dict[str, dict[str, list[Any]]] = _align_metrics(self.replicate_results, self.conditions)
+
+    @property
+    def strategy(self) -> str | None:
+        """Name of the strategy that ran the replicates."""
+        self._identified()
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, name: str | None) -> None:
+        self._identify_strategy = None
+        self._strategy = name
+
+    @property
+    def strategy_version(self) -> str | None:
+        """Version of the distribution that provides the strategy, if known."""
+        self._identified()
+        return self._strategy_version
+
+    @strategy_version.setter
+    def strategy_version(self, version: str | None) -> None:
+        self._identified()
+        self._strategy_version = version
+
+    def _name_strategy_later(self, identify: Callable[[], tuple[str, str | None]]) -> None:
+        """Take the strategy's name and version from ``identify()`` when first asked:
+        finding which entry point names a strategy object reads package metadata,
+        which a run need not wait for."""
+        self._identify_strategy = identify
+
+    def _identified(self) -> None:
+        identify = self._identify_strategy
+        if identify is not None:
+            self._identify_strategy = None
+            self._strategy, self._strategy_version = identify()
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._identified()
+        return self.__dict__
 
     @property
     def replicates(self) -> int:

@@ -1,5 +1,6 @@
 """Discovery against real distribution metadata on sys.path."""
 
+import os
 import subprocess
 import sys
 
@@ -252,3 +253,28 @@ class Hookless:
     def run_experiment_loop(self, experiment, replicate_fn):
         return [replicate_fn(i) for i in range(experiment.replicates)]
 """
+
+
+@pytest.mark.parametrize("how", ["run(strategy=...)", "the experiment's plugins"])
+def test_a_run_whose_strategy_object_answers_reads_no_package_metadata(how):
+    """Reading entry points costs a fresh process tens of milliseconds: it is
+    left until something asks for the strategy's name, which is then right."""
+    chosen = "strategy=SerialExecution()" if how == "run(strategy=...)" else ""
+    plugins = "" if chosen else "SerialExecution()"
+    code = (
+        "import sys\n"
+        "from crystallize_core import Experiment, SeedPlugin\n"
+        "from crystallize_serial import SerialExecution\n"
+        "def source(ctx): return 1\n"
+        "def record(data, ctx): ctx.metrics.add('x', data); return data\n"
+        f"experiment = Experiment(source, [record], plugins=[SeedPlugin(seed=3), {plugins}])\n"
+        f"result = experiment.run(replicates=3, {chosen})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('importlib.metadata', 'crystallize_parallel', "
+        "'crystallize_core.discovery', 'logging', 'dataclasses'))))\n"
+        "print(result.strategy, result.strategy_version is not None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CRYSTALLIZE_STRATEGY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    loaded, named = out.stdout.strip().splitlines()
+    assert loaded == "[]"
+    assert named == "serial True"
