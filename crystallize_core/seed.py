@@ -10,6 +10,9 @@ from crystallize_core.errors import ConfigurationError
 from crystallize_core.hookspecs import hookimpl
 from crystallize_core.replicate import derive_seed, random_seed
 
+_seed_random = random.seed
+_modules = sys.modules
+
 
 class SeedPlugin:
     """Give replicate ``i`` the seed ``derive_seed(seed, i)`` and seed global state with it.
@@ -50,13 +53,15 @@ class SeedPlugin:
     def replicate_seed(self, replicate: int) -> int:
         return derive_seed(self.seed, replicate)
 
+    # Every argument of the hook, though it uses one: the run then calls this
+    # method as it is, without an adapter, before every condition of every replicate.
     @hookimpl
-    def before_condition(self, seed: int) -> None:
+    def before_condition(self, replicate: int, condition: str, seed: int) -> None:
         if self.seed_fn is not None:
             self.seed_fn(seed)
         elif self.auto_seed:
-            random.seed(seed)
-            numpy = sys.modules.get("numpy")
+            _seed_random(seed)
+            numpy = _modules.get("numpy")
             if numpy is not None:
                 numpy.random.seed(seed)
 

@@ -210,6 +210,73 @@ def test_a_failing_replicate_hook_is_recorded_not_raised():
     assert result.metrics["baseline"]["total"] == [6.0, None, 6.0]
 
 
+def test_replicate_hooks_are_called_as_pluggy_would_call_them():
+    """Resolved once per run to plain calls, the replicate hooks keep pluggy's
+    order (last registered first, tryfirst and trylast honoured), pass each
+    implementation only the arguments it names, and stop replicate_seed at
+    the first answer."""
+    from crystallize_core import hookimpl
+
+    calls = []
+
+    class Named:
+        def __init__(self, name, seed=None):
+            self.name, self.answer = name, seed
+
+        @hookimpl
+        def replicate_seed(self, replicate):
+            calls.append(f"{self.name} seed {replicate}")
+            return self.answer
+
+        @hookimpl
+        def before_condition(self, condition):
+            calls.append(f"{self.name} {condition}")
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def before_condition(self, seed, replicate, condition):
+            calls.append(f"first {condition} {replicate} {seed}")
+
+    class Last:
+        @hookimpl(trylast=True)
+        def replicate_seed(self):
+            calls.append("last seed")
+            return 99
+
+    plugins = [Last(), First(), Named("a"), Named("b", seed=7)]
+    result = Experiment(source, [measure], plugins=plugins, treatments=[Treatment("t", {"factor": 2})]).run(
+        replicates=1
+    )
+    assert result.seeds == [7]
+    assert calls == [
+        *("a seed 0", "b seed 0"),
+        *("first baseline 0 7", "a baseline", "b baseline"),
+        *("first t 0 7", "a t", "b t"),
+    ]
+
+
+def test_a_plugin_wrapping_a_replicate_hook_is_still_called_through_pluggy():
+    from crystallize_core import hookimpl
+
+    calls = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def before_replicate(self, replicate):
+            calls.append(f"enter {replicate}")
+            outcome = yield
+            calls.append(f"leave {replicate}")
+            return outcome
+
+    class Plain:
+        @hookimpl
+        def before_replicate(self, replicate, seed):
+            calls.append(f"plain {replicate}")
+
+    Experiment(source, [measure], plugins=[Plain(), Wrapper()]).run(replicates=2)
+    assert calls == ["enter 0", "plain 0", "leave 0", "enter 1", "plain 1", "leave 1"]
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.0, "5", True, None])
 def test_replicates_must_be_a_positive_integer(bad):
     with pytest.raises(ConfigurationError, match="replicates must be a positive integer"):
