@@ -2,23 +2,30 @@
 
 Shipping one replicate per task lets messaging dominate tiny replicates;
 shipping many at once leaves workers idle at the end of a run of long ones.
-:class:`BatchSizer` starts at one replicate per batch and, as batches come
-back, sizes the next ones so that each takes about ``target_seconds`` of
+:class:`BatchSizer` starts small (one replicate per batch; a few for a large
+run) and, as batches come back, sizes the next ones so that each takes about ``target_seconds`` of
 work, as joblib's automatic batching does: the measured time per replicate is
-smoothed over batches, a new batch is at most :data:`GROWTH` times the size
-of the last one measured,
-and the run is cut into at least ``batches_per_worker`` batches per worker so
-that no worker idles at the end.
+smoothed over batches, a new batch is at most :data:`GROWTH` times as many
+replicates as have been measured so far, and the run is cut into at least
+``batches_per_worker`` batches per worker so that no worker idles at the end.
 """
 
 from __future__ import annotations
 
 #: Weight of the newest measurement in the smoothed time per replicate.
 SMOOTHING = 0.3
-#: How many times larger than the batch just measured the next may be:
-#: joblib doubles; four times reaches a good size for tiny replicates in half
-#: the round trips, which is most of their cost on a fresh pool.
+#: How many times the replicates measured so far the next batch may hold.
+#: joblib doubles the batch just measured; bounding by all the evidence,
+#: four times over, reaches a good size for tiny replicates in a third of the
+#: round trips, which are most of their cost on a fresh pool.
 GROWTH = 4
+#: The first batches hold this fraction of a worker's share of the run, at
+#: least one replicate and at most :data:`FIRST_BATCH_MAX`: a run of
+#: thousands of tiny replicates skips most of the ramp, and if its first
+#: replicates are slow, workers end unbalanced by at most this fraction of
+#: the run, and the first results (progress, Ctrl-C's harvest) come soon.
+FIRST_BATCH_FRACTION = 1 / 64
+FIRST_BATCH_MAX = 16
 
 
 class BatchSizer:
@@ -39,9 +46,11 @@ class BatchSizer:
         self.fixed = fixed
         self.share = max(1, total // (max(1, workers) * batches_per_worker))
         self.next_index = 0
-        self.size = fixed or 1
+        self.size = fixed or max(1, min(FIRST_BATCH_MAX, int(total / max(1, workers) * FIRST_BATCH_FRACTION)))
         #: Smoothed seconds per replicate, once a batch has been measured.
         self.per_replicate: float | None = None
+        #: Replicates in the batches measured so far.
+        self.measured = 0
 
     def next_span(self) -> range | None:
         """The next batch of fresh positions, or None when all have been handed out."""
@@ -58,7 +67,8 @@ class BatchSizer:
         measured = seconds / replicates
         previous = self.per_replicate
         self.per_replicate = measured if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * measured
+        self.measured += replicates
         ideal = int(self.target_seconds / self.per_replicate) if self.per_replicate > 0 else self.max_batch
-        # Growth is bounded by the batch just measured, not by batches handed
-        # out since: several in flight must not compound into a leap.
-        self.size = max(1, min(ideal, GROWTH * replicates, self.share, self.max_batch))
+        # Growth is bounded by what was measured, not by batches handed out
+        # since: several in flight must not compound into a leap.
+        self.size = max(1, min(ideal, GROWTH * self.measured, self.share, self.max_batch))

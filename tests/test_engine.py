@@ -18,7 +18,7 @@ from crystallize_core import (
     StrategyCapabilityError,
     WorkerLostError,
 )
-from crystallize_core.batching import GROWTH, BatchSizer
+from crystallize_core.batching import FIRST_BATCH_MAX, GROWTH, BatchSizer
 from crystallize_core.engine import Backend, ExecutorBackend, drive
 from crystallize_core.progress import MAX_REPORTED_ERRORS
 from crystallize_core.testing import (
@@ -124,16 +124,25 @@ def test_drive_checks_its_options(option, value):
         drive(Run(), lambda i: i, ExecutorBackend(ThreadPoolExecutor(1)), **{option: value})
 
 
+@pytest.mark.parametrize("total, first", [(10, 1), (2_000, 15), (1_000_000, FIRST_BATCH_MAX)])
+def test_first_batches_are_a_small_share_of_each_worker(total, first):
+    sizer = BatchSizer(total=total, workers=2, target_seconds=0.05)
+    assert [len(sizer.next_span()) for _ in range(4)] == [min(first, total - k * first) for k in range(4)][:4]
+
+
 def test_batches_grow_boundedly_and_follow_a_smoothed_rate():
     sizer = BatchSizer(total=1_000_000, workers=2, target_seconds=0.05)
     in_flight = [sizer.next_span() for _ in range(4)]  # several out at once must not compound
     sizes = [len(span) for span in in_flight]
+    measured = 0
     for _ in range(60):
         span = in_flight.pop(0)
         sizer.record(len(span), len(span) * 1e-5)  # 10 us per replicate: ideal 5,000
+        measured += len(span)
         in_flight.append(sizer.next_span())
-        assert len(in_flight[-1]) <= GROWTH * len(span), (len(in_flight[-1]), len(span))
+        assert len(in_flight[-1]) <= GROWTH * measured, (len(in_flight[-1]), measured)
         sizes.append(len(in_flight[-1]))
+    assert sizes[:4] == [FIRST_BATCH_MAX] * 4 and sizes[4] == GROWTH * FIRST_BATCH_MAX, sizes
     assert sizes[-1] == 4096, sizes  # capped by max_batch
     sizer.record(sizes[-1], sizes[-1] * 1e-2)  # one slow batch moves the average, not all the way
     assert 5 < sizer.size < 4096
