@@ -115,6 +115,22 @@ def _watch_parent(parent: int) -> None:
 NATIVE_POOL_MODULES = ("numpy", "scipy", "torch", "sklearn", "tensorflow", "jax", "mkl")
 
 
+#: ``len(sys.modules)`` when :data:`_controller` looked for native pools.
+_controller_modules = 0
+
+
+def _find_native_pools() -> None:
+    """Have :data:`_controller` know this process's native thread pools, looking
+    again only if modules were imported since (libraries are loaded by imports):
+    looking costs a run of tiny replicates milliseconds."""
+    global _controller, _controller_modules
+    if _controller is None or _controller_modules != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+        _controller_modules = len(sys.modules)
+
+
 def _native_pools_loaded() -> bool:
     return any(name in sys.modules for name in NATIVE_POOL_MODULES)
 
@@ -172,10 +188,7 @@ class ProcessBackend(Backend):
             if sys.platform.startswith("linux"):
                 import ctypes  # noqa: F401
             if self.inner_threads is not None and _native_pools_loaded():
-                global _controller
-                from threadpoolctl import ThreadpoolController
-
-                _controller = ThreadpoolController()
+                _find_native_pools()
         else:
             self.shipped = dumps_replicate_fn(replicate_fn)
         if run.timeout is not None:
