@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # the full suite (a few minutes)
     python benchmarks/run.py --quick         # tiny sizes: checks every contender still works
     python benchmarks/run.py --json out.json # also write every measurement as JSON
+    python benchmarks/run.py --workers 16    # size every pool for 16 workers (default 2, the CI machine's)
 
 Every contender's returned values are checked against the expected ones; a
 wrong value fails the run (exit status 1). Times are medians of ``--repeat``
@@ -33,10 +34,11 @@ sys.path.insert(0, str(HERE))
 import workloads as w  # noqa: E402
 
 from crystallize_async import AsyncExecution  # noqa: E402
-from crystallize_core import Experiment  # noqa: E402
+from crystallize_core import Experiment, SeedPlugin  # noqa: E402
 from crystallize_parallel import ParallelExecution  # noqa: E402
 from crystallize_serial import SerialExecution  # noqa: E402
 
+#: Workers in every pool, ours and the alternatives' (``--workers``).
 WORKERS = 2
 ML_VERSION = "0.27.0"
 ML_SCRATCH = tempfile.mkdtemp(prefix="crystallize-ml-bench-")
@@ -144,13 +146,14 @@ def measure(report: Report, workload: str, contenders: dict[str, Contender], exp
 # --- contenders -------------------------------------------------------------------
 
 
-def ours(source, step, n: int, strategy, checkpoints: str | None = None) -> Callable[[], list]:
+def ours(source, step, n: int, strategy, checkpoints: str | None = None, plugins=()) -> Callable[[], list]:
     """Our run; with ``checkpoints`` (a folder), each run writes a fresh checkpoint there."""
     runs = iter(range(1_000_000))
 
     def run():
         checkpoint = None if checkpoints is None else os.path.join(checkpoints, f"run-{next(runs)}.sqlite")
-        result = Experiment(source, [step]).run(replicates=n, strategy=strategy, checkpoint=checkpoint)
+        experiment = Experiment(source, [step], plugins=plugins)
+        result = experiment.run(replicates=n, strategy=strategy, checkpoint=checkpoint)
         if result.errors:
             raise RuntimeError(f"replicate errors: {result.errors[:3]}")
         return result.metrics["baseline"]["value"]
@@ -297,6 +300,9 @@ def bench_overhead(report: Report, sizes: Sizes, ml: Path | None) -> None:
     ]:
         run = ours(w.overhead_source, w.overhead_step, n, strategies[name]())
         contenders[name] = Contender(run, baselines[mode])
+    # Seeding global random state before each condition, as pairing needs.
+    run = ours(w.overhead_source, w.overhead_step, n, strategies["crystallize serial"](), plugins=[SeedPlugin(seed=1)])
+    contenders["crystallize serial + SeedPlugin"] = Contender(run, "direct loop")
     # A checkpoint's own cost: the same serial run, writing every replicate to a new file.
     checkpoints = tempfile.mkdtemp(prefix="crystallize-bench-checkpoints-")
     run = ours(w.overhead_source, w.overhead_step, n, strategies["crystallize serial"](), checkpoints)
@@ -425,13 +431,56 @@ def bench_asyncio(report: Report, sizes: Sizes, ml: Path | None) -> None:
     measure(report, "asyncio", contenders, expected, n, sizes.repeat)
 
 
+def with_bytecode(env: dict | None = None) -> dict:
+    """The environment of a fresh process that reads and writes cached bytecode,
+    as every installed package has it (``pip`` compiles it), whatever this
+    process was told."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def startup(python: str, code: str, repeat: int, env=None) -> float:
+    env = with_bytecode(env)
+    subprocess.run([python, "-c", code], check=True, env=env)  # writes the bytecode caches
     times = []
     for _ in range(repeat):
         began = time.perf_counter()
         subprocess.run([python, "-c", code], check=True, env=env)
         times.append(time.perf_counter() - began)
     return statistics.median(times)
+
+
+FIRST_RUN = """
+import sys, time
+from crystallize_core import Experiment
+from crystallize_serial import SerialExecution
+
+def source(ctx):
+    return ctx.replicate
+
+def step(data, ctx):
+    ctx.metrics.add("value", data)
+    return data
+
+chosen = sys.argv[1] == "object"
+experiment = Experiment(source, [step], plugins=[] if chosen else [SerialExecution()])
+times = []
+for _ in range(2):
+    began = time.perf_counter()
+    result = experiment.run(replicates=1, strategy=SerialExecution() if chosen else None)
+    times.append(time.perf_counter() - began)
+assert result.metrics["baseline"]["value"] == [0]
+print(times[0] - times[1])
+"""
+
+
+def first_run_cost(how: str, repeat: int) -> float:
+    """In a fresh process, the first run of a one-replicate experiment minus its second."""
+    env = with_bytecode({**os.environ, "CRYSTALLIZE_STRATEGY": ""})
+    run = [sys.executable, "-c", FIRST_RUN, how]
+    subprocess.run(run, check=True, env=env, capture_output=True)  # writes the bytecode caches
+    return statistics.median(
+        float(subprocess.run(run, check=True, env=env, capture_output=True, text=True).stdout) for _ in range(repeat)
+    )
 
 
 def bench_import(report: Report, sizes: Sizes, ml: Path | None) -> None:
@@ -453,6 +502,10 @@ def bench_import(report: Report, sizes: Sizes, ml: Path | None) -> None:
             Row("import", f"import crystallize (crystallize-ml {ML_VERSION})", seconds, 1, "python -c pass (ml env)")
         )
 
+    for how, label in [("object", "run(strategy=SerialExecution())"), ("plugins", "Experiment(plugins=[...])")]:
+        seconds = first_run_cost(how, repeat)
+        report.add(Row("import", f"first run minus second, strategy by {label}", seconds, 1))
+
     with tempfile.TemporaryDirectory() as site:
         for k in range(sizes.unrelated_distributions):
             info = Path(site) / f"unrelated_{k}-1.0.dist-info"
@@ -470,7 +523,8 @@ def bench_import(report: Report, sizes: Sizes, ml: Path | None) -> None:
             "assert 'serial' in names and 'parallel' in names and not imported, (names, imported)\n"
             "print(took)\n"
         )
-        env = {**os.environ, "PYTHONPATH": site}
+        env = with_bytecode({**os.environ, "PYTHONPATH": site})
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
         times = [
             float(
                 subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
@@ -513,6 +567,14 @@ def targets(report: Report) -> list[tuple[str, str, bool | None]]:
     n = next(r.replicates for r in report.rows if r.workload == "overhead")
     extra = (serial - direct) / n * 1e6
     out.append(("overhead, serial: core cost <= 10 us/replicate above the direct loop", f"{extra:.1f} us", extra <= 10))
+    seeded = (seconds("overhead", "crystallize serial + SeedPlugin") - direct) / n * 1e6
+    out.append(
+        (
+            "overhead, serial + SeedPlugin: <= 10 us per replicate and condition above the direct loop",
+            f"{seeded:.1f} us",
+            seeded <= 10,
+        )
+    )
     checkpointed = seconds("overhead", "crystallize serial + checkpoint")
     added = (checkpointed - serial) / n * 1e6
     out.append(("overhead, serial: a checkpoint adds <= 20 us/replicate", f"{added:.1f} us", added <= 20))
@@ -538,6 +600,10 @@ def targets(report: Report) -> list[tuple[str, str, bool | None]]:
     out.append(("asyncio, async: <= 1.1x the ideal time", f"{r:.2f}x", r <= 1.1))
     added = (seconds("import", "import crystallize_core") - seconds("import", "python -c pass")) * 1e3
     out.append(("import: import crystallize_core adds <= 15 ms", f"{added:.1f} ms", added <= 15))
+    for row in report.rows:
+        if row.contender.startswith("first run minus second"):
+            extra = row.seconds * 1e3
+            out.append((f"import: {row.contender} <= 5 ms", f"{extra:.1f} ms", extra <= 5))
     return out
 
 
@@ -554,6 +620,7 @@ def table(report: Report) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global WORKERS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each: checks, not measurements")
     parser.add_argument("--repeat", type=int, help="runs per measurement (median taken)")
@@ -561,7 +628,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ml", action="store_true", help=f"skip crystallize-ml {ML_VERSION}")
     parser.add_argument("--cache", default=str(HERE / ".cache"), help="where crystallize-ml's environment is kept")
     parser.add_argument("--only", nargs="*", help="run only these workloads")
+    parser.add_argument("--workers", type=int, default=2, help="workers in every pool (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    WORKERS = args.workers
     sizes = QUICK if args.quick else Sizes()
     if args.repeat:
         sizes.repeat = args.repeat
