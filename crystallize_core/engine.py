@@ -385,8 +385,9 @@ class _Dispatch:
         self.results: list[ReplicateResult | None] = [None] * self.total
         self.batch = batch
         self.in_flight: dict[Future, _Task] = {}
-        #: Positions lost with a whole pool: each reruns alone, to pin a death on one.
-        self.suspects: deque[int] = deque()
+        #: Batches lost with a whole pool, each rerun alone; one that breaks the
+        #: pool again is halved, until a death is pinned on a single replicate.
+        self.suspects: deque[range] = deque()
         #: Positions lost for a known cause (another replicate's timeout): rerun, not suspect.
         self.again: deque[int] = deque()
         self.deaths: dict[int, int] = {}
@@ -408,7 +409,7 @@ class _Dispatch:
 
     def next_span(self) -> range | None:
         if self.suspects:
-            return None if self.in_flight else range(self.suspects[0], self.suspects[0] + 1)
+            return None if self.in_flight else self.suspects[0]
         if self.again:
             position = self.again.popleft()
             return range(position, position + 1)
@@ -433,7 +434,7 @@ class _Dispatch:
                     ) from exc
                 # The pool broke before this batch went out: it is blameless
                 # (a suspect stays at the head of its queue).
-                if not (self.suspects and self.suspects[0] == span.start and len(span) == 1):
+                if not (self.suspects and self.suspects[0] == span):
                     self.again.extendleft(reversed(span))
                 if not self.in_flight:  # no failing future will bring the pool back
                     self.backend.restart()
@@ -521,7 +522,7 @@ class _Dispatch:
             rows = packed
         results = unpack_results(rows)
         self.results[span.start : span.start + len(results)] = results
-        if self.suspects and len(span) == 1 and self.suspects[0] == span.start:
+        if self.suspects and self.suspects[0] == span:
             self.suspects.popleft()
         if self.report is not None:
             self.report(results)
@@ -530,7 +531,7 @@ class _Dispatch:
     def undeliverable(self, span: range, exc: Exception) -> None:
         """The results of ``span`` could not be unpickled here: run each alone, and
         record the one whose result still cannot be."""
-        if self.suspects and len(span) == 1 and self.suspects[0] == span.start:
+        if self.suspects and self.suspects[0] == span:
             self.suspects.popleft()
         if len(span) > 1:
             self.again.extend(span)
@@ -560,7 +561,9 @@ class _Dispatch:
                     self.again.extend(task.span)
             return
         # The whole pool broke: keep what finished, and since which replicate
-        # killed it is unknown, rerun the rest one at a time, alone.
+        # killed it is unknown, rerun each lost batch alone, halving those that
+        # break it again: one death among n replicates costs about 2 log2(n)
+        # batches run alone, not n.
         broken = [task for task, _ in lost]
         for future, task in list(self.in_flight.items()):
             del self.in_flight[future]
@@ -569,18 +572,21 @@ class _Dispatch:
             else:
                 broken.append(task)
         self.backend.restart()
-        positions = [p for task in broken for p in task.span]
-        if len(positions) == 1:  # it ran alone in the pool: the death is its own
-            self.blame(positions[0], how)
+        span = broken[0].span
+        if len(broken) == 1 and len(span) == 1:  # it ran alone in the pool: the death is its own
+            self.blame(span.start, how)
+        elif len(broken) == 1 and self.suspects and self.suspects[0] == span:  # alone, and broke it again
+            self.suspects.popleft()
+            middle = span.start + len(span) // 2
+            self.suspects.extendleft([range(middle, span.stop), range(span.start, middle)])
         else:
-            known = set(self.suspects)
-            self.suspects.extend(p for p in positions if p not in known)
+            self.suspects.extend(task.span for task in broken)
 
     def blame(self, position: int, how: str) -> None:
         """The worker died with ``position`` running alone: count it, retry or record it."""
         deaths = self.deaths[position] = self.deaths.get(position, 0) + 1
         if deaths > self.max_retries:
-            if self.suspects and self.suspects[0] == position:
+            if self.suspects and self.suspects[0] == range(position, position + 1):
                 self.suspects.popleft()
             self.fault(
                 position,
@@ -590,8 +596,8 @@ class _Dispatch:
                 "code (SIGSEGV), os._exit() or sys.exit() in a worker.",
             )
         elif self.backend.failure_scope == "pool":
-            if not self.suspects or self.suspects[0] != position:
-                self.suspects.appendleft(position)
+            if not self.suspects or self.suspects[0] != range(position, position + 1):
+                self.suspects.appendleft(range(position, position + 1))
         else:
             self.again.append(position)
 
@@ -611,7 +617,7 @@ class _Dispatch:
                 self.outcome(future, task)
             elif future in expired:
                 position = task.span.start
-                if self.suspects and self.suspects[0] == position:
+                if self.suspects and self.suspects[0] == task.span:
                     self.suspects.popleft()
                 self.fault(
                     position,
@@ -620,7 +626,7 @@ class _Dispatch:
                     "and was stopped",
                 )
             else:
-                self.again.extend(p for p in task.span if p not in self.suspects)
+                self.again.extend(p for p in task.span if not any(p in s for s in self.suspects))
         self.backend.restart()
 
     def replicate_of(self, position: int) -> int:

@@ -88,6 +88,29 @@ def test_a_factory_replaces_a_broken_pool_and_blames_only_the_culprit():
     assert result.metrics["baseline"]["replicate"] == [None if i == 4 else i for i in range(12)]
 
 
+class CountingPool(ProcessPoolExecutor):
+    """A real process pool that counts the batches submitted to every instance."""
+
+    submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        CountingPool.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_death_among_many_replicates_is_pinned_by_halving_not_one_by_one():
+    CountingPool.submitted = 0
+    result = seeded(KillWorkerOn({1234: "exit"})).run(
+        replicates=4000, strategy=ExecutorStrategy(partial(CountingPool, 2), max_retries=1)
+    )
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(1234, "WorkerDied")]
+    assert "2 time(s) with the replicate running alone" in result.errors[0].message
+    assert result.metrics["baseline"]["replicate"] == [None if i == 1234 else i for i in range(4000)]
+    # The batches lost with the pool held hundreds of replicates; rerunning
+    # them one by one would take as many submissions.
+    assert CountingPool.submitted < 150, CountingPool.submitted
+
+
 def test_fail_fast_stops_at_a_dead_worker_too():
     experiment = seeded(KillWorkerOn({2: "exit"}))
     strategy = ExecutorStrategy(partial(ProcessPoolExecutor, 2), max_retries=0)
