@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -21,9 +24,50 @@ def registration_name(plugin: object) -> str:
     return known if known is not None else type(plugin).__qualname__
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering which attributes of a class are hooks.
+
+    Every run registers its plugins with a new manager, and pluggy inspects
+    each attribute of each plugin statically (``inspect.getattr_static``) to
+    find its hooks: most of a short run's cost. A class's answer is kept, and
+    asked again only for attributes an instance holds itself; modules and
+    classes registered as plugins are inspected every time.
+    """
+
+    _class_answers: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
+    _spec_answers: dict[str, Any] = {}
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if isinstance(plugin, (type, ModuleType)) or name in _instance_dict(plugin):
+            return super().parse_hookimpl_opts(plugin, name)
+        answers = self._class_answers.get(type(plugin))
+        if answers is None:
+            answers = self._class_answers.setdefault(type(plugin), {})
+        if name not in answers:
+            answers[name] = super().parse_hookimpl_opts(plugin, name)
+        opts = answers[name]
+        return None if opts is None else dict(opts)  # pluggy normalizes the options in place
+
+    def parse_hookspec_opts(self, module_or_class: Any, name: str) -> Any:
+        if module_or_class is not hookspecs:
+            return super().parse_hookspec_opts(module_or_class, name)
+        if name not in self._spec_answers:
+            self._spec_answers[name] = super().parse_hookspec_opts(module_or_class, name)
+        opts = self._spec_answers[name]
+        return None if opts is None else dict(opts)
+
+
+def _instance_dict(plugin: object) -> dict[str, Any]:
+    try:
+        found = object.__getattribute__(plugin, "__dict__")
+    except AttributeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     """A plugin manager that knows the Crystallize hook specifications."""
-    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager = _PluginManager(hookspecs.PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
     return manager
 

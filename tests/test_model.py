@@ -255,6 +255,28 @@ def test_replicate_hooks_are_called_as_pluggy_would_call_them():
     ]
 
 
+def test_hooks_an_instance_holds_itself_are_found_on_that_instance_only():
+    """What pluggy finds on a class is remembered between runs; what an
+    instance holds itself is looked for on each instance."""
+    from crystallize_core import hookimpl
+
+    calls = []
+
+    class Plugin:
+        def __init__(self, label, hooked):
+            if hooked:
+
+                @hookimpl
+                def before_replicate(replicate):
+                    calls.append(f"{label} {replicate}")
+
+                self.before_replicate = before_replicate
+
+    for label, hooked in [("plain", False), ("hooked", True), ("plain again", False)]:
+        Experiment(source, [measure], plugins=[Plugin(label, hooked)]).run(replicates=1)
+    assert calls == ["hooked 0"]
+
+
 def test_a_plugin_wrapping_a_replicate_hook_is_still_called_through_pluggy():
     from crystallize_core import hookimpl
 
