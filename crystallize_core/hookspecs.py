@@ -15,6 +15,12 @@ whose methods carry ``@hookimpl``; no base class is needed::
 
 A hook implementation may accept any subset of the arguments named in its
 specification, in any order; pluggy passes them by name.
+
+The replicate hooks (``replicate_seed``, ``before_replicate``,
+``before_condition``, ``after_replicate``) run for every replicate, so each
+run looks up their implementations once, when it starts, and calls them
+directly in pluggy's order; only a plugin that wraps one (``wrapper=True``)
+is called through pluggy each time.
 """
 
 from __future__ import annotations
