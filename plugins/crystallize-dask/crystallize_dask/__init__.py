@@ -34,7 +34,10 @@ class DaskExecution:
 
     With an address (``"tcp://host:8786"``, or ``cluster.scheduler_address``
     of any dask cluster, dask-jobqueue's included) the run uses that
-    scheduler's workers and leaves the cluster running. It waits up to
+    scheduler's workers and leaves the cluster running. This process's
+    default dask client (the last ``Client`` made), when it is connected to
+    that scheduler, is used as it is and left open; otherwise each run
+    connects a client of its own and closes it at the end. It waits up to
     ``connect_timeout`` seconds for the scheduler to answer and for
     ``n_workers`` workers (default 1) to join; when the scheduler cannot be
     reached or has no worker, the strategy declines the run, with the reason
@@ -42,9 +45,11 @@ class DaskExecution:
     runs it. The folders of the driver's own modules are put on the workers'
     import path where they exist there.
 
-    The replicate function is pickled once; each worker process unpickles it
-    once and then receives only ranges of replicate positions, batched
-    automatically (``batch_size="auto"``) or ``batch_size`` at a time.
+    The replicate function is pickled once, and each worker process
+    unpickles it once; tasks carry ranges of replicate positions, batched
+    automatically (``batch_size="auto"``) or ``batch_size`` at a time. A
+    pickled experiment of up to 64 KB (most are a few hundred bytes) goes
+    with every task; a larger one only to the worker processes that lack it.
 
     A worker that dies costs only the replicate that killed it: dask gives up
     on a task once its workers have died under it more than the scheduler's

@@ -3,11 +3,12 @@
 The core's dispatch engine (:func:`crystallize_core.engine.drive`) owns
 batching, order, progress, fault records, fail-fast and Ctrl-C; this module
 only says where the replicates run. Tasks go through the client's
-``concurrent.futures`` executor and carry a range of positions; the pickled
-replicate function travels only to worker processes that do not have it
-yet (the engine's ``run_shipped_span`` protocol), so each worker process
-unpickles it once, and nothing that a dying worker could lose is kept on
-the cluster between tasks.
+``concurrent.futures`` executor and carry a range of positions. The pickled
+replicate function travels with every task when it is small (most
+experiments: a few hundred bytes), and otherwise only to worker processes
+that ask for it (the engine's ``run_shipped_span`` protocol); either way each
+worker process unpickles it once, and nothing that a dying worker could lose
+is kept on the cluster between tasks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uuid
 from concurrent.futures import CancelledError, Executor, Future, wait
 from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, default_client
 from distributed.comm.addressing import parse_address, parse_host_port
 from distributed.comm.registry import get_backend
 from distributed.scheduler import KilledWorker
@@ -36,6 +37,11 @@ logger = logging.getLogger("crystallize")
 
 #: Address schemes that run over TCP, so that reachability can be tested with a plain socket first.
 TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
+#: A pickled replicate function up to this size goes with every task: a
+#: worker process that lacks it would otherwise cost a round trip to ask for
+#: it, at the start of every run on every worker. A larger one goes only to
+#: the processes that ask, so that it crosses the scheduler once per worker.
+INLINE_PAYLOAD_BYTES = 64 * 1024
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)  # distinct classes before Python 3.11
 
 # --- in a worker -----------------------------------------------------------------
@@ -68,23 +74,26 @@ def run_on_dask(strategy: Any, run: Any, replicate_fn: Any) -> list | None:
     if address is None:
         backend = DaskBackend(n_workers=strategy.n_workers)
     else:
-        client = connect(address, source, strategy.n_workers or 1, strategy.connect_timeout)
-        if client is None:
+        connected = connect(address, source, strategy.n_workers or 1, strategy.connect_timeout)
+        if connected is None:
             return None
-        backend = DaskBackend(client=client)
+        backend = DaskBackend(client=connected[0], owns_client=connected[1])
     try:
         return drive(run, replicate_fn, backend, max_retries=strategy.max_retries, batch_size=strategy.batch_size)
     finally:
         backend.shutdown()  # drive() shuts it down too, except when it refuses the run before starting
 
 
-def connect(address: str, source: str, workers: int, timeout: float) -> Client | None:
-    """A client of the scheduler at ``address`` with at least one worker, or None (logged) when there is none.
+def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Client, bool] | None:
+    """A client of the scheduler at ``address`` with at least one worker, and
+    whether it was made here; or None (logged) when there is no worker.
 
-    Waits up to ``timeout`` seconds for the scheduler to answer and for
-    ``workers`` workers to join; with fewer, but some, the run goes ahead on
-    those. ``source`` says where the address came from, for messages. A
-    malformed address is a :class:`ConfigurationError`.
+    This process's default dask client (the last ``Client`` made, as dask
+    has it) is used when it is connected to ``address``: connecting costs
+    tens of milliseconds a run. Waits up to ``timeout`` seconds for the
+    scheduler to answer and for ``workers`` workers to join; with fewer, but
+    some, the run goes ahead on those. ``source`` says where the address came
+    from, for messages. A malformed address is a :class:`ConfigurationError`.
     """
     try:
         scheme, location = parse_address(address)
@@ -97,23 +106,28 @@ def connect(address: str, source: str, workers: int, timeout: float) -> Client |
     where = f"the Dask scheduler at {address} ({source})" if source != "address" else f"the Dask scheduler at {address}"
     if endpoint is not None:
         # A plain socket fails at once on a closed port, where dask's client
-        # would retry until its timeout.
+        # would retry until its timeout (and an existing client may not have
+        # noticed yet that its scheduler went away).
         try:
             socket.create_connection(endpoint, timeout=timeout).close()
         except OSError as exc:
             _decline(f"cannot reach {where}: {exc.strerror or exc}")
             return None
-    try:
-        client = Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, *_TIMEOUTS) as exc:
-        _decline(f"cannot connect to {where} within {timeout:g} s: {exc}")
-        return None
+    client = _default_client_of(address)
+    made_here = client is None
+    if client is None:
+        try:
+            client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, *_TIMEOUTS) as exc:
+            _decline(f"cannot connect to {where} within {timeout:g} s: {exc}")
+            return None
     try:
         client.wait_for_workers(workers, timeout=timeout)
     except _TIMEOUTS:
         joined = len(client.nthreads())
         if joined == 0:
-            client.close()
+            if made_here:
+                client.close()
             _decline(f"{where} has no workers (waited {timeout:g} s)")
             return None
         logger.warning(
@@ -124,9 +138,20 @@ def connect(address: str, source: str, workers: int, timeout: float) -> Client |
             timeout,
         )
     except BaseException:
-        client.close()
+        if made_here:
+            client.close()
         raise
-    return client
+    return client, made_here
+
+
+def _default_client_of(address: str) -> Client | None:
+    """This process's default dask client, if it is connected to ``address``."""
+    try:
+        client = default_client()
+    except ValueError:  # there is none
+        return None
+    scheduler = getattr(client.scheduler, "address", None)
+    return client if client.status == "running" and scheduler == address else None
 
 
 def _decline(reason: str) -> None:
@@ -181,10 +206,12 @@ class DaskBackend(ExecutorBackend):
     # out one at a time, alone, to find it (see restart()).
     failure_scope = "pool"
 
-    def __init__(self, client: Client | None = None, n_workers: int | None = None):
+    def __init__(self, client: Client | None = None, n_workers: int | None = None, owns_client: bool = True):
         super().__init__(self._client_executor)
         self.capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
         self.client = client
+        #: Whether shutdown() closes the client (a given client that someone else uses is left open).
+        self.owns_client = owns_client
         self.n_workers = n_workers
         self.cluster: LocalCluster | None = None
         self.executor: Executor | None = None
@@ -209,7 +236,7 @@ class DaskBackend(ExecutorBackend):
         return self.client.get_executor(pure=False)
 
     def submit(self, span: range) -> Future:
-        return self._submit(None, span)
+        return self._submit(self.payload if len(self.payload) <= INLINE_PAYLOAD_BYTES else None, span)
 
     def resubmit_with_payload(self, span: range) -> Future:
         """Submit ``span`` again with the pickled replicate function, for a worker process that lacks it."""
@@ -254,14 +281,15 @@ class DaskBackend(ExecutorBackend):
         wait(running)
 
     def shutdown(self, wait: bool = True) -> None:
-        """Drop unfinished tasks, close the client, and close the cluster if it was started here.
+        """Drop unfinished tasks, close the client unless it is someone else's, and close the
+        cluster if it was started here.
 
         Nothing waits for running replicates, so ``wait`` changes nothing: a
         cluster started here is closed with its workers, and on a running
         scheduler the tasks are released.
         """
         executor, self.executor = self.executor, None
-        client, self.client = self.client, None
+        client, self.client = self.client if self.owns_client or self.cluster is not None else None, None
         cluster, self.cluster = self.cluster, None
         try:
             if executor is not None:

@@ -7,16 +7,18 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import start_cluster, stop_cluster, wait_for_workers
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 
 from crystallize_core import ConfigurationError, Experiment, SeedPlugin, WorkerLostError, load_strategy
 from crystallize_core.testing import (
+    CountUnpickles,
     KillWorkerOn,
     Recorder,
     RecordRuns,
@@ -27,6 +29,7 @@ from crystallize_core.testing import (
     wait_until,
 )
 from crystallize_dask import DaskExecution
+from crystallize_dask._core import INLINE_PAYLOAD_BYTES, DaskBackend
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
@@ -181,6 +184,55 @@ def test_a_dying_worker_of_a_running_cluster_costs_only_its_replicate(dask_sched
     assert [(e.replicate, e.exc_type) for e in result.errors] == [(2, "WorkerDied")]
     assert "died" in result.errors[0].message
     assert result.metrics["baseline"]["replicate"] == [0, 1, None, 3, 4, 5]
+
+
+def test_the_default_client_of_the_scheduler_is_used_and_left_open(dask_scheduler):
+    strategy = DaskExecution(address=dask_scheduler)
+    with Client(dask_scheduler, set_as_default=False) as observer:
+
+        def clients_connected() -> int:
+            return sum(1 for _, event in observer.get_events("all") if event.get("action") == "add-client")
+
+        before = clients_connected()
+        Experiment(numbers, [record]).run(replicates=4, strategy=strategy)
+        assert clients_connected() == before + 1  # no default client here: it connects one of its own
+        with Client(dask_scheduler) as client:  # this process's default client from here on
+            before = clients_connected()
+            result = Experiment(numbers, [record]).run(replicates=4, strategy=strategy)
+            assert result.strategy == "dask" and result.metrics["baseline"]["replicate"] == [0, 1, 2, 3]
+            assert clients_connected() == before
+            assert client.status == "running" and client.submit(abs, -3, pure=False).result() == 3
+
+
+class Ballast:
+    """A step holding ``size`` bytes, which the pickled experiment carries."""
+
+    def __init__(self, size: int):
+        self.ballast = b"x" * size
+
+    def __call__(self, data, ctx):
+        return data
+
+
+@pytest.mark.parametrize("ballast, asked", [(0, False), (2 * INLINE_PAYLOAD_BYTES, True)])
+def test_a_small_experiment_goes_with_every_task_a_large_one_only_to_workers_that_ask(
+    dask_scheduler, monkeypatch, tmp_path, ballast, asked
+):
+    resent = []
+    real_resubmit = DaskBackend.resubmit_with_payload
+
+    def counting_resubmit(self, span):
+        resent.append(span)
+        return real_resubmit(self, span)
+
+    monkeypatch.setattr(DaskBackend, "resubmit_with_payload", counting_resubmit)
+    log = tmp_path / "unpickles.txt"
+    experiment = Experiment(CountUnpickles(str(log)), [Ballast(ballast), record])
+    result = experiment.run(replicates=30, strategy=DaskExecution(address=dask_scheduler, batch_size=2))
+    assert result.errors == [] and result.metrics["baseline"]["replicate"] == list(range(30))
+    assert bool(resent) == asked, resent
+    unpickled = Counter(log.read_text().split())
+    assert unpickled and all(count == 1 for count in unpickled.values()), unpickled
 
 
 def quickstart_through_the_cli(tmp_path: Path, strategy: str, env: dict[str, str] | None = None) -> dict:
