@@ -3,10 +3,11 @@
 Shipping one replicate per task lets messaging dominate tiny replicates;
 shipping many at once leaves workers idle at the end of a run of long ones.
 :class:`BatchSizer` starts small (one replicate per batch; a few for a large
-run) and, as batches come back, sizes the next ones so that each takes about ``target_seconds`` of
-work, as joblib's automatic batching does: the measured time per replicate is
-smoothed over batches, a new batch is at most :data:`GROWTH` times as many
-replicates as have been measured so far, and the run is cut into at least
+run) and, as batches come back, sizes the next ones so that each takes about
+``target_seconds`` of work, as joblib's automatic batching does: the measured
+time per replicate is smoothed over batches; after the first measurement, which sets the size
+outright, a new batch is at most :data:`GROWTH` times as many replicates as
+have been measured so far; and the run is cut into at least
 ``batches_per_worker`` batches per worker so that no worker idles at the end.
 """
 
@@ -14,10 +15,7 @@ from __future__ import annotations
 
 #: Weight of the newest measurement in the smoothed time per replicate.
 SMOOTHING = 0.3
-#: How many times the replicates measured so far the next batch may hold.
-#: joblib doubles the batch just measured; bounding by all the evidence,
-#: four times over, reaches a good size for tiny replicates in a third of the
-#: round trips, which are most of their cost on a fresh pool.
+#: How many times the replicates measured so far a later batch may hold.
 GROWTH = 4
 #: The first batches hold this fraction of a worker's share of the run, at
 #: least one replicate and at most :data:`FIRST_BATCH_MAX`: a run of
@@ -69,6 +67,11 @@ class BatchSizer:
         self.per_replicate = measured if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * measured
         self.measured += replicates
         ideal = int(self.target_seconds / self.per_replicate) if self.per_replicate > 0 else self.max_batch
-        # Growth is bounded by what was measured, not by batches handed out
-        # since: several in flight must not compound into a leap.
-        self.size = max(1, min(ideal, GROWTH * self.measured, self.share, self.max_batch))
+        # The first measurement sets the size outright (within the run's
+        # share): every later step of a ramp is a round trip, which on a
+        # cluster costs as much as a tiny replicate's whole batch. After it,
+        # growth is bounded by what was measured, not by batches handed out
+        # since (several in flight must not compound into a leap), and only
+        # the measured rate, not that bound, makes batches smaller.
+        bound = self.max_batch if previous is None else max(self.size, GROWTH * self.measured)
+        self.size = max(1, min(ideal, bound, self.share, self.max_batch))

@@ -153,22 +153,28 @@ def test_first_batches_are_a_small_share_of_each_worker(total, first):
     assert [len(sizer.next_span()) for _ in range(4)] == [min(first, total - k * first) for k in range(4)][:4]
 
 
-def test_batches_grow_boundedly_and_follow_a_smoothed_rate():
+def test_the_first_measurement_sets_the_batch_size_and_later_growth_is_bounded():
     sizer = BatchSizer(total=1_000_000, workers=2, target_seconds=0.05)
-    in_flight = [sizer.next_span() for _ in range(4)]  # several out at once must not compound
-    sizes = [len(span) for span in in_flight]
-    measured = 0
-    for _ in range(60):
-        span = in_flight.pop(0)
-        sizer.record(len(span), len(span) * 1e-5)  # 10 us per replicate: ideal 5,000
+    first = sizer.next_span()
+    sizer.record(len(first), len(first) * 1e-3)  # 1 ms per replicate: ideal 50
+    assert len(sizer.next_span()) == 50
+    measured = len(first)
+    for _ in range(40):  # faster than measured: growth within GROWTH x the evidence
+        before = sizer.size
+        span = sizer.next_span()
+        sizer.record(len(span), len(span) * 1e-6)
         measured += len(span)
-        in_flight.append(sizer.next_span())
-        assert len(in_flight[-1]) <= GROWTH * measured, (len(in_flight[-1]), measured)
-        sizes.append(len(in_flight[-1]))
-    assert sizes[:4] == [FIRST_BATCH_MAX] * 4 and sizes[4] == GROWTH * FIRST_BATCH_MAX, sizes
-    assert sizes[-1] == 4096, sizes  # capped by max_batch
-    sizer.record(sizes[-1], sizes[-1] * 1e-2)  # one slow batch moves the average, not all the way
+        assert sizer.size <= max(before, GROWTH * measured), (sizer.size, before, measured)
+    assert sizer.size == 4096  # capped by max_batch
+    sizer.record(sizer.size, sizer.size * 1e-2)  # one slow batch moves the average, not all the way
     assert 5 < sizer.size < 4096
+
+
+def test_a_fast_first_batch_of_a_small_run_is_held_to_the_runs_share():
+    sizer = BatchSizer(total=200, workers=2, target_seconds=0.05)
+    span = sizer.next_span()
+    sizer.record(len(span), 1e-6)
+    assert len(span) == 1 and len(sizer.next_span()) == 200 // (2 * 4)
 
 
 def test_captured_errors_are_logged_up_to_a_limit_then_counted(caplog):
