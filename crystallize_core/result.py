@@ -8,7 +8,8 @@ import math
 import os
 import sys
 import traceback as _traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from crystallize_core._values import (
@@ -179,7 +180,15 @@ class Result:
         started_at: float | None = None,
         finished_at: float | None = None,
     ):
-        self.replicate_results: list[ReplicateResult] = list(replicates)
+        from crystallize_core._columns import ResultColumns
+
+        if isinstance(replicates, ResultColumns):
+            columns = replicates.finish()
+        else:
+            given = list(replicates)
+            columns = ResultColumns.of(given)
+            self.replicate_results = given
+        self._columns = columns
         self.conditions: tuple[str, ...] = tuple(conditions)
         self._strategy = strategy
         self._strategy_version = strategy_version
@@ -195,9 +204,34 @@ class Result:
         #: When the run started and ended, in seconds since the epoch (None if unknown).
         self.started_at = started_at
         self.finished_at = finished_at
-        self.seeds: list[int] = [r.seed for r in self.replicate_results]
-        self.errors: list[ReplicateError] = [e for r in self.replicate_results for e in r.errors]
-        self.metrics: dict[str, dict[str, list[Any]]] = _align_metrics(self.replicate_results, self.conditions)
+        self.errors: list[ReplicateError] = columns.errors()
+
+    @cached_property
+    def replicate_results(self) -> list[ReplicateResult]:
+        """Each replicate's :class:`ReplicateResult`, in position order.
+
+        A result built by a run keeps its replicates in columns; this list is
+        made on first use (a million replicates take some 400 MB as objects).
+        """
+        return list(self._columns)
+
+    @cached_property
+    def seeds(self) -> list[int]:
+        """Each replicate's seed, in position order."""
+        return self._columns.seeds()
+
+    @cached_property
+    def metrics(self) -> dict[str, dict[str, list[Any]]]:
+        """``metrics[condition][name]``: one value per replicate, in position
+        order, ``None`` where the replicate's condition failed or did not
+        record that metric (made on first use)."""
+        columns = self._columns
+        aligned: dict[str, dict[str, list[Any]]] = {c: {} for c in self.conditions}
+        for condition, by_name in columns.metric_columns().items():
+            into = aligned.setdefault(condition, {})
+            for name, column in by_name.items():
+                into[name] = columns.column_values(column)
+        return aligned
 
     @property
     def strategy(self) -> str | None:
@@ -240,17 +274,42 @@ class Result:
     @property
     def replicates(self) -> int:
         """How many replicates this result holds."""
-        return len(self.replicate_results)
+        return len(self._columns)
 
     @property
     def replicate_indices(self) -> list[int]:
         """The replicate index at each position of the per-replicate lists."""
-        return [r.replicate for r in self.replicate_results]
+        return self._columns.indices()
 
     @property
     def durations(self) -> list[float | None]:
         """Seconds each replicate took where it ran, in position order (None if unknown)."""
-        return [r.duration if len(r) > 4 else None for r in self.replicate_results]
+        return self._columns.durations()
+
+    def _metric_values(self) -> dict[str, dict[str, Iterable[Any]]]:
+        """:attr:`metrics`, as lists where they were made, else as views of the columns."""
+        made = self.__dict__.get("metrics")
+        if made is not None:
+            return made
+        columns = self._columns
+        values: dict[str, dict[str, Iterable[Any]]] = {c: {} for c in self.conditions}
+        for condition, by_name in columns.metric_columns().items():
+            into = values.setdefault(condition, {})
+            for name, column in by_name.items():
+                into[name] = _ColumnValues(columns, column)
+        return values
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if "_strategy" not in state:  # pickled before the strategy was named when first asked
+            state["_strategy"] = state.pop("strategy", None)
+            state["_strategy_version"] = state.pop("strategy_version", None)
+            state["_identify_strategy"] = None
+        self.__dict__.update(state)
+        if "_columns" not in state:  # pickled before results were kept in columns
+            from crystallize_core._columns import ResultColumns
+
+            self._columns = ResultColumns.of(self.replicate_results)
 
     # --- statistics -------------------------------------------------------------------
 
@@ -258,8 +317,9 @@ class Result:
         """Per condition and metric: a :class:`MetricSummary`, with each
         treatment's paired difference against the baseline at 95%."""
         summaries: dict[str, dict[str, MetricSummary]] = {}
-        reference = self.metrics.get(BASELINE, {})
-        for condition, by_name in self.metrics.items():
+        metrics = self._metric_values()
+        reference = metrics.get(BASELINE, {})
+        for condition, by_name in metrics.items():
             summaries[condition] = {}
             for name, values in by_name.items():
                 summary = _summarize(values)
@@ -285,7 +345,8 @@ class Result:
     def compare(self, baseline: str = BASELINE, confidence: float = 0.95) -> dict[str, dict[str, PairedDifference]]:
         """:meth:`paired_difference` of every other condition against ``baseline``,
         for each metric both recorded: ``{treatment: {metric: PairedDifference}}``."""
-        reference = self.metrics.get(baseline)
+        metrics = self._metric_values()
+        reference = metrics.get(baseline)
         if reference is None:
             raise KeyError(f"no condition named {baseline!r}; conditions: {', '.join(self.conditions)}")
         return {
@@ -294,12 +355,12 @@ class Result:
                 for name in by_name
                 if name in reference
             }
-            for condition, by_name in self.metrics.items()
+            for condition, by_name in metrics.items()
             if condition != baseline
         }
 
-    def _column(self, condition: str, metric: str) -> list[Any]:
-        by_name = self.metrics.get(condition)
+    def _column(self, condition: str, metric: str) -> Iterable[Any]:
+        by_name = self._metric_values().get(condition)
         if by_name is None:
             raise KeyError(f"no condition named {condition!r}; conditions: {', '.join(self.conditions)}")
         if metric not in by_name:
@@ -351,7 +412,7 @@ class Result:
         with the value as recorded. Conditions that failed have no rows.
         """
         rows = []
-        for result in self.replicate_results:
+        for result in self._columns:
             for condition, values in result.metrics.items():
                 for name, value in values.items():
                     rows.append(
@@ -409,7 +470,10 @@ class Result:
             "finished_at": _iso(self.finished_at),
             "seeds": self.seeds,
             "durations": self.durations,
-            "metrics": plain(self.metrics),
+            "metrics": {
+                str(condition): {str(name): [plain(value) for value in values] for name, values in by_name.items()}
+                for condition, by_name in self._metric_values().items()
+            },
             "summary": summary,
             "errors": [e._asdict() for e in self.errors],
         }
@@ -449,18 +513,21 @@ class Result:
         )
 
 
-def _align_metrics(results: Sequence[ReplicateResult], conditions: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
-    aligned: dict[str, dict[str, list[Any]]] = {c: {} for c in conditions}
-    n = len(results)
-    for position, result in enumerate(results):
-        for condition, values in result.metrics.items():
-            by_name = aligned.setdefault(condition, {})
-            for name, value in values.items():
-                column = by_name.get(name)
-                if column is None:
-                    column = by_name[name] = [None] * n
-                column[position] = value
-    return aligned
+class _ColumnValues:
+    """One metric's values, read from the columns each time it is iterated
+    (None where a replicate recorded none), so statistics need no list."""
+
+    __slots__ = ("column", "columns")
+
+    def __init__(self, columns: Any, column: Any):
+        self.columns = columns
+        self.column = column
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.columns.iterate_values(self.column)
+
+    def __len__(self) -> int:
+        return len(self.columns)
 
 
 def _summarize(values: Iterable[Any]) -> MetricSummary:
