@@ -9,8 +9,9 @@ itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from crystallize_core._columns import RecordedResults, ResultColumns
 from crystallize_core._manager import RunPlugins
 from crystallize_core.errors import (
     CrystallizeError,
@@ -26,12 +27,12 @@ from crystallize_core.result import ReplicateResult
 
 
 def call_strategies(
-    plugins: RunPlugins, run: RunView, replicate_fn: ReplicateFn, expected: Sequence[int]
-) -> tuple[list[ReplicateResult], object]:
+    plugins: RunPlugins, run: RunView, replicate_fn: ReplicateFn, expected: Sequence[int], columns: ResultColumns
+) -> object:
     """Ask each ``run_experiment_loop`` implementation in turn, then the
-    ``serial`` fallback; return the first non-None answer, checked against
-    the ``expected`` replicate indices, and the winning strategy object
-    (:meth:`RunPlugins.name_of` names it).
+    ``serial`` fallback; consume the first non-None answer into ``columns``,
+    checking it against the ``expected`` replicate indices, and return the
+    winning strategy object (:meth:`RunPlugins.name_of` names it).
 
     Implementers that cannot honour the run's options are passed over
     unasked. Raises :class:`StrategyCapabilityError` when one was passed over
@@ -40,11 +41,9 @@ def call_strategies(
     """
     passed_over: list[str] = []
     for impl in plugins.strategies():
-        answer = _ask(impl.plugin, plugins, impl.function, impl.argnames, run, replicate_fn, passed_over)
-        if answer is not None:
-            check_answer(answer, expected, impl.plugin)
+        if _ask(impl.plugin, plugins, impl.function, impl.argnames, run, replicate_fn, passed_over, expected, columns):
             _log_unasked(plugins, impl.plugin)
-            return answer, impl.plugin
+            return impl.plugin
     from crystallize_core.discovery import FALLBACK_STRATEGY, load_strategy
 
     try:
@@ -54,10 +53,9 @@ def call_strategies(
     else:
         fallback_problem = ", the 'serial' fallback included"
         loop = fallback.run_experiment_loop  # type: ignore[attr-defined]
-        answer = _ask(fallback, plugins, loop, ("experiment", "replicate_fn"), run, replicate_fn, passed_over)
-        if answer is not None:
-            check_answer(answer, expected, fallback)
-            return answer, fallback
+        argnames = ("experiment", "replicate_fn")
+        if _ask(fallback, plugins, loop, argnames, run, replicate_fn, passed_over, expected, columns):
+            return fallback
     if passed_over:
         raise StrategyCapabilityError(
             f"no strategy able to honour this run's options answered{fallback_problem}. Passed over: "
@@ -67,15 +65,22 @@ def call_strategies(
     raise StrategyContractError(f"every strategy declined to run the experiment{fallback_problem}")
 
 
-def _ask(plugin, plugins: RunPlugins, function, argnames, run: RunView, replicate_fn: ReplicateFn, passed_over):
+def _ask(plugin, plugins: RunPlugins, function, argnames, run, replicate_fn, passed_over, expected, columns) -> bool:
+    """Ask one implementation; return whether it answered, its answer then
+    consumed into ``columns``. A stop while it runs, or while its answer is
+    consumed (a lazy answer runs replicates then), is attributed to it."""
     reason = cannot_honour(plugin, run)
     if reason is not None:
         passed_over.append(f"{_describe(plugin)} {reason}")
         logger().info("strategy %s passed over: it %s", _describe(plugin), reason)
-        return None
+        return False
     arguments = {"experiment": run, "replicate_fn": replicate_fn}
     try:
-        return function(*[arguments[argument] for argument in argnames])
+        answer = function(*[arguments[argument] for argument in argnames])
+        if answer is None:
+            return False
+        collect_answer(answer, expected, columns, plugin)
+        return True
     except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
         stopped.strategy = plugins.name_of(plugin)  # type: ignore[union-attr]  # for the partial result
         raise
@@ -106,29 +111,56 @@ def _log_unasked(plugins: RunPlugins, winner: object) -> None:
             )
 
 
-def check_answer(answer: object, replicates: Sequence[int], plugin: object) -> None:
-    """Raise :class:`StrategyContractError` unless ``answer`` holds exactly one
-    result per replicate, in the order of ``replicates``."""
-    if not isinstance(answer, list):
+def collect_answer(answer: object, replicates: Sequence[int], columns: ResultColumns, plugin: object) -> None:
+    """Consume ``answer``, a strategy's list of results or iterator over them,
+    into ``columns``; raise :class:`StrategyContractError` unless it holds
+    exactly one result per replicate, in the order of ``replicates``.
+
+    A result the columns already hold (the monitor saw it finish) is not
+    stored again, so a strategy may return what it got back from
+    ``replicate_fn`` without costing memory twice.
+    """
+    if isinstance(answer, RecordedResults) and answer.columns is columns:
+        if not columns.complete():  # every replicate not run here came from the checkpoint
+            raise StrategyContractError(
+                f"strategy {_describe(plugin)} returned before every replicate had finished: "
+                f"replicates {columns.missing()[:10]} have no result"
+            )
+        return
+    count = len(replicates)
+    if isinstance(answer, list):
+        if len(answer) != count:
+            raise StrategyContractError(
+                f"strategy {_describe(plugin)} returned {len(answer)} results for {count} replicates"
+            )
+    elif not isinstance(answer, (Iterator, RecordedResults)):
         raise StrategyContractError(
             f"strategy {_describe(plugin)} returned {type(answer).__name__} from run_experiment_loop; "
-            f"expected a list of {len(replicates)} replicate results or None to decline"
+            f"expected a list of {count} replicate results, an iterator over them, or None to decline"
         )
-    if len(answer) != len(replicates):
-        raise StrategyContractError(
-            f"strategy {_describe(plugin)} returned {len(answer)} results for {len(replicates)} replicates"
-        )
-    for position, (item, expected) in enumerate(zip(answer, replicates)):
+    add = columns.add
+    position = -1
+    for position, item in enumerate(answer):
+        if position == count:
+            raise StrategyContractError(
+                f"strategy {_describe(plugin)} returned more than {count} results for {count} replicates"
+            )
         if not isinstance(item, ReplicateResult):
             raise StrategyContractError(
                 f"strategy {_describe(plugin)} returned {type(item).__name__} at position {position}; "
                 "expected the value replicate_fn returned"
             )
-        if item.replicate != expected:
+        if item.replicate != replicates[position]:
             raise StrategyContractError(
                 f"strategy {_describe(plugin)} returned replicate {item.replicate} at position {position}; "
                 "results must be in replicate order"
             )
+        if item is not columns.last:  # else the monitor has just kept it: the common case of a lazy answer
+            add(item, True)
+    if position + 1 != count:
+        raise StrategyContractError(
+            f"strategy {_describe(plugin)} returned {position + 1} results for {count} replicates"
+        )
 
 
 def _describe(plugin: object) -> str:

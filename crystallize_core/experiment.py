@@ -17,7 +17,7 @@ from crystallize_core.replicate import (
     is_coroutine_function,
     random_seed,
 )
-from crystallize_core.result import BASELINE, ReplicateResult, Result, replicate_results_from
+from crystallize_core.result import BASELINE, ReplicateResult, Result
 
 #: The environment variable naming the strategy of runs that choose none.
 ENV_STRATEGY = "CRYSTALLIZE_STRATEGY"
@@ -171,6 +171,7 @@ class Experiment:
         conditions = [Condition(BASELINE, None, None), *(t.condition() for t in chosen)]
 
         from crystallize_core._callers import call_strategies
+        from crystallize_core._columns import ResultColumns
         from crystallize_core._manager import RunPlugins
         from crystallize_core.monitor import Monitor
 
@@ -183,15 +184,20 @@ class Experiment:
             base_seed=random_seed(),
             fail_fast=stop_early,
         )
-        finished: dict[int, ReplicateResult] = {}
+        # Row i takes replicate i's result, whoever reports it and in whatever order.
+        columns = ResultColumns(count)
         recorder = None
+        to_run: Sequence[int] = range(count)
         if checkpoint is not None:
             runner, finished, recorder = _open_checkpoint(runner, checkpoint, checkpoint_pickle)
-        to_run = [i for i in range(count) if i not in finished] if finished else range(count)
+            if finished:
+                columns.add_many(r for i, r in finished.items() if i < count)  # a larger run's checkpoint holds more
+                to_run = columns.missing()
+            del finished
         replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
         names = [c.name for c in conditions]
         view = ExperimentRun(self, len(to_run), timeout, stop_early, progress)
-        runner.monitor = Monitor(len(to_run), progress, recorder)
+        runner.monitor = Monitor(len(to_run), progress, recorder, columns)
         record: dict[str, Any] = {
             "base_seed": _base_seed(runner),
             "treatments": {t.name: _treatment_parameters(t) for t in chosen},
@@ -201,16 +207,18 @@ class Experiment:
             plugins.hook.before_run(experiment=view)
             winner = None
             options: dict[str, Any] = {}
-            ran: list[ReplicateResult] = []
             if to_run:
                 try:
-                    ran, winner = call_strategies(plugins, view, replicate_fn, to_run)
+                    winner = call_strategies(plugins, view, replicate_fn, to_run, columns)
                 except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
                     if getattr(stopped, "partial_result", None) is None:
-                        kept = [r for i, r in finished.items() if i < count]  # a larger run's checkpoint holds more
-                        done = [*kept, *(getattr(stopped, "completed", None) or ())]
+                        # What finished reached the columns; a strategy may also
+                        # hand over results that never passed the monitor.
+                        for finished_result in getattr(stopped, "completed", None) or ():
+                            if isinstance(finished_result, ReplicateResult):
+                                columns.add(finished_result, new=True)
                         stopped.partial_result = Result(
-                            replicate_results_from(done),
+                            columns,
                             names,
                             strategy=getattr(stopped, "strategy", None),
                             complete=False,
@@ -219,10 +227,7 @@ class Experiment:
                         )
                     raise
                 options = _strategy_options(winner)
-            if finished:
-                ran = [*ran, *(finished[i] for i in range(count) if i in finished)]
-                ran.sort(key=lambda r: r.replicate)
-            result = Result(ran, names, strategy_options=options, finished_at=time.time(), **record)
+            result = Result(columns, names, strategy_options=options, finished_at=time.time(), **record)
             if winner is not None:
                 result._name_strategy_later(_identity_of(winner))
             plugins.hook.after_run(experiment=view, result=result)

@@ -11,7 +11,7 @@ whose methods carry ``@hookimpl``; no base class is needed::
     class MyStrategy:
         @hookimpl
         def run_experiment_loop(self, experiment, replicate_fn):
-            return [replicate_fn(i) for i in range(experiment.replicates)]
+            return map(replicate_fn, range(experiment.replicates))
 
 A hook implementation may accept any subset of the arguments named in its
 specification, in any order; pluggy passes them by name.
@@ -25,7 +25,7 @@ is called through pluggy each time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import pluggy
@@ -172,7 +172,7 @@ class RunView(Protocol):
 
 
 @hookspec(firstresult=True)
-def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult] | None:
+def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> Iterable[ReplicateResult] | None:
     """Run replicates ``0 .. experiment.replicates - 1`` and return their results.
 
     This is the execution strategy's hook. The implementers are asked in this
@@ -189,18 +189,32 @@ def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> list[
     :class:`Capabilities`) is passed over without being asked, and the run is
     refused only when no implementer able to honour them answered.
 
-    Return a list of exactly ``experiment.replicates`` results, the result of
-    position ``i`` at index ``i``, and do not touch the list afterwards; the
-    core checks this and raises
+    Return the results of positions ``0 .. experiment.replicates - 1``, in
+    that order, as a list (then do not touch it afterwards) or as an
+    iterator, which the core consumes once, right after the hook returns: a
+    strategy may return ``map(replicate_fn, range(experiment.replicates))``
+    and run the replicates as the core asks for them, keeping none itself.
+    Return ``None`` to decline and let the next implementer run it. The core
+    checks the answer as it consumes it (a result per position, in order,
+    each the value ``replicate_fn`` returned) and raises
     :class:`~crystallize_core.StrategyContractError`, naming the strategy.
-    Return ``None`` to decline and let the next implementer run it.
+
+    The core keeps every result itself, compactly, as ``replicate_fn``
+    reports it finished in this process; a result handed back that way is
+    not stored twice, and one that never was (a replicate run elsewhere
+    without :func:`~crystallize_core.engine.drive`) is taken from the
+    answer. A Ctrl-C or ``ReplicateFailed`` raised while the core consumes
+    an iterator stops the run just as one raised inside the hook does, with
+    the finished replicates in the partial result.
 
     A strategy that runs replicates anywhere but the calling thread should
     hand them to :func:`crystallize_core.engine.drive` with a backend, which
     owns batching, order, progress, faults, timeouts, fail-fast and Ctrl-C.
     One that loops itself must, on Ctrl-C, stop promptly, leave no worker
-    behind and re-raise the ``KeyboardInterrupt`` with the finished results
-    in its ``completed`` attribute; and let ``ReplicateFailed`` propagate.
+    behind and re-raise the ``KeyboardInterrupt``, with in its
+    ``completed`` attribute the finished results that did not come from
+    calling ``replicate_fn`` in this process (those the core has); and let
+    ``ReplicateFailed`` propagate.
     """
 
 

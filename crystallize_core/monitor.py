@@ -3,8 +3,10 @@
 A replicate function called in the driver process (by an in-process strategy,
 or on the engine's threads) reports each result itself; results that come
 back from other processes or machines are reported by the dispatch engine.
-Either way the monitor advances progress, logs captured errors (bounded) and
-hands results to the checkpoint, in the driver, never in a worker.
+Either way the monitor keeps each result in the run's columns (so that no
+strategy needs to keep them), advances progress, logs captured errors
+(bounded) and hands results to the checkpoint, in the driver, never in a
+worker.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from crystallize_core._columns import ResultColumns
 from crystallize_core.progress import Progress
 from crystallize_core.result import ReplicateResult
 
@@ -24,15 +27,21 @@ FAULTS = frozenset({"WorkerDied", "ReplicateTimeout", "UnpicklingError"})
 class Monitor:
     """Receives the finished replicates of one run, in the process that drives it."""
 
-    def __init__(self, total: int, progress: bool | None = None, checkpoint: Any = None):
+    def __init__(
+        self, total: int, progress: bool | None = None, checkpoint: Any = None, columns: ResultColumns | None = None
+    ):
         #: The driver's process id: a copy of the monitor inherited by a forked
         #: worker must stay silent there.
         self.pid = os.getpid()
         self.progress = Progress(total, progress)
         self.checkpoint = checkpoint
+        #: Where the run's results are kept, as they finish, in any order.
+        self.columns = columns
 
     def finished(self, results: Sequence[ReplicateResult]) -> None:
         """Record replicates that finished, from any thread of the driver."""
+        if self.columns is not None:
+            self.columns.add_many(results)
         progress = self.progress
         progress.advance(len(results))
         for result in results:
@@ -46,7 +55,10 @@ class Monitor:
         """:meth:`finished` for a single result: the replicate function's hot path."""
         if result.errors or self.progress.shown:
             self.finished((result,))
-        elif self.checkpoint is not None:  # no error, so no fault to leave out
+            return
+        if self.columns is not None:
+            self.columns.add(result)
+        if self.checkpoint is not None:  # no error, so no fault to leave out
             self.checkpoint.add(result)
 
     def close(self) -> None:

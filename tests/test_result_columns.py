@@ -1,0 +1,304 @@
+"""Results kept in columns: every value reads back as recorded, in any order of arrival,
+whoever hands it over, and a large run stays small.
+
+The core keeps each finished replicate in columns as the driver sees it, and a strategy may
+return an iterator instead of a list; these tests hold the columns to the objects they replace
+and the iterator contract to what the list contract promised."""
+
+import json
+import math
+import os
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from crystallize_core import (
+    Experiment,
+    ExperimentInterrupted,
+    ReplicateFailed,
+    ReplicateResult,
+    Result,
+    SeedPlugin,
+    StrategyContractError,
+    Treatment,
+    hookimpl,
+)
+from crystallize_core.testing import FailOn, InterruptAfter, numbers, record
+
+N = 12
+
+
+# --- strategies -------------------------------------------------------------------------------
+
+
+class KeepsWhatItReturns:
+    """Runs replicates in order and keeps the very objects replicate_fn returned: the reference
+    the columns must reproduce."""
+
+    def __init__(self):
+        self.kept: list = []
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        self.kept = [replicate_fn(i) for i in range(experiment.replicates)]
+        return self.kept
+
+
+class Backwards:
+    """Runs the last replicate first (so the monitor sees them in reverse) and each one twice,
+    returning the second results in order."""
+
+    def __init__(self):
+        self.returned: list = []
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        positions = range(experiment.replicates - 1, -1, -1)
+        for position in positions:
+            replicate_fn(position)
+        self.returned = [replicate_fn(position) for position in positions][::-1]
+        return self.returned
+
+
+class Lazy:
+    """Returns a generator: replicates run as the core consumes it."""
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        return (replicate_fn(i) for i in range(experiment.replicates))
+
+
+class OwnProcesses:
+    """Ships replicate_fn to a process pool by itself (no engine, no ``record``): the driver's
+    monitor never sees a result, so the core must take them all from the answer."""
+
+    def __init__(self, as_iterator: bool):
+        self.as_iterator = as_iterator
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        with ProcessPoolExecutor(2) as pool:
+            results = pool.map(replicate_fn, range(experiment.replicates))
+            return results if self.as_iterator else list(results)
+
+
+class Counts:
+    """Yields ``count`` results, whatever the run asked for."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        return (replicate_fn(i) for i in range(self.count))
+
+
+# --- exact values -----------------------------------------------------------------------------
+
+
+def odd_values(data, ctx):
+    """Records, in each replicate, values of every kind a column must keep exactly."""
+    i = ctx.replicate
+    m = ctx.metrics
+    m.add("float", 0.5 + i)
+    m.add("int", [-(2**63), 2**63 - 1, 0][i % 3] + (0 if i % 3 else i))
+    m.add("bool", i % 2 == 0)
+    m.add("np_float64", np.float64(i) / 3)
+    m.add("np_int64", np.int64(i) * 1_000_000_007)
+    m.add("np_float32", np.float32(i) / 7)
+    m.add("str", f"s{i}")
+    m.add("list", [i, [i]])
+    m.add("none", None)
+    m.add("nan", float("nan") if i % 2 else float("-inf"))
+    m.add("huge", 2**70 + i)  # beyond 64 bits from the first row
+    m.add("late_huge", 2**64 if i == N - 2 else i)  # an int column that turns into a list late
+    m.add("mixed", i if i % 2 else float(i))  # two types: kept as a list
+    m.add("negative_zero", -0.0)
+    if i % 3 == 0:
+        m.add("sometimes", float(i))  # missing in two replicates of three
+    if i == 4:  # the same names, recorded in another order
+        m.add("second", 2)
+        m.add("first", 1)
+    else:
+        m.add("first", 1)
+        m.add("second", 2)
+    return data
+
+
+def same(a, b) -> bool:
+    """Equal and of the same type, all the way down (NaN equal to NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (float, np.floating)) and math.isnan(a):
+        return math.isnan(b) and math.copysign(1, a) == math.copysign(1, b)
+    if isinstance(a, float) and a == 0:
+        return b == 0 and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
+
+
+def odd_experiment(**kwargs):
+    return Experiment(
+        numbers,
+        [odd_values, FailOn(frozenset({2, 7}))],  # the treatment fails twice: a condition missing
+        treatments=[Treatment("treated", {"factor": 2}), Treatment("silent", lambda ctx: None)],
+        **kwargs,
+    )
+
+
+def test_every_value_reads_back_as_recorded_type_included():
+    keeper = KeepsWhatItReturns()
+    result = odd_experiment(plugins=[keeper, SeedPlugin(seed=5)]).run(replicates=N)
+    assert len(keeper.kept) == N
+    for got, kept in zip(result.replicate_results, keeper.kept):
+        assert got is not kept  # rebuilt from the columns, not kept alive
+        assert same(tuple(got), tuple(kept)), (got, kept)
+    assert list(result.replicate_results[4].metrics["baseline"])[-2:] == ["second", "first"]
+    assert [r.replicate for r in result.replicate_results] == list(range(N))
+    assert result.seeds == [r.seed for r in keeper.kept]
+    assert result.durations == [r.duration for r in keeper.kept]
+    assert [e.replicate for e in result.errors] == [2, 7]
+
+
+def test_metric_lists_pair_up_with_none_where_nothing_was_recorded():
+    keeper = KeepsWhatItReturns()
+    result = odd_experiment(plugins=[keeper]).run(replicates=N)
+    for condition in ("baseline", "treated", "silent"):
+        for name in ("float", "huge", "late_huge", "mixed", "np_float32", "nan", "sometimes", "none"):
+            expected = [r.metrics[condition].get(name) if condition in r.metrics else None for r in keeper.kept]
+            assert same(result.metrics[condition][name], expected), (condition, name)
+    assert result.metrics["treated"]["float"][2] is None and result.metrics["treated"]["float"][3] == 3.5
+    assert result.metrics["baseline"]["sometimes"][:4] == [0.0, None, None, 3.0]
+    assert list(result.metrics["baseline"])[-2:] == ["first", "second"]  # the order replicate 0 recorded
+    summary = result.summary()["baseline"]
+    assert (summary["huge"].n, summary["huge"].mean) == (N, 2.0**70 + (N - 1) / 2)  # past 64 bits, a float still
+    assert (summary["sometimes"].n, summary["sometimes"].mean) == (4, 4.5)
+    assert (summary["str"].non_numeric, summary["nan"].nan, summary["nan"].inf) == (N, N // 2, N // 2)
+
+
+def test_the_summary_and_json_are_those_of_a_result_built_from_the_objects():
+    keeper = KeepsWhatItReturns()
+    result = odd_experiment(plugins=[keeper]).run(replicates=N)
+    rebuilt = Result(keeper.kept, result.conditions)
+    assert result.summary() == rebuilt.summary()
+    assert result.compare() == rebuilt.compare()
+    ours, theirs = result.to_dict(), rebuilt.to_dict()
+    for key in ("metrics", "summary", "seeds", "durations", "replicate_indices", "errors"):
+        assert json.dumps(ours[key]) == json.dumps(theirs[key]), key
+    assert json.dumps(result.to_records(), default=repr) == json.dumps(rebuilt.to_records(), default=repr)
+
+
+def test_a_result_pickles_and_so_does_one_pickled_before_columns():
+    keeper = KeepsWhatItReturns()
+    result = odd_experiment(plugins=[keeper]).run(replicates=N)
+    restored = pickle.loads(pickle.dumps(result))
+    assert same([tuple(r) for r in restored.replicate_results], [tuple(r) for r in keeper.kept])
+    assert restored.summary() == result.summary()
+    # What pickle restores for a Result saved by the version that kept plain lists.
+    old = Result.__new__(Result)
+    old.__setstate__(
+        {
+            "replicate_results": list(keeper.kept),
+            "conditions": result.conditions,
+            "seeds": [r.seed for r in keeper.kept],
+            "errors": list(result.errors),
+            "metrics": result.metrics,
+            "complete": True,
+        }
+    )
+    assert old.replicate_indices == list(range(N)) and old.durations == result.durations
+    assert old.summary() == result.summary()
+
+
+def test_a_result_built_from_objects_keeps_those_objects():
+    given = [ReplicateResult(i, 7, {"baseline": {"x": i}}, (), 0.5) for i in (3, 1)]
+    result = Result(given, ["baseline"])
+    assert all(a is b for a, b in zip(result.replicate_results, given))
+    assert result.replicate_indices == [3, 1] and result.metrics == {"baseline": {"x": [3, 1]}}
+
+
+# --- who hands results over, and in what order ------------------------------------------------
+
+
+def test_results_arriving_backwards_and_twice_come_out_in_order():
+    backwards = Backwards()
+    result = Experiment(numbers, [record], plugins=[backwards, SeedPlugin(seed=9)]).run(replicates=N)
+    reference = Experiment(numbers, [record], plugins=[SeedPlugin(seed=9)]).run(replicates=N)
+    assert result.replicate_indices == list(range(N))
+    assert result.metrics == reference.metrics and result.seeds == reference.seeds
+    assert [r.duration for r in backwards.returned] == result.durations  # the later run of each replicate
+
+
+def first_in_replicate_zero(data, ctx):
+    if ctx.replicate == 0:
+        ctx.metrics.add("z", 1.0)
+    ctx.metrics.add("a", float(ctx.replicate))
+    return data
+
+
+def test_metric_order_follows_the_replicates_not_the_arrival():
+    result = Experiment(numbers, [first_in_replicate_zero], plugins=[Backwards()]).run(replicates=5)
+    assert list(result.metrics["baseline"]) == ["z", "a"]
+    assert result.metrics["baseline"]["z"] == [1.0, None, None, None, None]
+    assert list(result.replicate_results[0].metrics["baseline"]) == ["z", "a"]
+
+
+@pytest.mark.parametrize("as_iterator", [False, True], ids=["list", "iterator"])
+def test_results_the_driver_never_saw_are_taken_from_the_answer(as_iterator):
+    strategy = OwnProcesses(as_iterator)
+    result = Experiment(numbers, [record], plugins=[strategy, SeedPlugin(seed=4)]).run(replicates=N)
+    reference = Experiment(numbers, [record], plugins=[SeedPlugin(seed=4)]).run(replicates=N)
+    assert result.replicate_indices == list(range(N)) and result.strategy == "OwnProcesses"
+    assert result.metrics == reference.metrics and result.seeds == reference.seeds
+
+
+@pytest.mark.parametrize(
+    "count, message",
+    [(N - 1, f"returned {N - 1} results for {N} replicates"), (N + 1, f"returned more than {N} results")],
+)
+def test_an_iterator_with_the_wrong_count_names_the_strategy(count, message):
+    with pytest.raises(StrategyContractError, match=rf"'Counts' \(.*{message}"):
+        Experiment(numbers, [record], plugins=[Counts(count)]).run(replicates=N)
+
+
+# --- stopping a lazy strategy -----------------------------------------------------------------
+
+
+def test_ctrl_c_while_the_core_consumes_an_iterator_keeps_the_partial_result(tmp_path):
+    marker = str(tmp_path / "interrupted")
+    steps = [record, InterruptAfter(5, os.getpid(), marker, last_condition="baseline")]
+    experiment = Experiment(numbers, steps, plugins=[Lazy(), SeedPlugin(seed=3)])
+    with pytest.raises(ExperimentInterrupted) as stopped:
+        experiment.run(replicates=40)
+    partial = stopped.value.partial_result
+    assert isinstance(partial, Result) and not partial.complete and partial.strategy == "Lazy"
+    assert 0 < partial.replicates < 40
+    assert partial.replicate_indices == list(range(partial.replicates))
+    reference = Experiment(numbers, [record], plugins=[SeedPlugin(seed=3)]).run(replicates=partial.replicates)
+    assert partial.metrics == reference.metrics
+
+
+def test_a_lazy_run_interrupted_then_resumed_from_its_checkpoint_equals_one_run(tmp_path):
+    checkpoint = tmp_path / "run.db"
+    marker = str(tmp_path / "interrupted")
+    steps = [record, InterruptAfter(7, os.getpid(), marker, last_condition="baseline")]
+    with pytest.raises(ExperimentInterrupted) as stopped:
+        Experiment(numbers, steps, plugins=[Lazy(), SeedPlugin(seed=8)]).run(replicates=30, checkpoint=checkpoint)
+    assert 0 < stopped.value.partial_result.replicates < 30
+    resumed = Experiment(numbers, steps, plugins=[Lazy(), SeedPlugin(seed=8)]).run(replicates=30, checkpoint=checkpoint)
+    reference = Experiment(numbers, [record], plugins=[SeedPlugin(seed=8)]).run(replicates=30)
+    assert resumed.complete and resumed.replicate_indices == list(range(30))
+    assert resumed.metrics == reference.metrics and resumed.seeds == reference.seeds
+
+
+def test_fail_fast_while_the_core_consumes_an_iterator_names_the_strategy():
+    experiment = Experiment(numbers, [record, FailOn(frozenset({3}))], treatments=[Treatment("treated")])
+    with pytest.raises(ReplicateFailed) as failed:
+        experiment.run(replicates=10, strategy=Lazy(), fail_fast=True)
+    partial = failed.value.partial_result
+    assert partial.strategy == "Lazy" and partial.replicate_indices == [0, 1, 2]
