@@ -27,7 +27,7 @@ import pickle
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
@@ -382,7 +382,13 @@ class _Dispatch:
         self.total = run.replicates
         self.timeout = run.timeout
         self.fail_fast = bool(getattr(run, "fail_fast", False))
-        self.results: list[ReplicateResult | None] = [None] * self.total
+        # Where finished results go: the core's monitor keeps them when every
+        # one reaches it (then only which positions finished is kept here, a
+        # byte each), else this list, in order.
+        recorded = getattr(replicate_fn, "recorded", None)
+        self.recorded = recorded(self.total) if callable(recorded) else None
+        self.results: list[ReplicateResult | None] | None = [None] * self.total if self.recorded is None else None
+        self.finished = bytearray(self.total) if self.recorded is not None else None
         self.batch = batch
         self.in_flight: dict[Future, _Task] = {}
         #: Batches lost with a whole pool, each rerun alone; one that breaks the
@@ -461,7 +467,7 @@ class _Dispatch:
             if not self.in_flight:
                 if self.pending():  # the pool was found broken and replaced: send again
                     continue
-                return self.results
+                return self.results if self.results is not None else self.recorded
             wait_for = None
             if self.timeout is not None:
                 deadlines = [self.deadline(f, t) for f, t in self.in_flight.items()]
@@ -520,13 +526,23 @@ class _Dispatch:
                 return 0
         else:
             rows = packed
-        results = unpack_results(rows)
-        self.results[span.start : span.start + len(results)] = results
+        if self.results is None and self.report is None:  # each reported itself where it ran, in this process
+            self.keep(span.start, len(rows))
+        else:
+            results = unpack_results(rows)
+            self.keep(span.start, len(results), results)
+            if self.report is not None:
+                self.report(results)
         if self.suspects and self.suspects[0] == span:
             self.suspects.popleft()
-        if self.report is not None:
-            self.report(results)
-        return len(results)
+        return len(rows)
+
+    def keep(self, start: int, count: int, results: list[ReplicateResult] | None = None) -> None:
+        """Note that positions ``start .. start + count - 1`` finished, with their results."""
+        if self.results is not None:
+            self.results[start : start + count] = results  # type: ignore[assignment]
+        else:
+            self.finished[start : start + count] = b"\x01" * count  # type: ignore[index]
 
     def undeliverable(self, span: range, exc: Exception) -> None:
         """The results of ``span`` could not be unpickled here: run each alone, and
@@ -635,7 +651,7 @@ class _Dispatch:
 
     def fault(self, position: int, exc_type: str, message: str) -> None:
         result = self.replicate_fn.error_result(position, exc_type, message)
-        self.results[position] = result
+        self.keep(position, 1, [result])
         if self.fail_fast:
             raise ReplicateFailed(result.errors[0])
 
@@ -680,6 +696,9 @@ class _Dispatch:
         self.harvest()
 
     def completed(self) -> list[ReplicateResult]:
+        if self.results is None:
+            recorded, finished = self.recorded, self.finished
+            return [recorded[p] for p in range(self.total) if finished[p]]  # type: ignore[index]
         return [r for r in self.results if r is not None]
 
 
@@ -695,8 +714,12 @@ def drive(
     *,
     max_retries: int = 1,
     batch_size: int | str = "auto",
-) -> list[ReplicateResult]:
+) -> Sequence[ReplicateResult]:
     """Run every replicate of ``run`` on ``backend`` and return the results in order.
+
+    The results are a list, or, when the replicate function reports each
+    result to the core's monitor (the core's own does), a light sequence
+    that reads them from there: the engine keeps none itself.
 
     ``max_retries`` is how many times a replicate whose worker died is run
     again, alone, before it is recorded as ``WorkerDied`` (backends with
@@ -764,7 +787,7 @@ class ExecutorStrategy:
         self.capabilities = ExecutorBackend(executor, workers, ships_work).capabilities
 
     @hookimpl
-    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
+    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> Sequence[ReplicateResult]:
         if not self.capabilities.ships_work:
             from crystallize_core.seed import warn_if_seeding_globally
 

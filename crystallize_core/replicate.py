@@ -168,6 +168,19 @@ class ReplicateRunner:
         if monitor is not None and monitor.pid == _getpid():
             monitor.finished(results)
 
+    def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
+        """The results of positions ``0 .. count - 1``, read from the driver's
+        monitor, when every result of this function reaches it (calls in this
+        process report themselves, results from elsewhere go to :meth:`record`);
+        else None. A loop that reports every result need then keep none."""
+        return self._recorded(range(count))
+
+    def _recorded(self, replicates: Sequence[int]) -> Sequence[ReplicateResult] | None:
+        monitor = self.monitor
+        if monitor is None or monitor.pid != _getpid() or monitor.columns is None:
+            return None
+        return monitor.columns.recorded(replicates)
+
     def _report(self, result: ReplicateResult) -> ReplicateResult:
         monitor = self.monitor
         if monitor is not None and monitor.pid == _getpid():
@@ -401,6 +414,10 @@ class ReplicateSubset:
 
     def record(self, results: Sequence[ReplicateResult]) -> None:
         self.runner.record(results)
+
+    def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
+        """See :meth:`ReplicateRunner.recorded`."""
+        return self.runner._recorded(self.replicates[:count])
 
     def components(self) -> Iterator[tuple[str, object]]:
         return self.runner.components()

@@ -9,6 +9,9 @@ import json
 import math
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -302,3 +305,46 @@ def test_fail_fast_while_the_core_consumes_an_iterator_names_the_strategy():
         experiment.run(replicates=10, strategy=Lazy(), fail_fast=True)
     partial = failed.value.partial_result
     assert partial.strategy == "Lazy" and partial.replicate_indices == [0, 1, 2]
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from concurrent.futures import ThreadPoolExecutor
+    from crystallize_core import Experiment
+
+    def nothing(ctx):
+        return None
+
+    def one_float(data, ctx):
+        ctx.metrics.add("x", 0.5)
+        return data
+
+    if __name__ == "__main__":
+        strategy = ThreadPoolExecutor(2) if sys.argv[1] == "threads" else sys.argv[1]
+        result = Experiment(nothing, [one_float]).run(replicates=int(sys.argv[2]), strategy=strategy)
+        print(json.dumps({
+            "replicates": result.replicates,
+            "n": result.summary()["baseline"]["x"].n,
+            "last": result.metrics["baseline"]["x"][-1],
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }))
+    """
+)
+
+
+@pytest.mark.parametrize("strategy", ["serial", "threads"])
+def test_two_hundred_thousand_replicates_stay_small(tmp_path, strategy):
+    # Kept as objects, these results took 135 MB at peak; in columns about 32 MB, most of it the
+    # interpreter. The ceiling is generous, yet far below what the objects took.
+    script = tmp_path / "many.py"
+    script.write_text(MEMORY_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), strategy, "200000"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert (report["replicates"], report["n"], report["last"]) == (200_000, 200_000, 0.5)
+    assert report["peak_mb"] < 90, report
