@@ -175,6 +175,8 @@ class ResultColumns(Sequence):
         #: rows may still be missing; a range, an array or a Column once known.
         self._indices: range | array | Column | None = None
         self._lock: threading.Lock | None = threading.Lock()
+        #: Even while no column changes shape; see :meth:`add`.
+        self._epoch = 0
         self._closed = False
         self._order: dict[str, dict[str, Column]] | None = None
         #: The shape of the row written last: the next row's, most likely.
@@ -203,91 +205,94 @@ class ResultColumns(Sequence):
         ``new`` says to keep the first. Ignored once closed, or outside the
         rows. Any thread may call it.
 
-        This is the driver's hot path, written for few bytecodes and fewer
-        allocations: most rows have the shape of the row before, so the
-        metrics are written as that shape says, checking each name on the
-        way, and the shape is looked up only when one differs.
+        This is the driver's hot path, written for few bytecodes, fewer
+        allocations and no lock: most rows have the shape of the row before,
+        so the metrics are written as that shape says, checking each name and
+        type on the way; anything else (a new shape, a value that changes a
+        column's type, a replicate seen before) takes the locked path. A
+        thread on the fast path writes only its own row, and writes it again
+        under the lock if another thread reshaped a column meanwhile (an odd
+        epoch means one is doing so), so a lock never convoys worker threads.
         """
         row = result[0]
-        if type(row) is not int or not 0 <= row < self._rows:
+        if type(row) is not int or not 0 <= row < self._rows or self._closed:
             return
+        epoch = self._epoch
+        shape = self._last
+        if new or epoch & 1 or shape is None or self._shape_of[row]:
+            self._add_locked(row, result, new)
+            return
+        try:
+            _, seed, metrics, errors, duration = result
+        except ValueError:  # a tuple from an older worker, without a duration
+            self._add_locked(row, result, new)
+            return
+        if (
+            type(result) is not ReplicateResult
+            or type(metrics) is not dict
+            or type(errors) is not tuple
+            or len(metrics) != shape.width
+            or (duration is None) is not shape.untimed
+        ):
+            self._add_locked(row, result, new)
+            return
+        layout = shape.layout
+        position = 0
+        for condition in metrics:  # indexing, not zip(): every allocation shows here
+            expected, names, columns = layout[position]
+            position += 1  # noqa: SIM113  (enumerate() would allocate)
+            values = metrics[condition]
+            if condition != expected or type(values) is not dict or len(values) != len(names):
+                self._add_locked(row, result, new)
+                return
+            index = 0
+            for name in values:
+                column = columns[index]
+                value = values[name]
+                if name != names[index] or type(value) is not column.kind:
+                    self._add_locked(row, result, new)
+                    return
+                index += 1  # noqa: SIM113
+                try:
+                    column.data[row] = value  # type: ignore[index]
+                except _REFUSED:  # an int past 64 bits: the column becomes a list, under the lock
+                    self._add_locked(row, result, new)
+                    return
+        column = self._seeds
+        if type(seed) is not column.kind:
+            self._add_locked(row, result, new)
+            return
+        try:
+            column.data[row] = seed  # type: ignore[index]
+        except _REFUSED:
+            self._add_locked(row, result, new)
+            return
+        if duration is not None:
+            column = self._durations
+            if type(duration) is not column.kind:
+                self._add_locked(row, result, new)
+                return
+            column.data[row] = duration  # type: ignore[index]
+        if errors:
+            self._errors[row] = errors
+        self._shape_of[row] = shape.id  # last: a row is complete once it has a shape
+        self.last = result
+        if self._epoch != epoch:  # a column was reshaped while this row was written: write it again, alone
+            self._add_locked(row, result, False)
+
+    def _add_locked(self, row: int, result: Any, new: bool) -> None:
         lock = self._lock
         if lock is None:  # finished: a straggler from a thread that kept running
             return
-        lock.acquire()  # acquire/release: cheaper than `with` here
-        try:
-            if self._closed:
+        with lock:
+            if self._closed or (new and self._shape_of[row]):
                 return
-            if self._shape_of[row]:
-                if not new:
-                    self._put(row, result)
-                    self.last = result
-                return
-            shape = self._last
+            self._epoch += 1  # odd while columns may change under the fast path
             try:
-                _, seed, metrics, errors, duration = result
-            except ValueError:  # a tuple from an older worker, without a duration
-                shape = None
-            else:
-                if (
-                    shape is None
-                    or type(result) is not ReplicateResult
-                    or type(metrics) is not dict
-                    or type(errors) is not tuple
-                    or len(metrics) != shape.width
-                    or (duration is None) is not shape.untimed
-                ):
-                    shape = None
-            if shape is not None:
-                layout = shape.layout
-                position = 0
-                for condition in metrics:  # indexing, not zip(): every allocation shows here
-                    expected, names, columns = layout[position]
-                    position += 1
-                    values = metrics[condition]
-                    if condition != expected or type(values) is not dict or len(values) != len(names):
-                        shape = None
-                        break
-                    index = 0
-                    for name in values:
-                        if name != names[index]:
-                            shape = None
-                            break
-                        column = columns[index]
-                        index += 1
-                        value = values[name]
-                        if type(value) is column.kind:
-                            try:
-                                column.data[row] = value  # type: ignore[index]
-                                continue
-                            except _REFUSED:
-                                pass
-                        column.set(row, value)
-                    if shape is None:
-                        break
-            if shape is None:  # another shape, or an unusual result: writing a value twice does no harm
                 self._put(row, result)
-            else:
-                column = self._seeds
-                if type(seed) is column.kind:
-                    try:
-                        column.data[row] = seed  # type: ignore[index]
-                    except _REFUSED:
-                        column.set(row, seed)
-                else:
-                    column.set(row, seed)
-                if duration is not None:
-                    column = self._durations
-                    if type(duration) is column.kind:
-                        column.data[row] = duration  # type: ignore[index]
-                    else:
-                        column.set(row, duration)
-                if errors:
-                    self._errors[row] = errors
-                self._shape_of[row] = shape.id  # last: a row is complete once it has a shape
+            finally:
+                self._epoch += 1
             self.last = result
-        finally:
-            lock.release()
 
     def add_many(self, results: Iterable[ReplicateResult]) -> None:
         for result in results:
