@@ -1,4 +1,4 @@
-"""Peak memory of a million no-op replicates, per strategy.
+"""Peak memory of a million no-op replicates that record one float metric, per strategy.
 
     python benchmarks/scale.py                  # 1,000,000 replicates
     python benchmarks/scale.py --replicates 10000
@@ -25,17 +25,20 @@ SCRIPT = textwrap.dedent(
         return None
 
     def noop(data, ctx):
+        ctx.metrics.add("x", 0.5)
         return data
 
     if __name__ == "__main__":
         began = time.perf_counter()
         result = Experiment(nothing, [noop]).run(replicates=int(sys.argv[2]), strategy=sys.argv[1])
-        assert result.replicates == int(sys.argv[2]) and not result.errors
-        print(json.dumps({
+        report = {
             "seconds": time.perf_counter() - began,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        }))
+        }
+        assert result.replicates == int(sys.argv[2]) and not result.errors
+        assert result.summary()["baseline"]["x"].n == result.replicates  # checked after the peak is read
+        print(json.dumps(report))
     """
 )
 
