@@ -337,7 +337,7 @@ class ResultColumns(Sequence):
 
     def _shape(self, metrics: Any, duration: Any) -> _Shape:
         """The shape of a result with ``metrics`` and ``duration``, made if new."""
-        key = (duration is None, *[(condition, tuple(values)) for condition, values in metrics.items()])
+        key: tuple[Any, ...] = (duration is None, *[(c, tuple(values)) for c, values in metrics.items()])
         shape_id = self._shape_ids.get(key)
         if shape_id is not None:
             return self._shapes[shape_id]  # type: ignore[return-value]
@@ -389,7 +389,7 @@ class ResultColumns(Sequence):
     def __len__(self) -> int:
         return self._rows
 
-    def __getitem__(self, row):  # type: ignore[override]
+    def __getitem__(self, row):
         if isinstance(row, slice):
             return [self.result(r) for r in range(self._rows)[row]]
         if row < 0:
@@ -417,21 +417,25 @@ class ResultColumns(Sequence):
         }
         duration = self._durations.get(row) if shape.timed else None  # type: ignore[union-attr]
         return _new_result(
-            ReplicateResult, (self.index(row), self._seeds.get(row), metrics, self._errors.get(row, ()), duration)
+            ReplicateResult,
+            (self.replicate_at(row), self._seeds.get(row), metrics, self._errors.get(row, ()), duration),
         )
 
-    def index(self, row: int) -> int:
+    def replicate_at(self, row: int) -> int:
         """The replicate index of ``row``."""
         indices = self._indices
         if indices is None:
             return row
-        return indices.get(row) if type(indices) is Column else indices[row]
+        return indices.get(row) if isinstance(indices, Column) else indices[row]
 
     def indices(self) -> list[int]:
+        """Each row's replicate index."""
         indices = self._indices
-        if indices is None or type(indices) is range:
-            return list(indices or range(self._rows))
-        return indices.values() if type(indices) is Column else indices.tolist()
+        if indices is None:
+            return list(range(self._rows))
+        if isinstance(indices, Column):
+            return indices.values()
+        return list(indices) if isinstance(indices, range) else indices.tolist()
 
     def seeds(self) -> list[int]:
         return self._seeds.values()
@@ -441,7 +445,7 @@ class ResultColumns(Sequence):
         untimed = [shape_id for shape_id in self._used() if not self._shapes[shape_id].timed]  # type: ignore[union-attr]
         if untimed:
             shape_of, shapes = self._shape_of, self._shapes
-            values = [value if shapes[s].timed else None for value, s in zip(values, shape_of)]  # type: ignore[union-attr]
+            values = [value if shapes[s].timed else None for value, s in zip(values, shape_of)]
         return values
 
     def errors(self) -> list:
@@ -533,7 +537,7 @@ class RecordedResults(Sequence):
     def __len__(self) -> int:
         return len(self.replicates)
 
-    def __getitem__(self, position):  # type: ignore[override]
+    def __getitem__(self, position):
         if isinstance(position, slice):
             return [self.columns.result(r) for r in self.replicates[position]]
         return self.columns.result(self.replicates[position])

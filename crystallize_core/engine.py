@@ -460,14 +460,17 @@ class _Dispatch:
         began = self.backend.started_at(future, task.span)
         return None if began is None else began + self.timeout
 
-    def loop(self) -> list:
+    def loop(self) -> Sequence[Any]:
         self.start()
         while True:
             self.fill()
             if not self.in_flight:
                 if self.pending():  # the pool was found broken and replaced: send again
                     continue
-                return self.results if self.results is not None else self.recorded
+                if self.results is None:
+                    assert self.recorded is not None
+                    return self.recorded
+                return self.results
             wait_for = None
             if self.timeout is not None:
                 deadlines = [self.deadline(f, t) for f, t in self.in_flight.items()]

@@ -544,7 +544,7 @@ def _summarize(values: Iterable[Any]) -> MetricSummary:
     return MetricSummary(len(finite), mean, std, counts[NAN], counts[INF], counts[NON_NUMERIC])
 
 
-def _paired(treated: Sequence[Any], reference: Sequence[Any], confidence: float) -> PairedDifference:
+def _paired(treated: Iterable[Any], reference: Iterable[Any], confidence: float) -> PairedDifference:
     differences = array("d")
     for a, b in zip(treated, reference):
         kind_a, x = classify(a)

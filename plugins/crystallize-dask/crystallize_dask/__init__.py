@@ -10,6 +10,7 @@ supplies the cluster (:mod:`crystallize_dask._core`).
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from typing import Any
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
@@ -96,7 +97,7 @@ class DaskExecution:
         self.connect_timeout = float(connect_timeout)
 
     @hookimpl
-    def run_experiment_loop(self, experiment: Any, replicate_fn: Any) -> list | None:
+    def run_experiment_loop(self, experiment: Any, replicate_fn: Any) -> Sequence[Any] | None:
         from crystallize_dask._core import run_on_dask
 
         return run_on_dask(self, experiment, replicate_fn)

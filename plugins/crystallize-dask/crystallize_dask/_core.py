@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Executor, Future, wait
 from typing import Any
 
@@ -66,7 +67,7 @@ def _run_span(key: str, payload: bytes | None, paths: tuple[str, ...], start: in
 # --- in the driver ---------------------------------------------------------------
 
 
-def run_on_dask(strategy: Any, run: Any, replicate_fn: Any) -> list | None:
+def run_on_dask(strategy: Any, run: Any, replicate_fn: Any) -> Sequence[Any] | None:
     """Drive ``run`` on the strategy's cluster; None when it declines."""
     address, source = strategy.address, "address"
     if address is None and os.environ.get(ADDRESS_VARIABLE, "").strip():

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from crystallize_core import ReplicateFn, ReplicateResult, RunView
 
 __version__ = "0.2.0"
@@ -106,7 +108,7 @@ class ParallelExecution:
         return Capabilities()
 
     @hookimpl
-    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
+    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> Sequence[ReplicateResult]:
         from crystallize_core.engine import Backend, ExecutorBackend, drive
 
         total = experiment.replicates

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from crystallize_core import ReplicateFn, ReplicateResult, RunView
 
 if importlib.util.find_spec("ray") is None:
@@ -91,7 +93,7 @@ class RayExecution:
         self.runtime_env = dict(runtime_env) if runtime_env else None
 
     @hookimpl
-    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
+    def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> Sequence[ReplicateResult]:
         from crystallize_core.engine import drive
         from crystallize_ray._core import RayBackend
 
