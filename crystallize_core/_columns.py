@@ -298,10 +298,6 @@ class ResultColumns(Sequence):
         for result in results:
             self.add(result)
 
-    def has(self, replicate: int) -> bool:
-        """Whether a result of ``replicate`` is kept (before :meth:`finish`)."""
-        return 0 <= replicate < self._rows and bool(self._shape_of[replicate])
-
     def missing(self) -> list[int]:
         """The replicates without a result, in order (before :meth:`finish`)."""
         return [row for row, shape in enumerate(self._shape_of) if not shape]

@@ -631,11 +631,3 @@ def installed_versions() -> dict[str, str]:
         if distribution is not None:
             versions.setdefault(distribution.metadata["Name"], distribution.version)
     return versions
-
-
-def replicate_results_from(
-    completed: Mapping[int, ReplicateResult] | Iterable[ReplicateResult],
-) -> list[ReplicateResult]:
-    """Sort finished replicate results by replicate index (for partial results)."""
-    items = completed.values() if isinstance(completed, Mapping) else completed
-    return sorted((r for r in items if r is not None), key=lambda r: r.replicate)
