@@ -13,7 +13,6 @@ import pickle
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from os import getpid as _getpid
 from typing import TYPE_CHECKING, Any
 
 from crystallize_core.context import Context
@@ -30,6 +29,21 @@ _new_result = tuple.__new__
 #: Exceptions from the user's code that are never captured: Ctrl-C stops the
 #: run, and GeneratorExit closes the coroutine of a replicate being torn down.
 _UNCAPTURED = (KeyboardInterrupt, GeneratorExit)
+
+
+class _Process:
+    """This process's id, kept current across ``fork`` without a system call
+    per replicate (each result checks it, to stay silent in a forked worker)."""
+
+    pid = os.getpid()
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # no fork, and so no change of id, elsewhere
+    os.register_at_fork(after_in_child=_Process.forked)
 
 #: The replicate-level hooks; plugins implementing any of them travel with the
 #: replicate function to wherever replicates run.
@@ -165,7 +179,7 @@ class ReplicateRunner:
         of calls made in the driver process are recorded by the call itself.
         """
         monitor = self.monitor
-        if monitor is not None and monitor.pid == _getpid():
+        if monitor is not None and monitor.pid == _Process.pid:
             monitor.finished(results)
 
     def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
@@ -177,13 +191,13 @@ class ReplicateRunner:
 
     def _recorded(self, replicates: Sequence[int]) -> Sequence[ReplicateResult] | None:
         monitor = self.monitor
-        if monitor is None or monitor.pid != _getpid() or monitor.columns is None:
+        if monitor is None or monitor.pid != _Process.pid or monitor.columns is None:
             return None
         return monitor.columns.recorded(replicates)
 
     def _report(self, result: ReplicateResult) -> ReplicateResult:
         monitor = self.monitor
-        if monitor is not None and monitor.pid == _getpid():
+        if monitor is not None and monitor.pid == _Process.pid:
             monitor.finished_one(result)
         return result
 
@@ -337,6 +351,10 @@ class ReplicateHooks:
     """
 
     __slots__ = REPLICATE_HOOKS
+    replicate_seed: tuple[Callable[..., Any], ...]
+    before_replicate: tuple[Callable[..., Any], ...]
+    before_condition: tuple[Callable[..., Any], ...]
+    after_replicate: tuple[Callable[..., Any], ...]
 
     def __init__(self, manager: Any):
         from crystallize_core import hookspecs
