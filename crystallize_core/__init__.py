@@ -10,7 +10,7 @@ from __future__ import annotations
 # module's import time. Type checkers recognise the name.
 TYPE_CHECKING = False
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "Experiment": "crystallize_core.experiment",

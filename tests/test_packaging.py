@@ -154,7 +154,7 @@ def test_every_strategy_is_discovered_with_its_version(env):
         "evens": ("evens-only", "3.1.4", "ok"),
         "parallel": ("crystallize-parallel", "0.2.0", "ok"),
         "ray": ("crystallize-ray", "0.2.0", missing_ray),
-        "serial": ("crystallize-serial", "0.2.0", "ok"),
+        "serial": ("crystallize-serial", "0.3.0", "ok"),
         "shuffled": ("crystallize-shuffled", "0.1.0", "ok"),
     }
 

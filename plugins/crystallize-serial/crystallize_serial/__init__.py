@@ -11,7 +11,7 @@ from typing import Any
 
 import pluggy
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["SerialExecution", "__version__"]
 
 hookimpl = pluggy.HookimplMarker("crystallize")
