@@ -37,6 +37,7 @@ class Monitor:
         self.checkpoint = checkpoint
         #: Where the run's results are kept, as they finish, in any order.
         self.columns = columns
+        self._quiet = not self.progress.shown  # decided once: whether a result without errors needs only keeping
 
     def finished(self, results: Sequence[ReplicateResult]) -> None:
         """Record replicates that finished, from any thread of the driver."""
@@ -53,7 +54,7 @@ class Monitor:
 
     def finished_one(self, result: ReplicateResult) -> None:
         """:meth:`finished` for a single result: the replicate function's hot path."""
-        if result.errors or self.progress.shown:
+        if result[3] or not self._quiet:  # its errors
             self.finished((result,))
             return
         if self.columns is not None:

@@ -10,8 +10,41 @@ from crystallize_core.errors import ConfigurationError
 from crystallize_core.hookspecs import hookimpl
 from crystallize_core.replicate import derive_seed, random_seed
 
-_seed_random = random.seed
 _modules = sys.modules
+
+
+def _random_seeder() -> Callable[[int], None]:
+    """``random.seed`` for an int, or its C part called directly where that
+    leaves the generator in the same state on this interpreter (checked once):
+    the Python-level checks of ``random.seed`` cost about a microsecond, paid
+    before every condition of every replicate."""
+    generator = getattr(random, "_inst", None)
+    seed_c = getattr(random.Random.__mro__[1], "seed", None)  # _random.Random.seed
+    if not isinstance(generator, random.Random) or seed_c is None:
+        return random.seed
+
+    def seed_fast(seed: int) -> None:
+        seed_c(generator, seed)
+        generator.gauss_next = None  # type: ignore[attr-defined]
+
+    saved = random.getstate()
+    try:
+        random.seed(2**40 + 7)
+        expected = random.getstate()
+        random.gauss(0.0, 1.0)  # leaves a second normal deviate waiting, which seeding must clear
+        seed_fast(2**40 + 7)
+        same = random.getstate() == expected
+    except Exception:
+        same = False
+    finally:
+        random.setstate(saved)
+    return seed_fast if same else random.seed
+
+
+#: The seeder, chosen at first use. A list, not a module-level function: a
+#: checkpoint's fingerprint of SeedPlugin follows the functions its methods
+#: name, and must not change when this is filled in.
+_seeder: list[Callable[[int], None]] = []
 
 
 class SeedPlugin:
@@ -60,7 +93,9 @@ class SeedPlugin:
         if self.seed_fn is not None:
             self.seed_fn(seed)
         elif self.auto_seed:
-            _seed_random(seed)
+            if not _seeder:
+                _seeder.append(_random_seeder())
+            _seeder[0](seed)
             numpy = _modules.get("numpy")
             if numpy is not None:
                 numpy.random.seed(seed)

@@ -331,3 +331,18 @@ def test_summary_and_dict():
     document = result.to_dict()
     assert document["metrics"]["d"]["total"] == [12.0] * 3
     assert document["strategy"] == "serial" and document["replicates"] == 3
+
+
+def test_seed_plugin_leaves_global_random_state_as_random_seed_would():
+    """SeedPlugin seeds the random module's generator directly where that is
+    the same as random.seed: the state, the waiting normal deviate included."""
+    from crystallize_core.seed import _random_seeder
+
+    seeder = _random_seeder()
+    for seed in (0, 1, 2**31 - 1, 2**32 + 5, -7):
+        random.gauss(0.0, 1.0)
+        seeder(seed)
+        ours = random.getstate()
+        random.gauss(0.0, 1.0)
+        random.seed(seed)
+        assert ours == random.getstate()
