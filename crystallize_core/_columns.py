@@ -18,7 +18,7 @@ finished columns and rebuilds per-replicate objects only when asked.
 
 from __future__ import annotations
 
-import threading
+from _thread import LockType, allocate_lock  # not threading: a run's first call would import it
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
@@ -174,7 +174,7 @@ class ResultColumns(Sequence):
         #: The replicate index of each row: None while row i is replicate i and
         #: rows may still be missing; a range, an array or a Column once known.
         self._indices: range | array | Column | None = None
-        self._lock: threading.Lock | None = threading.Lock()
+        self._lock: LockType | None = allocate_lock()
         #: Even while no column changes shape; see :meth:`add`.
         self._epoch = 0
         self._closed = False
@@ -511,7 +511,7 @@ class ResultColumns(Sequence):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if not self._closed:
-            self._lock = threading.Lock()
+            self._lock = allocate_lock()
 
     def __repr__(self) -> str:
         return f"ResultColumns(rows={self._rows}, columns={len(self._columns)}, shapes={len(self._shapes) - 1})"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import weakref
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -34,14 +33,19 @@ class _PluginManager(pluggy.PluginManager):
     classes registered as plugins are inspected every time.
     """
 
-    _class_answers: weakref.WeakKeyDictionary[type, dict[str, Any]] = weakref.WeakKeyDictionary()
+    #: Answers by class, for at most :data:`MAX_CLASSES` classes (a dict, not
+    #: a weak one: importing weakref would cost a process's first run more).
+    _class_answers: dict[type, dict[str, Any]] = {}
     _spec_answers: dict[str, Any] = {}
+    MAX_CLASSES = 256
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
         if isinstance(plugin, (type, ModuleType)) or name in _instance_dict(plugin):
             return super().parse_hookimpl_opts(plugin, name)
         answers = self._class_answers.get(type(plugin))
         if answers is None:
+            if len(self._class_answers) >= self.MAX_CLASSES:  # classes made on the fly, as tests do
+                self._class_answers.clear()
             answers = self._class_answers.setdefault(type(plugin), {})
         if name not in answers:
             answers[name] = super().parse_hookimpl_opts(plugin, name)
@@ -51,10 +55,15 @@ class _PluginManager(pluggy.PluginManager):
     def parse_hookspec_opts(self, module_or_class: Any, name: str) -> Any:
         if module_or_class is not hookspecs:
             return super().parse_hookspec_opts(module_or_class, name)
+        if not hasattr(vars(hookspecs).get(name), _SPEC_MARKER):  # imports, classes: looked at cheaply
+            return None
         if name not in self._spec_answers:
             self._spec_answers[name] = super().parse_hookspec_opts(module_or_class, name)
         opts = self._spec_answers[name]
         return None if opts is None else dict(opts)
+
+
+_SPEC_MARKER = hookspecs.PROJECT_NAME + "_spec"
 
 
 def _instance_dict(plugin: object) -> dict[str, Any]:

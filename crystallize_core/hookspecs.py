@@ -26,7 +26,7 @@ is called through pluggy each time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
 
@@ -40,31 +40,72 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
-# A named tuple, immutable like a frozen dataclass: importing dataclasses would
-# add milliseconds to the first run in a process that uses only serial.
-class Capabilities(NamedTuple):
+# A small immutable class rather than a frozen dataclass or a named tuple:
+# building either costs a process's first run half a millisecond or more.
+class Capabilities:
     """What a strategy can honour, declared as its ``capabilities`` attribute.
 
     Every flag defaults to False, so a strategy declares only what it does,
     by keyword; an unknown flag name is a :class:`TypeError` when the object
-    is built.
+    is built, and the object is immutable, hashable and compares by its flags.
     The core passes over a strategy that cannot honour a run's options (a
     ``timeout`` needs :attr:`timeout`) and the conformance kit holds each
     strategy to what it claims. A strategy whose abilities depend on its
     options (threads or processes) makes ``capabilities`` a property.
     """
 
+    __slots__ = ("cancellation", "retries_dead_workers", "ships_work", "timeout")
+    _FLAGS = ("timeout", "cancellation", "retries_dead_workers", "ships_work")
+
     #: Each replicate is stopped after ``run.timeout`` seconds of running and
     #: recorded as ``ReplicateTimeout``.
-    timeout: bool = False
+    timeout: bool
     #: Ctrl-C stops running replicates at once, rather than waiting for them.
-    cancellation: bool = False
+    cancellation: bool
     #: A replicate whose worker dies is run again, alone, and recorded as
     #: ``WorkerDied`` if it keeps dying; the others are not lost.
-    retries_dead_workers: bool = False
+    retries_dead_workers: bool
     #: Replicates run in other processes or machines, so every component must
     #: pickle; unpicklable ones are reported before any work.
-    ships_work: bool = False
+    ships_work: bool
+
+    def __init__(
+        self,
+        *,
+        timeout: bool = False,
+        cancellation: bool = False,
+        retries_dead_workers: bool = False,
+        ships_work: bool = False,
+    ):
+        for name, value in zip(self._FLAGS, (timeout, cancellation, retries_dead_workers, ships_work)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Capabilities cannot be changed; build new ones: {self!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Capabilities cannot be changed; build new ones: {self!r}")
+
+    def _flags(self) -> tuple[bool, ...]:
+        return tuple(getattr(self, name) for name in self._FLAGS)
+
+    def __eq__(self, other: object) -> bool:
+        return self._flags() == other._flags() if isinstance(other, Capabilities) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._flags())
+
+    def __repr__(self) -> str:
+        flags = ", ".join(f"{name}={value!r}" for name, value in zip(self._FLAGS, self._flags()))
+        return f"Capabilities({flags})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_capabilities, self._flags())
+
+
+def _capabilities(*flags: bool) -> Capabilities:
+    """Rebuild pickled :class:`Capabilities`."""
+    return Capabilities(**dict(zip(Capabilities._FLAGS, flags)))
 
 
 #: The capabilities of a plugin that declares none.
