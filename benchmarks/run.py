@@ -222,17 +222,22 @@ def gather_under_semaphore(coroutine_fn, n: int, concurrency: int) -> Callable[[
     return lambda: asyncio.run(main())
 
 
-def joblib_run(fn, n: int, workers: int, backend: str) -> Callable[[], list]:
-    import joblib
-    from joblib.externals.loky import get_reusable_executor
+def joblib_run(workload: str, n: int, workers: int, backend: str, arg: int = 0) -> Callable[[], Measured]:
+    """joblib's ``Parallel`` in a fresh process each run (``joblib_runner.py``),
+    timed there: each run pays for its workers, as every other contender's
+    does, and NumPy, which joblib imports, stays out of this process."""
 
-    def run():
-        # Each run pays for its workers, as every other contender's does.
-        if backend == "loky":
-            get_reusable_executor().shutdown(wait=True)
-        return joblib.Parallel(n_jobs=workers, backend=backend, batch_size="auto")(
-            joblib.delayed(fn)(i) for i in range(n)
+    def run() -> Measured:
+        done = subprocess.run(
+            [sys.executable, str(HERE / "joblib_runner.py"), workload, backend, str(n), str(workers), str(arg)],
+            capture_output=True,
+            text=True,
+            timeout=3600,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"joblib {workload}/{backend} failed: {done.stderr[-1500:]}")
+        document = json.loads(done.stdout.strip().splitlines()[-1])
+        return Measured(document["values"], document["seconds"])
 
     return run
 
@@ -290,7 +295,7 @@ def bench_overhead(report: Report, sizes: Sizes, ml: Path | None) -> None:
         "direct loop": Contender(direct_loop(w.overhead_source, w.overhead_step, n)),
         "ThreadPoolExecutor.map": Contender(thread_map(w.overhead_raw, n, WORKERS)),
         process_map_name: Contender(process_map(w.overhead_raw, n, WORKERS, chunk)),
-        "joblib loky auto-batch": Contender(joblib_run(w.overhead_raw, n, WORKERS, "loky"), process_map_name),
+        "joblib loky auto-batch": Contender(joblib_run("overhead", n, WORKERS, "loky"), process_map_name),
     }
     baselines = {"serial": "direct loop", "thread": "ThreadPoolExecutor.map", "process": process_map_name}
     for mode, name in [
@@ -332,7 +337,7 @@ def bench_cpu(report: Report, sizes: Sizes, ml: Path | None) -> None:
     contenders = {
         "plain loop": Contender(lambda: [raw(i) for i in range(n)], serial),
         "ProcessPoolExecutor.map chunksize=1": Contender(process_map(raw, n, WORKERS, 1), serial),
-        "joblib loky auto-batch": Contender(joblib_run(raw, n, WORKERS, "loky"), serial),
+        "joblib loky auto-batch": Contender(joblib_run("cpu", n, WORKERS, "loky", loops), serial),
     }
     for name, make in our_strategies(WORKERS).items():
         contenders[name] = Contender(ours(source, w.cpu_step, n, make()), "" if name == serial else serial)
@@ -349,22 +354,12 @@ def bench_payload(report: Report, sizes: Sizes, ml: Path | None) -> None:
     chunk = max(1, n // (WORKERS * 4))
     baseline = "ProcessPoolExecutor + initializer"
 
-    def joblib_payload():
-        # What a joblib user writes: the function's arguments carry the object.
-        import joblib
-        from joblib.externals.loky import get_reusable_executor
-
-        get_reusable_executor().shutdown(wait=True)
-        return joblib.Parallel(n_jobs=WORKERS, backend="loky", batch_size="auto")(
-            joblib.delayed(w.payload_with)(payload, i) for i in range(n)
-        )
-
     processes = our_strategies(WORKERS)["crystallize processes"]()
     contenders = {
         baseline: Contender(process_map(w.payload_raw, n, WORKERS, chunk, w.payload_init, (payload,))),
         "crystallize processes": Contender(ours(w.PayloadSource(payload), w.payload_step, n, processes), baseline),
         # Both ship the object with every task: seconds per replicate, so fewer runs.
-        "joblib loky auto-batch": Contender(joblib_payload, baseline, max_runs=2),
+        "joblib loky auto-batch": Contender(joblib_run("payload", n, WORKERS, "loky", size), baseline, max_runs=2),
     }
     if ml is not None:
         run = ml_contender(ml, "payload", "process", n, WORKERS, size)
@@ -379,7 +374,7 @@ def bench_io(report: Report, sizes: Sizes, ml: Path | None) -> None:
     our_threads = ParallelExecution(executor_type="thread", max_workers=threads)
     contenders = {
         "ThreadPoolExecutor.map": Contender(thread_map(w.io_raw, n, threads), "ideal"),
-        "joblib threading": Contender(joblib_run(w.io_raw, n, threads, "threading"), "ideal"),
+        "joblib threading": Contender(joblib_run("io", n, threads, "threading"), "ideal"),
         "crystallize threads": Contender(ours(w.io_source, w.overhead_step, n, our_threads), "ideal"),
     }
     if ml is not None:
@@ -396,7 +391,7 @@ def bench_numeric(report: Report, sizes: Sizes, ml: Path | None) -> None:
     loky = "joblib loky auto-batch"
     contenders = {
         serial: Contender(ours(w.numeric_source, w.numeric_step, n, SerialExecution())),
-        loky: Contender(joblib_run(w.numeric_fit, n, WORKERS, "loky"), serial),
+        loky: Contender(joblib_run("numeric", n, WORKERS, "loky"), serial),
         "crystallize processes": Contender(
             ours(w.numeric_source, w.numeric_step, n, ParallelExecution(executor_type="process", max_workers=WORKERS)),
             loky,
