@@ -336,7 +336,11 @@ def identify(plugin: object) -> tuple[str, str | None, str | None]:
     point's name; any other plugin by its class name and the distribution
     that provides its module, where one does.
     """
-    cls = type(plugin)
+    return identify_class(type(plugin))
+
+
+def identify_class(cls: type) -> tuple[str, str | None, str | None]:
+    """:func:`identify` for the plugins of class ``cls``."""
     known = _loaded.get(cls)
     if known is not None:
         return known

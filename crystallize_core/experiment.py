@@ -332,12 +332,14 @@ def _qualified_name(function: object) -> str:
 
 
 def _identity_of(strategy: object) -> Callable[[], tuple[str, str | None]]:
-    """The strategy's name and version, found when first asked."""
+    """The strategy's name and version, found when first asked (from its class
+    only: a result must not keep the strategy, and what it holds, alive)."""
+    kind = type(strategy)
 
     def identify() -> tuple[str, str | None]:
-        from crystallize_core.discovery import identify
+        from crystallize_core.discovery import identify_class
 
-        name, _, version = identify(strategy)
+        name, _, version = identify_class(kind)
         return name, version
 
     return identify
