@@ -219,6 +219,26 @@ class KillWorkerOn:
 _INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "resource_tracker")
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB, for memory tests run in a subprocess.
+
+    Reads ``VmHWM`` where ``/proc`` has it: on Linux, ``ru_maxrss`` of a
+    child started by ``vfork`` and ``exec`` can report its parent's peak (a
+    test session's). Elsewhere, ``ru_maxrss`` (bytes on macOS, KB on Linux).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
 def live_child_processes() -> dict[int, int]:
     """This process's living descendants, as process id to parent id, except
     the helper processes ``multiprocessing`` keeps for the interpreter (psutil)."""

@@ -340,21 +340,11 @@ def test_fail_fast_while_the_core_consumes_an_iterator_names_the_strategy():
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from concurrent.futures import ThreadPoolExecutor
     from crystallize_core import Experiment
+    from crystallize_core.testing import peak_memory_mb
 
-    def peak_mb():
-        # VmHWM is this process's own peak. ru_maxrss is not, on Linux: a child started by
-        # vfork and exec inherits the peak of its parent (here the test session).
-        try:
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
     def nothing(ctx):
         return None
@@ -370,7 +360,7 @@ MEMORY_SCRIPT = textwrap.dedent(
             "replicates": result.replicates,
             "n": result.summary()["baseline"]["x"].n,
             "last": result.metrics["baseline"]["x"][-1],
-            "peak_mb": peak_mb(),
+            "peak_mb": peak_memory_mb(),
         }))
     """
 )

@@ -15,21 +15,11 @@ CEILING_MB = 300  # the results themselves take ~50 MB (in columns); in-flight w
 
 SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from crystallize_core import Experiment
+    from crystallize_core.testing import peak_memory_mb
     from crystallize_parallel import ParallelExecution
 
-    def peak_mb():
-        # VmHWM is this process's own peak; ru_maxrss of a child started by
-        # vfork and exec can be its parent's (the test session's).
-        try:
-            with open("/proc/self/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
     def nothing(ctx):
         return None
@@ -41,7 +31,7 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         strategy = ParallelExecution(executor_type=sys.argv[1], max_workers=2)
         result = Experiment(nothing, [one_float], plugins=[strategy]).run(replicates=int(sys.argv[2]))
-        peak = peak_mb()  # before reading the result back builds anything
+        peak = peak_memory_mb()  # before reading the result back builds anything
         print(json.dumps({
             "replicates": result.replicates,
             "errors": len(result.errors),
