@@ -236,7 +236,10 @@ def test_under_fail_fast_a_timeout_stops_the_run():
     with pytest.raises(ReplicateFailed) as failed:
         experiment(Awaited(numbers), steps, fail_fast=True).run(replicates=5, strategy=AsyncExecution(), timeout=0.5)
     assert (failed.value.error.replicate, failed.value.error.exc_type) == (2, "ReplicateTimeout")
-    assert 2 not in [r.replicate for r in failed.value.partial_result.replicate_results]
+    # As under the dispatch engine: the partial result records the timeout on its replicate, no metrics.
+    partial = failed.value.partial_result
+    assert not partial.complete and [(e.replicate, e.exc_type) for e in partial.errors] == [(2, "ReplicateTimeout")]
+    assert partial.metrics["baseline"]["replicate"][partial.replicate_indices.index(2)] is None
 
 
 @pytest.mark.parametrize("kind", [SystemExit, asyncio.CancelledError])
