@@ -24,6 +24,9 @@ def _random_seeder() -> Callable[[int], None]:
         return random.seed
 
     def seed_fast(seed: int) -> None:
+        if type(seed) is not int:  # random.seed hashes a str or bytes seed its own way
+            random.seed(seed)
+            return
         seed_c(generator, seed)
         generator.gauss_next = None  # type: ignore[attr-defined]
 

@@ -339,7 +339,7 @@ def test_seed_plugin_leaves_global_random_state_as_random_seed_would():
     from crystallize_core.seed import _random_seeder
 
     seeder = _random_seeder()
-    for seed in (0, 1, 2**31 - 1, 2**32 + 5, -7):
+    for seed in (0, 1, 2**31 - 1, 2**32 + 5, -7, "a str seed from a plugin", 2.5):
         random.gauss(0.0, 1.0)
         seeder(seed)
         ours = random.getstate()
