@@ -104,18 +104,6 @@ def measure(
         print(f"  {workload:9} {name:28} {row.seconds * 1e3:10.2f} ms", flush=True)
 
 
-def calibrate_cpu(seconds: float) -> int:
-    """Loops of :func:`workloads.spin` that take about ``seconds`` here (as run.py calibrates)."""
-    loops = 20_000
-    while True:
-        began = time.perf_counter()
-        w.spin(0, loops)
-        took = time.perf_counter() - began
-        if took > 0.02:
-            return max(1, int(loops * seconds / took))
-        loops *= 4
-
-
 def run_chunk(fn: Callable[[int], int], start: int, stop: int) -> list[int]:
     """What a direct user submits as one task: ``fn`` over a range of indices."""
     return [fn(i) for i in range(start, stop)]
@@ -176,7 +164,7 @@ class Workload:
 
 
 def workloads(sizes: Sizes) -> list[Workload]:
-    n, k, loops = sizes.overhead, sizes.cpu, calibrate_cpu(sizes.cpu_seconds)
+    n, k, loops = sizes.overhead, sizes.cpu, w.calibrate_cpu(sizes.cpu_seconds)
     expected = [w.overhead_expected(i) for i in range(n)]
     overhead = Workload("overhead", n, n // (WORKERS * 4), w.overhead_raw, w.overhead_source, w.overhead_step, expected)
     cpu = Workload("cpu", k, 1, w.CpuRaw(loops), w.CpuSource(loops), w.cpu_step, [w.spin(i, loops) for i in range(k)])

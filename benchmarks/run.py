@@ -318,19 +318,8 @@ def bench_overhead(report: Report, sizes: Sizes, ml: Path | None) -> None:
     measure(report, "overhead", contenders, expected, n, sizes.repeat)
 
 
-def calibrate_cpu(seconds: float) -> int:
-    loops = 20_000
-    while True:
-        began = time.perf_counter()
-        w.spin(0, loops)
-        took = time.perf_counter() - began
-        if took > 0.02:
-            return max(1, int(loops * seconds / took))
-        loops *= 4
-
-
 def bench_cpu(report: Report, sizes: Sizes, ml: Path | None) -> None:
-    n, loops = sizes.cpu, calibrate_cpu(sizes.cpu_seconds)
+    n, loops = sizes.cpu, w.calibrate_cpu(sizes.cpu_seconds)
     expected = [w.spin(i, loops) for i in range(n)]
     source, raw = w.CpuSource(loops), w.CpuRaw(loops)
     serial = "crystallize serial"

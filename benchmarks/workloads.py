@@ -44,6 +44,18 @@ def spin(i: int, loops: int) -> int:
     return acc
 
 
+def calibrate_cpu(seconds: float) -> int:
+    """Loops of :func:`spin` that take about ``seconds`` on this machine now."""
+    loops = 20_000
+    while True:
+        began = time.perf_counter()
+        spin(0, loops)
+        took = time.perf_counter() - began
+        if took > 0.02:
+            return max(1, int(loops * seconds / took))
+        loops *= 4
+
+
 class CpuSource:
     def __init__(self, loops: int):
         self.loops = loops
