@@ -27,7 +27,7 @@ import pickle
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
@@ -394,8 +394,9 @@ class _Dispatch:
         #: Batches lost with a whole pool, each rerun alone; one that breaks the
         #: pool again is halved, until a death is pinned on a single replicate.
         self.suspects: deque[range] = deque()
-        #: Positions lost for a known cause (another replicate's timeout): rerun, not suspect.
-        self.again: deque[int] = deque()
+        #: Spans to send again, not suspect: a batch a broken pool refused
+        #: (whole), or replicates to run one by one to find which one fails.
+        self.again: deque[range] = deque()
         self.deaths: dict[int, int] = {}
         self.report = getattr(replicate_fn, "record", None) if self.capabilities.ships_work else None
         #: Set when a second Ctrl-C gave up waiting for running replicates.
@@ -417,8 +418,7 @@ class _Dispatch:
         if self.suspects:
             return None if self.in_flight else self.suspects[0]
         if self.again:
-            position = self.again.popleft()
-            return range(position, position + 1)
+            return self.again.popleft()
         return self.sizer.next_span()
 
     def fill(self) -> None:
@@ -441,7 +441,7 @@ class _Dispatch:
                 # The pool broke before this batch went out: it is blameless
                 # (a suspect stays at the head of its queue).
                 if not (self.suspects and self.suspects[0] == span):
-                    self.again.extendleft(reversed(span))
+                    self.again.appendleft(span)
                 if not self.in_flight:  # no failing future will bring the pool back
                     self.backend.restart()
                 return
@@ -553,7 +553,7 @@ class _Dispatch:
         if self.suspects and self.suspects[0] == span:
             self.suspects.popleft()
         if len(span) > 1:
-            self.again.extend(span)
+            self.again.extend(_one_by_one(span))
             return
         self.fault(
             span.start,
@@ -577,7 +577,7 @@ class _Dispatch:
                 if len(task.span) == 1:
                     self.blame(task.span.start, died)
                 else:  # each on its own: only the culprit dies again
-                    self.again.extend(task.span)
+                    self.again.extend(_one_by_one(task.span))
             return
         # The whole pool broke: keep what finished, and since which replicate
         # killed it is unknown, rerun each lost batch alone, halving those that
@@ -618,7 +618,7 @@ class _Dispatch:
             if not self.suspects or self.suspects[0] != range(position, position + 1):
                 self.suspects.appendleft(range(position, position + 1))
         else:
-            self.again.append(position)
+            self.again.append(range(position, position + 1))
 
     def enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -645,7 +645,7 @@ class _Dispatch:
                     "and was stopped",
                 )
             else:
-                self.again.extend(p for p in task.span if not any(p in s for s in self.suspects))
+                self.again.extend(_one_by_one(p for p in task.span if not any(p in s for s in self.suspects)))
         self.backend.restart()
 
     def replicate_of(self, position: int) -> int:
@@ -703,6 +703,11 @@ class _Dispatch:
             recorded, finished = self.recorded, self.finished
             return [recorded[p] for p in range(self.total) if finished[p]]  # type: ignore[index]
         return [r for r in self.results if r is not None]
+
+
+def _one_by_one(positions: Iterable[int]) -> list[range]:
+    """Each position as a span of its own."""
+    return [range(p, p + 1) for p in positions]
 
 
 def _succeeded(future: Future) -> bool:

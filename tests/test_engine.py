@@ -111,6 +111,43 @@ def test_a_death_among_many_replicates_is_pinned_by_halving_not_one_by_one():
     assert CountingPool.submitted < 150, CountingPool.submitted
 
 
+class RefusingAfterDeath(CountingPool):
+    """A real process pool that, once the batch holding ``KILLER`` is out,
+    submits nothing more until that batch's worker has died: the next batch
+    meets a broken pool and is refused."""
+
+    KILLER = 1234
+    refused = 0
+    killer: object = None
+
+    def submit(self, fn, /, *args, **kwargs):
+        if RefusingAfterDeath.killer is not None:
+            assert wait_until(RefusingAfterDeath.killer.done, 60)
+            RefusingAfterDeath.killer = None
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except Exception:
+            RefusingAfterDeath.refused += 1
+            raise
+        start, stop = args[-2:]
+        if start <= self.KILLER < stop:
+            RefusingAfterDeath.killer = future
+        return future
+
+
+def test_a_batch_a_broken_pool_refused_is_sent_again_whole():
+    CountingPool.submitted = RefusingAfterDeath.refused = 0
+    result = seeded(KillWorkerOn({1234: "exit"})).run(
+        replicates=4000, strategy=ExecutorStrategy(partial(RefusingAfterDeath, 2), max_retries=0)
+    )
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(1234, "WorkerDied")]
+    assert result.metrics["baseline"]["replicate"] == [None if i == 1234 else i for i in range(4000)]
+    assert RefusingAfterDeath.refused >= 1
+    # The refused batch is blameless: it goes out again as one batch, not as
+    # one submission per replicate.
+    assert CountingPool.submitted < 150, CountingPool.submitted
+
+
 def test_fail_fast_stops_at_a_dead_worker_too():
     experiment = seeded(KillWorkerOn({2: "exit"}))
     strategy = ExecutorStrategy(partial(ProcessPoolExecutor, 2), max_retries=0)
