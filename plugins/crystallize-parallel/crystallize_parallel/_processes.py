@@ -16,6 +16,7 @@ capped so that workers times inner threads fit the cores, as loky does.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -225,7 +226,8 @@ class ProcessBackend(Backend):
             deadline = time.monotonic() + SURVIVOR_GRACE_SECONDS
             for process in workers:
                 process.join(timeout=max(0.0, deadline - time.monotonic()))
-            stubborn = {p.pid for p in workers if p.is_alive()}
+            _settle_exit_codes(workers)
+            stubborn = {p.pid for p in workers if p.exitcode is None}
             _kill_workers(workers)  # the stubborn, and whatever any of them started
             codes = [
                 p.exitcode for p in workers if p.pid not in stubborn and p.exitcode not in (None, 0, -signal.SIGTERM)
@@ -259,6 +261,26 @@ def _workers(pool: ProcessPoolExecutor | None) -> list:
     # Python 3.14 (terminate_workers/kill_workers); killing a hung or
     # interrupted run's workers needs one.
     return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _settle_exit_codes(workers: list, seconds: float = 1.0) -> None:
+    """Wait until every worker that has ended shows its exit code.
+
+    The pool's own thread joins its workers too, and when it reaps one first,
+    a join here finds the process gone but no exit code until that thread
+    stores the one it read: the worker looks alive for a moment."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        unsettled = [p for p in workers if p.exitcode is None]
+        if not unsettled:
+            return
+        try:
+            ended = multiprocessing.connection.wait([p.sentinel for p in unsettled], timeout=0)
+        except (OSError, ValueError):  # a sentinel closed meanwhile: the pool is done with it
+            return
+        if not ended:
+            return
+        time.sleep(0.001)
 
 
 def _kill_workers(workers: list) -> None:

@@ -2,11 +2,13 @@
 unpicklable values, a driver killed while its workers hold the GIL, slow worker start-up."""
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -368,3 +370,30 @@ def test_a_result_that_could_not_come_back_is_not_checkpointed_so_a_rerun_tries_
         assert [(e.replicate, e.exc_type) for e in result.errors] == [(3, "UnpicklingError")]
     runs = sorted(int(line.split()[0]) for line in log.read_text().splitlines())
     assert runs == [0, 1, 2, 3, 3, 4], runs
+
+
+def _exit_with_1():
+    os._exit(1)
+
+
+def test_a_dead_worker_reaped_by_the_pools_thread_still_shows_its_exit_code():
+    # The pool's own thread joins its workers too. When it reaps a dead one
+    # first, the exit code appears only once that thread stores it; read too
+    # early, the worker looked alive and its death was "cause unknown".
+    from crystallize_parallel._processes import _settle_exit_codes
+
+    worker = multiprocessing.get_context("fork").Process(target=_exit_with_1)
+    worker.start()
+
+    def reap_like_the_pool_then_store_late():
+        _, status = os.waitpid(worker.pid, 0)
+        time.sleep(0.3)
+        worker._popen.returncode = os.waitstatus_to_exitcode(status)
+
+    reaper = threading.Thread(target=reap_like_the_pool_then_store_late)
+    reaper.start()
+    assert wait_until(lambda: multiprocessing.connection.wait([worker.sentinel], 0), 10)
+    time.sleep(0.05)  # the reaper has the status now
+    _settle_exit_codes([worker])
+    assert worker.exitcode == 1
+    reaper.join()
