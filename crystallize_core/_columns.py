@@ -83,6 +83,26 @@ class Column:
         self._as_list()
         self.data[row] = value  # type: ignore[index]
 
+    def set_many(self, start: int, values: list) -> None:
+        """Write ``values``, all of one type, at rows ``start``, ``start + 1``, ..."""
+        kind = type(values[0])
+        stop = start + len(values)
+        if self.data is None:
+            code = _code_for(kind)
+            if code is not None:
+                self.data = array(code, [0]) * self.rows
+                self.kind = kind
+                self.rebuild = None if kind is float or kind is int else kind
+        data = self.data
+        if kind is self.kind and isinstance(data, array):
+            try:
+                data[start:stop] = array(data.typecode, values)
+                return
+            except _REFUSED:
+                pass
+        self._as_list()
+        self.data[start:stop] = values  # type: ignore[index,call-overload]
+
     def _as_list(self) -> None:
         data, rebuild = self.data, self.rebuild
         if data is None:
@@ -298,6 +318,33 @@ class ResultColumns(Sequence):
         for result in results:
             self.add(result)
 
+    def add_columns(self, batch: tuple) -> bool:
+        """Keep a batch made by :func:`pack_columns`, unless one of its rows
+        already holds a result (then return False: add its rows one by one)."""
+        _, start, conditions, seeds, durations, values = batch
+        stop = start + len(seeds)
+        lock = self._lock
+        if lock is None or not 0 <= start < stop <= self._rows:
+            return False
+        with lock:
+            shape_of = self._shape_of
+            if self._closed or any(shape_of[start:stop]):
+                return False
+            self._epoch += 1  # columns may change shape: the fast path must not trust them meanwhile
+            try:
+                shape = self._last = self._shape_of_key((durations is None, *conditions))
+                columns = [column for per_condition in shape.columns for column in per_condition]
+                for column, column_values in zip(columns, values):
+                    column.set_many(start, column_values)
+                self._seeds.set_many(start, seeds)
+                if durations is not None:
+                    self._durations.set_many(start, durations)
+                filled = bytes((shape.id,)) if isinstance(shape_of, bytearray) else array("I", (shape.id,))
+                shape_of[start:stop] = filled * (stop - start)  # last: a row is complete once it has a shape
+            finally:
+                self._epoch += 1
+        return True
+
     def missing(self) -> list[int]:
         """The replicates without a result, in order (before :meth:`finish`)."""
         return [row for row, shape in enumerate(self._shape_of) if not shape]
@@ -333,7 +380,10 @@ class ResultColumns(Sequence):
 
     def _shape(self, metrics: Any, duration: Any) -> _Shape:
         """The shape of a result with ``metrics`` and ``duration``, made if new."""
-        key: tuple[Any, ...] = (duration is None, *[(c, tuple(values)) for c, values in metrics.items()])
+        return self._shape_of_key((duration is None, *[(c, tuple(values)) for c, values in metrics.items()]))
+
+    def _shape_of_key(self, key: tuple[Any, ...]) -> _Shape:
+        """The shape ``(untimed, (condition, metric names), ...)``, made if new."""
         shape_id = self._shape_ids.get(key)
         if shape_id is not None:
             return self._shapes[shape_id]  # type: ignore[return-value]
@@ -543,3 +593,67 @@ class RecordedResults(Sequence):
 
     def __repr__(self) -> str:
         return f"RecordedResults({len(self.replicates)} replicates)"
+
+
+#: The first item of a batch packed by :func:`pack_columns`.
+COLUMNS = "crystallize:columns"
+
+
+def pack_columns(results: Sequence[Any]) -> tuple | None:
+    """``results`` column by column, for sending to the driver, when they are
+    consecutive replicates without errors, of one shape, whose metrics are
+    Python floats, ints or bools, each metric of one type throughout; else
+    None. Such a batch pickles, unpickles and is kept (:meth:`ResultColumns.add_columns`)
+    at a fraction of the cost of its rows; :func:`unpack_columns` gives them back.
+    """
+    if len(results) < 2 or type(results[0]) is not ReplicateResult:
+        return None
+    start, _, metrics, errors, duration = results[0]
+    if errors or type(start) is not int or type(metrics) is not dict:
+        return None
+    conditions = tuple((condition, tuple(values)) for condition, values in metrics.items())
+    kinds = [type(value) for values in metrics.values() for value in values.values()]
+    if any(kind not in _CODES for kind in kinds):
+        return None
+    timed = duration is not None
+    seeds: list[int] = []
+    durations: list[Any] = []
+    columns: list[list] = [[] for _ in kinds]
+    replicate = start
+    for result in results:
+        if type(result) is not ReplicateResult:
+            return None
+        index, seed, metrics, errors, duration = result
+        if (
+            index != replicate
+            or errors
+            or type(seed) is not int
+            or type(metrics) is not dict
+            or (duration is not None) is not timed
+        ):
+            return None
+        if tuple((condition, tuple(values)) for condition, values in metrics.items()) != conditions:
+            return None
+        column = 0
+        for values in metrics.values():
+            for value in values.values():
+                if type(value) is not kinds[column]:
+                    return None
+                columns[column].append(value)
+                column += 1
+        seeds.append(seed)
+        if timed:
+            durations.append(duration)
+        replicate += 1
+    return (COLUMNS, start, conditions, seeds, durations if timed else None, columns)
+
+
+def unpack_columns(batch: tuple) -> list[tuple]:
+    """The rows of a batch made by :func:`pack_columns`, as :func:`~crystallize_core.result.pack_results` makes them."""
+    _, start, conditions, seeds, durations, columns = batch
+    rows = []
+    for offset, seed in enumerate(seeds):
+        values = iter([column[offset] for column in columns])
+        metrics = {condition: {name: next(values) for name in names} for condition, names in conditions}
+        rows.append((start + offset, seed, metrics, (), None if durations is None else durations[offset]))
+    return rows

@@ -34,6 +34,7 @@ from functools import partial
 from threading import Event
 from typing import Any
 
+from crystallize_core._columns import pack_columns, unpack_columns
 from crystallize_core.batching import BatchSizer
 from crystallize_core.errors import ConfigurationError, ReplicateFailed, StrategyCapabilityError, WorkerLostError
 from crystallize_core.hookspecs import NO_CAPABILITIES, Capabilities, ReplicateFn, RunView, hookimpl
@@ -152,6 +153,9 @@ def run_span(
 
 
 def _dumps_results(results: list[ReplicateResult]) -> bytes:
+    columns = pack_columns(results)
+    if columns is not None:
+        return pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL)
     try:
         return pickle.dumps(pack_results(results), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -399,6 +403,8 @@ class _Dispatch:
         self.again: deque[range] = deque()
         self.deaths: dict[int, int] = {}
         self.report = getattr(replicate_fn, "record", None) if self.capabilities.ships_work else None
+        #: Keeps a batch packed column by column, if the replicate function can; False if not this one.
+        self.report_columns = getattr(replicate_fn, "record_columns", None) if self.report is not None else None
         #: Set when a second Ctrl-C gave up waiting for running replicates.
         self.abandoned = False
         #: Submissions refused in a row by a broken pool.
@@ -529,16 +535,23 @@ class _Dispatch:
                 return 0
         else:
             rows = packed
-        if self.results is None and self.report is None:  # each reported itself where it ran, in this process
-            self.keep(span.start, len(rows))
-        else:
-            results = unpack_results(rows)
-            self.keep(span.start, len(results), results)
-            if self.report is not None:
-                self.report(results)
         if self.suspects and self.suspects[0] == span:
             self.suspects.popleft()
-        return len(rows)
+        if self.results is None and self.report is None:  # each reported itself where it ran, in this process
+            count = len(rows[3]) if type(rows) is tuple else len(rows)
+            self.keep(span.start, count)
+            return count
+        if type(rows) is tuple:  # packed column by column
+            count = len(rows[3])
+            if self.results is None and self.report_columns is not None and self.report_columns(rows):
+                self.keep(span.start, count)
+                return count
+            rows = unpack_columns(rows)
+        results = unpack_results(rows)
+        self.keep(span.start, len(results), results)
+        if self.report is not None:
+            self.report(results)
+        return len(results)
 
     def keep(self, start: int, count: int, results: list[ReplicateResult] | None = None) -> None:
         """Note that positions ``start .. start + count - 1`` finished, with their results."""

@@ -52,6 +52,14 @@ class Monitor:
             kept = [r for r in results if not any(e.exc_type in FAULTS and e.condition is None for e in r.errors)]
             self.checkpoint.add_many(kept)
 
+    def finished_columns(self, batch: tuple) -> bool:
+        """:meth:`finished` for a batch packed column by column (which holds no
+        errors); False, having recorded nothing, where rows are needed."""
+        if self.checkpoint is not None or self.columns is None or not self.columns.add_columns(batch):
+            return False
+        self.progress.advance(len(batch[3]))
+        return True
+
     def finished_one(self, result: ReplicateResult) -> None:
         """:meth:`finished` for a single result: the replicate function's hot path."""
         if result[3] or not self._quiet:  # its errors

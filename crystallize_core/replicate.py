@@ -182,6 +182,13 @@ class ReplicateRunner:
         if monitor is not None and monitor.pid == _Process.pid:
             monitor.finished(results)
 
+    def record_columns(self, batch: tuple) -> bool:
+        """:meth:`record` for a batch packed column by column in another
+        process; False when it must be recorded as rows instead (the driver
+        keeps no columns here, or writes a checkpoint, which takes rows)."""
+        monitor = self.monitor
+        return monitor is not None and monitor.pid == _Process.pid and monitor.finished_columns(batch)
+
     def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
         """The results of positions ``0 .. count - 1``, read from the driver's
         monitor, when every result of this function reaches it (calls in this
@@ -432,6 +439,9 @@ class ReplicateSubset:
 
     def record(self, results: Sequence[ReplicateResult]) -> None:
         self.runner.record(results)
+
+    def record_columns(self, batch: tuple) -> bool:
+        return self.runner.record_columns(batch)
 
     def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
         """See :meth:`ReplicateRunner.recorded`."""

@@ -379,3 +379,92 @@ def test_two_hundred_thousand_replicates_stay_small(tmp_path, strategy):
     report = json.loads(done.stdout)
     assert (report["replicates"], report["n"], report["last"]) == (200_000, 200_000, 0.5)
     assert report["peak_mb"] < 90, report
+
+
+# --- batches packed column by column (what a worker process sends) -----------------------------
+
+
+def _batch(start, count, metrics=lambda i: {"baseline": {"x": i * 0.5, "n": i, "ok": i % 2 == 0}}, timed=True):
+    return [
+        ReplicateResult(i, 1000 + i, metrics(i), (), 0.001 * i if timed else None) for i in range(start, start + count)
+    ]
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_column_packed_batch_reads_back_as_its_rows_with_their_types(timed):
+    from crystallize_core._columns import ResultColumns, pack_columns, unpack_columns
+    from crystallize_core.result import pack_results
+
+    rows = _batch(3, 5, timed=timed)
+    batch = pickle.loads(pickle.dumps(pack_columns(rows)))
+    assert unpack_columns(batch) == pack_results(rows)
+    columns = ResultColumns(10)
+    columns.add(ReplicateResult(0, 7, {"baseline": {"x": 1.5, "n": 1, "ok": True}}, (), 0.5))
+    assert columns.add_columns(batch)
+    assert columns.missing() == [1, 2, 8, 9]
+    kept = [columns.result(i) for i in range(3, 8)]
+    assert kept == rows
+    assert [[type(v) for v in r.metrics["baseline"].values()] for r in kept] == [[float, int, bool]] * 5
+    assert [type(r.seed) for r in kept] == [int] * 5
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        pytest.param(_batch(0, 1), id="one result"),
+        pytest.param([*_batch(0, 2), *_batch(3, 1)], id="not consecutive"),
+        pytest.param(_batch(0, 2, metrics=lambda i: {"baseline": {"x": [0.5, 1][i]}}), id="a metric of two types"),
+        pytest.param(_batch(0, 2, metrics=lambda i: {"baseline": {"x": 1.0} if i else {"y": 1.0}}), id="two shapes"),
+        pytest.param(_batch(0, 2, metrics=lambda i: {"baseline": {"s": "text"}}), id="a string metric"),
+        pytest.param(_batch(0, 2, metrics=lambda i: {"baseline": {"v": np.float64(i)}}), id="a numpy scalar"),
+        pytest.param(
+            [*_batch(0, 2), _batch(2, 1, timed=False)[0]],
+            id="an untimed row among timed ones",
+        ),
+        pytest.param([r._replace(seed=np.int64(r.seed)) for r in _batch(0, 2)], id="a numpy seed"),
+    ],
+)
+def test_only_uniform_batches_of_plain_numbers_are_packed_in_columns(rows):
+    from crystallize_core._columns import pack_columns
+
+    assert pack_columns(rows) is None
+
+
+def test_a_batch_with_an_error_is_sent_as_rows():
+    from crystallize_core._columns import pack_columns
+    from crystallize_core.result import ReplicateError
+
+    rows = _batch(0, 3)
+    rows[1] = rows[1]._replace(errors=(ReplicateError(1, "baseline", "ValueError", "no", ""),))
+    assert pack_columns(rows) is None
+
+
+def test_a_column_packed_batch_over_a_row_already_kept_is_refused_whole():
+    from crystallize_core._columns import ResultColumns, pack_columns
+
+    columns = ResultColumns(6)
+    first = ReplicateResult(2, 9, {"baseline": {"x": 9.0, "n": 9, "ok": False}}, (), 0.1)
+    columns.add(first)
+    assert not columns.add_columns(pack_columns(_batch(0, 4)))
+    assert columns.missing() == [0, 1, 3, 4, 5] and columns.result(2) == first
+
+
+def test_an_int_past_64_bits_in_a_column_packed_batch_is_kept_exactly():
+    from crystallize_core._columns import ResultColumns, pack_columns
+
+    rows = _batch(0, 3, metrics=lambda i: {"baseline": {"n": 2**70 + i}})
+    columns = ResultColumns(3)
+    assert columns.add_columns(pack_columns(rows))
+    assert [columns.result(i).metrics["baseline"]["n"] for i in range(3)] == [2**70, 2**70 + 1, 2**70 + 2]
+    columns.add(ReplicateResult(0, 1, {"baseline": {"n": 5}}, (), 0.0))  # the row path after the batch path
+    assert columns.result(0).metrics["baseline"]["n"] == 5
+
+
+def test_process_results_arrive_in_columns_and_equal_serials():
+    # Workers send uniform batches in columns; a run with errors sends those batches as rows.
+    experiment = Experiment(numbers, [FailOn({7, 300}), record], plugins=[SeedPlugin(seed=3, auto_seed=False)])
+    with ProcessPoolExecutor(2) as pool:
+        result = experiment.run(replicates=600, strategy=pool)
+    expected = experiment.run(replicates=600)
+    assert result.metrics == expected.metrics and result.seeds == expected.seeds
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(e.replicate, e.exc_type) for e in expected.errors]
