@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -13,11 +14,15 @@ from urllib.parse import urlsplit
 import ray
 
 from crystallize_core import Capabilities, ConfigurationError
-from crystallize_core.engine import Backend, run_span, user_code_paths
+from crystallize_core.engine import NEED_PAYLOAD, Backend, run_shipped_span, user_code_paths
+from crystallize_core.replicate import dumps_replicate_fn
 
 #: How long an unreachable cluster address may take to be reported.
 CONNECT_TIMEOUT_SECONDS = 10.0
 TARGET_TASK_SECONDS = 0.1  # Ray's per-task cost is about a millisecond
+#: A pickled replicate function up to this size goes with every task; a
+#: larger one is put in the object store once per run.
+INLINE_PAYLOAD_BYTES = 64 * 1024
 
 _started_here = False
 
@@ -85,23 +90,19 @@ def _check_reachable(address: str) -> None:
 
 # --- in a Ray worker ----------------------------------------------------------
 
-_cached: tuple[str, Callable[[int], Any]] | None = None
-
-
-def _replicate_fn(holder: list) -> Callable[[int], Any]:
-    # The reference travels inside a list so that Ray does not resolve (and
-    # unpickle) it for every task; each worker process fetches it once.
-    global _cached
-    (reference,) = holder
-    key = reference.hex()
-    if _cached is None or _cached[0] != key:
-        _cached = (key, ray.get(reference))
-    return _cached[1]
-
 
 @ray.remote
-def _run_span(holder: list, start: int, stop: int) -> tuple[list | bytes, float]:
-    return run_span(_replicate_fn(holder), start, stop, serialize=True)
+def _run_span(key: str, shipped: bytes | list, start: int, stop: int) -> tuple[list | bytes, float]:
+    # ``shipped`` is the pickled replicate function, or for a large one a
+    # reference to it inside a list, so that Ray does not fetch it for every
+    # task; either way each worker process unpickles it once.
+    if isinstance(shipped, bytes):
+        return run_shipped_span(key, shipped, start, stop)  # type: ignore[return-value]
+    answer = run_shipped_span(key, None, start, stop)
+    if answer == NEED_PAYLOAD:
+        payload: bytes = ray.get(shipped[0])
+        answer = run_shipped_span(key, payload, start, stop)
+    return answer  # type: ignore[return-value]
 
 
 # --- in the driver ------------------------------------------------------------
@@ -140,11 +141,15 @@ class RayBackend(Backend):
             options["runtime_env"] = strategy.runtime_env
         self.task = _run_span.options(**options)
         slots = _slots(strategy)
-        self.holder = [ray.put(replicate_fn)]
+        payload = dumps_replicate_fn(replicate_fn)
+        # A small experiment goes with every task (Ray inlines small
+        # arguments): no object-store round trip per run.
+        self.shipped: bytes | list = payload if len(payload) <= INLINE_PAYLOAD_BYTES else [ray.put(payload)]
+        self.key = uuid.uuid4().hex
         return slots
 
     def submit(self, span: range) -> Future:
-        reference = self.task.remote(self.holder, span.start, span.stop)
+        reference = self.task.remote(self.key, self.shipped, span.start, span.stop)
         future = reference.future()
         self.running[future] = reference
         future.add_done_callback(self._forget)

@@ -10,7 +10,7 @@ import ray
 
 import crystallize_ray._core as core
 from crystallize_core import ConfigurationError, Experiment, SeedPlugin, load_strategy
-from crystallize_core.testing import StrategyConformance, numbers, record
+from crystallize_core.testing import FailOn, StrategyConformance, numbers, record
 from crystallize_ray import RayExecution
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.py"
@@ -29,7 +29,7 @@ def test_registered_under_its_entry_point():
     assert load_strategy("ray", num_cpus=0.5, batch_size=4).batch_size == 4
 
 
-def test_the_experiment_goes_to_the_object_store_once(monkeypatch):
+def test_a_small_experiment_goes_with_each_task_and_a_large_one_to_the_object_store_once(monkeypatch):
     puts = []
     real_put = ray.put
 
@@ -38,9 +38,13 @@ def test_the_experiment_goes_to_the_object_store_once(monkeypatch):
         return real_put(value, *args, **kwargs)
 
     monkeypatch.setattr(core.ray, "put", counting_put)
-    result = Experiment(numbers, [record], plugins=[RayExecution(batch_size=3)]).run(replicates=30)
-    assert result.metrics["baseline"]["replicate"] == list(range(30))
-    assert puts == ["ReplicateRunner"]
+    small = Experiment(numbers, [FailOn(set()), record], plugins=[RayExecution(batch_size=3)]).run(replicates=30)
+    assert small.metrics["baseline"]["replicate"] == list(range(30)) and puts == []
+    # A step holding 30,000 replicate numbers pickles to about 90 KB.
+    never = FailOn(set(range(-30_000, 0)))
+    large = Experiment(numbers, [never, record], plugins=[RayExecution(batch_size=3)])
+    assert large.run(replicates=30).metrics["baseline"]["replicate"] == list(range(30))
+    assert puts == ["bytes"]
 
 
 def test_same_seed_same_metrics_as_serial_with_fixed_batches():
