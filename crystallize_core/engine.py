@@ -419,6 +419,7 @@ class _Dispatch:
         # With a timeout each replicate needs a clock of its own, started when
         # it starts: never more tasks out than can run.
         self.window = slots if self.timeout is not None else slots * IN_FLIGHT_PER_WORKER
+        self.slots = slots
 
     def next_span(self) -> range | None:
         if self.suspects:
@@ -428,7 +429,11 @@ class _Dispatch:
         return self.sizer.next_span()
 
     def fill(self) -> None:
-        while len(self.in_flight) < self.window:
+        # Until a batch has been measured, one per slot: a second small batch
+        # per worker would only add a round trip to a ramp that the first
+        # measurement ends.
+        window = self.window if self.sizer.measured or self.sizer.fixed else self.slots
+        while len(self.in_flight) < window:
             span = self.next_span()
             if span is None:
                 return

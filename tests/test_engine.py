@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 
@@ -14,6 +15,7 @@ from crystallize_core import (
     Experiment,
     ExperimentInterrupted,
     ReplicateFailed,
+    ReplicateResult,
     SeedPlugin,
     StrategyCapabilityError,
     WorkerLostError,
@@ -212,6 +214,39 @@ def test_a_fast_first_batch_of_a_small_run_is_held_to_the_runs_share():
     span = sizer.next_span()
     sizer.record(len(span), 1e-6)
     assert len(span) == 1 and len(sizer.next_span()) == 200 // (2 * 4)
+
+
+class NotesWhatFinishedBeforeEachSubmit(ThreadPoolExecutor):
+    """A real thread pool noting, at each submission, how many earlier batches had finished."""
+
+    def __init__(self, workers):
+        super().__init__(workers)
+        self.futures, self.finished_before = [], []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.finished_before.append(sum(f.done() for f in self.futures))
+        future = super().submit(fn, *args, **kwargs)
+        self.futures.append(future)
+        return future
+
+
+@pytest.mark.parametrize("batch_size, out_before_any_finished", [("auto", 2), (1, 4)])
+def test_until_a_batch_is_measured_one_batch_per_worker_is_out(batch_size, out_before_any_finished):
+    # With automatic sizing, the first small batches are for measuring: more of
+    # them per worker would add a round trip. A fixed size keeps two per worker.
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 6, None, False, None, ()
+
+    def slow(position):
+        time.sleep(0.2)
+        return ReplicateResult(position, 0, {"baseline": {"position": position}}, (), 0.2)
+
+    pool = NotesWhatFinishedBeforeEachSubmit(2)
+    with pool:
+        results = drive(Run(), slow, ExecutorBackend(pool, ships_work=False), batch_size=batch_size)
+    assert [r.metrics["baseline"]["position"] for r in results] == list(range(6))
+    assert pool.finished_before[:out_before_any_finished] == [0] * out_before_any_finished
+    assert pool.finished_before[out_before_any_finished] >= 1
 
 
 def test_captured_errors_are_logged_up_to_a_limit_then_counted(caplog):
