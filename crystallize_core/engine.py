@@ -428,11 +428,23 @@ class _Dispatch:
             return self.again.popleft()
         return self.sizer.next_span()
 
+    def current_window(self) -> int:
+        """How many batches may be out now."""
+        sizer = self.sizer
+        if sizer.fixed is None and not sizer.measured:
+            # The first small batches are for measuring, and the first
+            # measurement ends the ramp: a second one per slot would only add
+            # a round trip.
+            return self.slots
+        if self.timeout is None and sizer.size >= sizer.share:
+            # Batches as large as the run's share make a short run (about
+            # batches_per_worker x target_seconds a worker, or less): it goes
+            # out whole, and no worker waits a round trip for its next batch.
+            return max(self.window, self.slots * sizer.batches_per_worker)
+        return self.window
+
     def fill(self) -> None:
-        # Until a batch has been measured, one per slot: a second small batch
-        # per worker would only add a round trip to a ramp that the first
-        # measurement ends.
-        window = self.window if self.sizer.measured or self.sizer.fixed else self.slots
+        window = self.current_window()
         while len(self.in_flight) < window:
             span = self.next_span()
             if span is None:

@@ -230,23 +230,31 @@ class NotesWhatFinishedBeforeEachSubmit(ThreadPoolExecutor):
         return future
 
 
-@pytest.mark.parametrize("batch_size, out_before_any_finished", [("auto", 2), (1, 4)])
-def test_until_a_batch_is_measured_one_batch_per_worker_is_out(batch_size, out_before_any_finished):
-    # With automatic sizing, the first small batches are for measuring: more of
-    # them per worker would add a round trip. A fixed size keeps two per worker.
+@pytest.mark.parametrize(
+    "replicates, batch_size, out_before_any_finished",
+    [
+        pytest.param(24, "auto", 2, id="measuring: one per worker"),
+        pytest.param(24, 1, 4, id="fixed size: two per worker"),
+        pytest.param(16, 2, 8, id="batches as large as the share: the whole run"),
+    ],
+)
+def test_how_many_batches_are_out_before_any_finishes(replicates, batch_size, out_before_any_finished):
     class Run:
-        replicates, timeout, fail_fast, progress, plugins = 6, None, False, None, ()
+        timeout, fail_fast, progress, plugins = None, False, None, ()
+
+    Run.replicates = replicates
 
     def slow(position):
-        time.sleep(0.2)
-        return ReplicateResult(position, 0, {"baseline": {"position": position}}, (), 0.2)
+        time.sleep(0.1)
+        return ReplicateResult(position, 0, {"baseline": {"position": position}}, (), 0.1)
 
     pool = NotesWhatFinishedBeforeEachSubmit(2)
     with pool:
         results = drive(Run(), slow, ExecutorBackend(pool, ships_work=False), batch_size=batch_size)
-    assert [r.metrics["baseline"]["position"] for r in results] == list(range(6))
+    assert [r.metrics["baseline"]["position"] for r in results] == list(range(replicates))
     assert pool.finished_before[:out_before_any_finished] == [0] * out_before_any_finished
-    assert pool.finished_before[out_before_any_finished] >= 1
+    if out_before_any_finished < len(pool.finished_before):
+        assert pool.finished_before[out_before_any_finished] >= 1
 
 
 def test_captured_errors_are_logged_up_to_a_limit_then_counted(caplog):
