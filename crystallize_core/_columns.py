@@ -327,12 +327,12 @@ class ResultColumns(Sequence):
         if lock is None or not 0 <= start < stop <= self._rows:
             return False
         with lock:
-            shape_of = self._shape_of
-            if self._closed or any(shape_of[start:stop]):
+            if self._closed or any(self._shape_of[start:stop]):
                 return False
             self._epoch += 1  # columns may change shape: the fast path must not trust them meanwhile
             try:
                 shape = self._last = self._shape_of_key((durations is None, *conditions))
+                shape_of = self._shape_of  # only now: the 256th shape widens it
                 columns = [column for per_condition in shape.columns for column in per_condition]
                 for column, column_values in zip(columns, values):
                     column.set_many(start, column_values)

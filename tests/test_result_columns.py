@@ -468,3 +468,14 @@ def test_process_results_arrive_in_columns_and_equal_serials():
     expected = experiment.run(replicates=600)
     assert result.metrics == expected.metrics and result.seeds == expected.seeds
     assert [(e.replicate, e.exc_type) for e in result.errors] == [(e.replicate, e.exc_type) for e in expected.errors]
+
+
+def test_a_column_packed_batch_of_the_256th_shape_widens_the_row_shapes():
+    from crystallize_core._columns import ResultColumns, pack_columns
+
+    columns = ResultColumns(300)
+    for row in range(255):  # 255 shapes, each a metric of its own name
+        columns.add(ReplicateResult(row, row, {"baseline": {f"m{row}": 1.0}}, (), 0.1))
+    assert columns.add_columns(pack_columns(_batch(260, 4)))
+    assert [columns.result(row) for row in range(260, 264)] == _batch(260, 4)
+    assert columns.result(254).metrics == {"baseline": {"m254": 1.0}}
