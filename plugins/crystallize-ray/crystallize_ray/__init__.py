@@ -34,9 +34,10 @@ class RayExecution:
     strategy never shuts down a cluster it did not start; a local instance it
     started is reused by later runs in this process and shut down at exit.
 
-    The replicate function is pickled once: up to 64 KB it goes with every
-    task, a larger one is put in the object store once and tasks carry its
-    reference; each Ray worker process unpickles it once. Tiny replicates are batched automatically
+    The replicate function goes with every task when it pickles to at most
+    64 KB; a larger one is put in the object store once and tasks carry its
+    reference (its NumPy arrays are shared, read-only, by a node's workers).
+    Each Ray worker process unpickles it once. Tiny replicates are batched automatically
     (``batch_size="auto"``), or ``batch_size`` replicates go in each task.
     ``num_cpus``, ``num_gpus`` and ``resources`` are requested for every task
     (a GPU per replicate: ``num_gpus=1, batch_size=1``). ``runtime_env``

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import io
 import os
+import pickle
 import socket
 import uuid
 from collections.abc import Callable
@@ -14,8 +16,7 @@ from urllib.parse import urlsplit
 import ray
 
 from crystallize_core import Capabilities, ConfigurationError
-from crystallize_core.engine import NEED_PAYLOAD, Backend, run_shipped_span, user_code_paths
-from crystallize_core.replicate import dumps_replicate_fn
+from crystallize_core.engine import Backend, run_shipped_span, run_span, user_code_paths
 
 #: How long an unreachable cluster address may take to be reported.
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -90,19 +91,29 @@ def _check_reachable(address: str) -> None:
 
 # --- in a Ray worker ----------------------------------------------------------
 
+_cached: tuple[str, Callable[[int], Any]] | None = None
+
+
+def _replicate_fn(holder: list) -> Callable[[int], Any]:
+    # The reference travels inside a list so that Ray does not resolve (and
+    # unpickle) it for every task; each worker process fetches it once, and
+    # Ray maps NumPy buffers in it from the node's shared object store
+    # instead of copying them into every worker.
+    global _cached
+    (reference,) = holder
+    key = reference.hex()
+    if _cached is None or _cached[0] != key:
+        _cached = (key, ray.get(reference))
+    return _cached[1]
+
 
 @ray.remote
 def _run_span(key: str, shipped: bytes | list, start: int, stop: int) -> tuple[list | bytes, float]:
-    # ``shipped`` is the pickled replicate function, or for a large one a
-    # reference to it inside a list, so that Ray does not fetch it for every
-    # task; either way each worker process unpickles it once.
+    # ``shipped``: the pickled replicate function when small, else a
+    # reference to it in the object store, inside a list.
     if isinstance(shipped, bytes):
         return run_shipped_span(key, shipped, start, stop)  # type: ignore[return-value]
-    answer = run_shipped_span(key, None, start, stop)
-    if answer == NEED_PAYLOAD:
-        payload: bytes = ray.get(shipped[0])
-        answer = run_shipped_span(key, payload, start, stop)
-    return answer  # type: ignore[return-value]
+    return run_span(_replicate_fn(shipped), start, stop, serialize=True)
 
 
 # --- in the driver ------------------------------------------------------------
@@ -141,10 +152,12 @@ class RayBackend(Backend):
             options["runtime_env"] = strategy.runtime_env
         self.task = _run_span.options(**options)
         slots = _slots(strategy)
-        payload = dumps_replicate_fn(replicate_fn)
         # A small experiment goes with every task (Ray inlines small
-        # arguments): no object-store round trip per run.
-        self.shipped: bytes | list = payload if len(payload) <= INLINE_PAYLOAD_BYTES else [ray.put(payload)]
+        # arguments): no object-store round trip per run. A large one goes to
+        # the object store as an object, not as bytes, so that its arrays
+        # are shared by the workers of a node rather than copied into each.
+        payload = _small_pickle(replicate_fn)
+        self.shipped: bytes | list = payload if payload is not None else [ray.put(replicate_fn)]
         self.key = uuid.uuid4().hex
         return slots
 
@@ -176,6 +189,28 @@ class RayBackend(Backend):
     def shutdown(self, wait: bool = True) -> None:
         self.stop_all()
         self.running.clear()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BoundedBuffer(io.BytesIO):
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > INLINE_PAYLOAD_BYTES:
+            raise _TooLarge
+        return super().write(data)
+
+
+def _small_pickle(replicate_fn: Callable[[int], Any]) -> bytes | None:
+    """``replicate_fn`` pickled, if it takes at most INLINE_PAYLOAD_BYTES; else
+    None, found without pickling the rest of a large one."""
+    buffer = _BoundedBuffer()
+    try:
+        pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(replicate_fn)
+    except _TooLarge:
+        return None
+    return buffer.getvalue()
 
 
 def _slots(strategy: Any) -> int:
