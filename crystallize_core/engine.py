@@ -403,7 +403,8 @@ class _Dispatch:
         self.again: deque[range] = deque()
         self.deaths: dict[int, int] = {}
         self.report = getattr(replicate_fn, "record", None) if self.capabilities.ships_work else None
-        #: Keeps a batch packed column by column, if the replicate function can; False if not this one.
+        #: Keeps a batch packed column by column and says whether it did (None:
+        #: the replicate function cannot, and takes rows only).
         self.report_columns = getattr(replicate_fn, "record_columns", None) if self.report is not None else None
         #: Set when a second Ctrl-C gave up waiting for running replicates.
         self.abandoned = False
