@@ -475,7 +475,9 @@ def check_picklable(replicate_fn: Callable[[int], Any]) -> None:
 
 class _Discard:
     def write(self, data) -> int:
-        return len(data)
+        # pickle hands large buffers over as they are: a PickleBuffer (a NumPy
+        # array's data, under protocol 5) has a size but no len().
+        return memoryview(data).nbytes
 
 
 def _pickle_into(replicate_fn: Callable[[int], Any], sink) -> None:

@@ -20,6 +20,7 @@ if your strategy can decline. Add checks of your own beside the inherited ones.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -112,6 +113,30 @@ class FailOn:
                 raise UnpicklableError(f"cannot travel {ctx.replicate}", detail=ctx.replicate)
             raise ValueError(f"failing on purpose in replicate {ctx.replicate}")
         return data
+
+
+class HoldsBuffer:
+    """A datasource holding ``size`` bytes that it pickles as a
+    :class:`pickle.PickleBuffer` under protocol 5, the way a NumPy array
+    pickles its data, and whose replicates record the buffer's length."""
+
+    def __init__(self, size: int):
+        self.data = bytearray(size)
+
+    def __reduce_ex__(self, protocol):
+        if protocol >= 5:
+            return _holding, (pickle.PickleBuffer(self.data),)
+        return _holding, (bytes(self.data),)
+
+    def __call__(self, ctx):
+        ctx.metrics.add("held", len(self.data))
+        return numbers(ctx)
+
+
+def _holding(data) -> HoldsBuffer:
+    held = HoldsBuffer(0)
+    held.data = bytearray(data)
+    return held
 
 
 class CountUnpickles:
@@ -579,6 +604,14 @@ class StrategyConformance:
         self.assert_strategy_ran(result)
         self.expect(result.seeds == expected.seeds, f"seeds {result.seeds}, serial gave {expected.seeds}")
         self.expect(result.metrics == expected.metrics, "metrics differ from serial's for the same seed")
+
+    def test_an_experiment_holding_a_large_buffer_runs(self):
+        # NumPy arrays pickle their data as a PickleBuffer; a size check or a
+        # sink that asks a written chunk for its len() fails on it.
+        self.requires("ships_work")
+        result = self.run_with_strategy(self.experiment(datasource=HoldsBuffer(200_000)), 6)
+        self.expect(result.errors == [], f"errors {result.errors}")
+        self.expect(result.metrics["baseline"]["held"] == [200_000] * 6, "the buffer did not arrive whole")
 
     def test_unpicklable_component_is_named_before_any_work(self):
         self.requires("ships_work")

@@ -397,3 +397,18 @@ def test_a_dead_worker_reaped_by_the_pools_thread_still_shows_its_exit_code():
     _settle_exit_codes([worker])
     assert worker.exitcode == 1
     reaper.join()
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_an_experiment_holding_a_numpy_array_runs_in_processes(start_method):
+    # Protocol 5 pickles an array's data as a PickleBuffer: the picklability
+    # check once asked it for a len() and refused every array over 64 KB.
+    import numpy as np
+
+    from crystallize_core import Treatment
+
+    weights = Treatment("weighted", {"weights": np.arange(50_000, dtype=np.float64)})
+    experiment = Experiment(numbers, [record], treatments=[weights], plugins=[SeedPlugin(seed=5, auto_seed=False)])
+    strategy = ParallelExecution(executor_type="process", max_workers=2, start_method=start_method)
+    result = experiment.run(replicates=6, strategy=strategy)
+    assert result.errors == [] and result.metrics == experiment.run(replicates=6).metrics
