@@ -197,7 +197,7 @@ class _TooLarge(Exception):
 
 class _BoundedBuffer(io.BytesIO):
     def write(self, data: Any) -> int:
-        if self.tell() + len(data) > INLINE_PAYLOAD_BYTES:
+        if self.tell() + memoryview(data).nbytes > INLINE_PAYLOAD_BYTES:  # a PickleBuffer has no len()
             raise _TooLarge
         return super().write(data)
 

@@ -5,11 +5,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
 import crystallize_ray._core as core
-from crystallize_core import ConfigurationError, Experiment, SeedPlugin, load_strategy
+from crystallize_core import ConfigurationError, Experiment, SeedPlugin, Treatment, load_strategy
 from crystallize_core.testing import FailOn, StrategyConformance, numbers, record
 from crystallize_ray import RayExecution
 
@@ -47,6 +48,11 @@ def test_a_small_experiment_goes_with_each_task_and_a_large_one_to_the_object_st
     # The object itself, not its pickled bytes: Ray then maps its NumPy
     # buffers from the node's shared store into every worker, without a copy each.
     assert puts == ["ReplicateRunner"]
+    # NumPy arrays pickle as buffers, which the size check must measure too.
+    weights = Treatment("weights", {"weights": np.ones(20_000)})
+    with_array = Experiment(numbers, [record], treatments=[weights], plugins=[RayExecution(batch_size=3)])
+    assert with_array.run(replicates=9).metrics["weights"]["replicate"] == list(range(9))
+    assert puts == ["ReplicateRunner", "ReplicateRunner"]
 
 
 def test_same_seed_same_metrics_as_serial_with_fixed_batches():
