@@ -2,9 +2,9 @@
 
 import textwrap
 
-KIT_CHECKS = 21
+KIT_CHECKS = 22
 #: Checks that apply only to what a strategy declares it can do, skipped for Recorder.
-CAPABILITY_CHECKS = 6
+CAPABILITY_CHECKS = 7
 
 BROKEN_STRATEGIES = textwrap.dedent(
     """
