@@ -67,7 +67,9 @@ class _NeedsPickle(Exception):
     """A value JSON cannot hold, found while encoding."""
 
     def __init__(self, value: Any):
-        super().__init__(f"{type(value).__module__}.{type(value).__qualname__}")
+        dtype = getattr(value, "dtype", None) if type(value).__module__ == "numpy" else None
+        of = f" of dtype {dtype}" if dtype is not None else ""
+        super().__init__(f"{type(value).__module__}.{type(value).__qualname__}{of}")
 
 
 class _PickledValue(Exception):
@@ -75,7 +77,9 @@ class _PickledValue(Exception):
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
-_NUMPY_DTYPE = re.compile(r"^[<>|=]?[biuf]\d{1,2}$")
+#: NumPy dtypes whose values are Python bools, ints and floats: not longdouble
+#: (f12, f16), whose values stay NumPy scalars.
+_NUMPY_DTYPE = re.compile(r"^[<>|=]?(?:b1|[iu][1248]|f[248])$")
 
 
 def encode_value(value: Any, allow_pickle: bool = False) -> Any:
@@ -225,7 +229,8 @@ def _encode_metrics(result: ReplicateResult, allow_pickle: bool) -> dict:
             raise CheckpointError(
                 f"metric {name!r} of condition {condition!r} (replicate {result.replicate}) is a {needs}, "
                 "which a checkpoint could store only with pickle, and reading a pickle runs code from the "
-                "file. Record plain values (numbers, strings, lists, dicts, NumPy arrays), or pass "
+                "file. Record plain values (numbers, strings, lists, dicts, NumPy arrays and scalars of "
+                "bools, ints and floats up to 64 bits), or pass "
                 "checkpoint_pickle=True to run() if you will only ever open checkpoints you trust"
             ) from None
     return stored

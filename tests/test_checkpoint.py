@@ -236,6 +236,24 @@ def test_a_value_that_needs_pickle_is_refused_unless_the_run_opts_in(tmp_path):
     assert again.strategy is None and again.metrics == first.metrics == {"baseline": {"ratio": [0, Fraction(1, 3)]}}
 
 
+def test_a_numpy_longdouble_is_refused_by_name_or_pickled_on_request(tmp_path):
+    # Its .item() is a longdouble again: taken for a float, it recursed forever.
+    if np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("NumPy's longdouble is a plain double on this platform")
+
+    def extended(data, ctx):
+        ctx.metrics.add("x", np.longdouble(ctx.replicate) / 3)
+        return data
+
+    with pytest.raises(CheckpointError, match=r"metric 'x' .* is a numpy\.\w+ of dtype float\d+"):
+        Experiment(numbers, [extended]).run(replicates=2, checkpoint=tmp_path / "refused.sqlite")
+    trusted = tmp_path / "trusted.sqlite"
+    first = Experiment(numbers, [extended]).run(replicates=2, checkpoint=trusted, checkpoint_pickle=True)
+    again = Experiment(numbers, [extended]).run(replicates=2, checkpoint=trusted, checkpoint_pickle=True)
+    assert again.strategy is None and again.metrics == first.metrics
+    assert type(again.metrics["baseline"]["x"][1]) is np.longdouble
+
+
 class Exploit:
     """Unpickling this creates a file: what a crafted checkpoint would do."""
 
