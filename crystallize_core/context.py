@@ -31,7 +31,8 @@ def unpicklable_message(name: str, exc: BaseException) -> str:
 def _plain_array(value: Any) -> bool:
     """A NumPy array or scalar of numbers or strings: it pickles, and copying it to check would be waste."""
     dtype = getattr(value, "dtype", None)
-    return dtype is not None and type(value).__module__ == "numpy" and getattr(dtype, "kind", "O") != "O"
+    # hasobject, not kind == "O": a structured dtype with an object field has kind "V".
+    return dtype is not None and type(value).__module__ == "numpy" and not getattr(dtype, "hasobject", True)
 
 
 def _check_picklable(name: str, value: Any) -> None:

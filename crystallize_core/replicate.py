@@ -8,6 +8,7 @@ and a random generator only for the contexts that ask for one.
 from __future__ import annotations
 
 import io
+import operator
 import os
 import pickle
 import sys
@@ -54,6 +55,18 @@ def random_seed() -> int:
     """A fresh 32-bit base seed from the operating system's randomness
     (``os.urandom``: ``secrets`` would cost a run a millisecond to import)."""
     return int.from_bytes(os.urandom(4), "little")
+
+
+def _as_seed(seed: Any, hook: Callable[..., Any]) -> int:
+    """A ``replicate_seed`` answer as a Python int (a NumPy integer, say), or a
+    TypeError naming the plugin: seeds go to ``random``, NumPy and checkpoints."""
+    if not isinstance(seed, bool):
+        try:
+            return operator.index(seed)
+        except TypeError:
+            pass
+    owner = type(getattr(hook, "__self__", hook)).__qualname__
+    raise TypeError(f"{owner}.replicate_seed returned {type(seed).__name__} {seed!r}; a seed must be an int")
 
 
 def derive_seed(base_seed: int, replicate: int) -> int:
@@ -159,7 +172,7 @@ class ReplicateRunner:
             for call in hooks.replicate_seed:
                 seed = call(replicate)
                 if seed is not None:
-                    return seed
+                    return seed if type(seed) is int else _as_seed(seed, call)
         return derive_seed(self.base_seed, replicate)
 
     def error_result(self, replicate: int, exc_type: str, message: str) -> ReplicateResult:

@@ -7,7 +7,8 @@ import textwrap
 import numpy
 import pytest
 
-from crystallize_core import Experiment, SeedPlugin, Treatment, derive_seed
+from crystallize_core import Experiment, SeedPlugin, Treatment, derive_seed, hookimpl
+from crystallize_core.testing import numbers
 
 
 def draws(ctx):
@@ -81,3 +82,44 @@ def test_without_numpy_the_error_says_what_to_install(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ModuleNotFoundError | ctx.numpy_rng needs NumPy")
     assert "pip install numpy" in done.stdout and "ctx.rng" in done.stdout
+
+
+class NumpySeeds:
+    """A plugin that answers replicate_seed with a NumPy integer, or with ``answer`` if given."""
+
+    def __init__(self, answer=None):
+        self.answer = answer
+
+    @hookimpl
+    def replicate_seed(self, replicate):
+        return numpy.int64(1000 + replicate) if self.answer is None else self.answer
+
+
+def draw(data, ctx):
+    ctx.metrics.add("draw", ctx.rng.random())
+    return data
+
+
+def test_a_numpy_integer_seed_from_a_plugin_becomes_an_int():
+    result = Experiment(numbers, [draw], plugins=[NumpySeeds()]).run(replicates=3)
+    assert result.errors == [] and result.seeds == [1000, 1001, 1002]
+    assert all(type(seed) is int for seed in result.seeds)
+
+
+def test_a_seed_that_is_not_an_integer_is_an_error_naming_the_plugin():
+    result = Experiment(numbers, [draw], plugins=[NumpySeeds(answer="seven")]).run(replicates=2)
+    expected = "NumpySeeds.replicate_seed returned str 'seven'; a seed must be an int"
+    assert [e.message for e in result.errors] == [expected] * 2
+
+
+def test_a_structured_array_with_an_object_field_is_checked_like_any_object():
+    import threading
+
+    def record_struct(data, ctx):
+        value = numpy.zeros(1, dtype=[("n", "i8"), ("o", "O")])
+        value[0]["o"] = threading.Lock()
+        ctx.metrics.add("struct", value)
+        return data
+
+    result = Experiment(numbers, [record_struct]).run(replicates=1)
+    assert [e.exc_type for e in result.errors] == ["crystallize_core.errors.NotPicklableError"]
