@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from crystallize_core.errors import ConfigurationError
 from crystallize_core.hookspecs import hookimpl
@@ -44,6 +45,44 @@ def _random_seeder() -> Callable[[int], None]:
     return seed_fast if same else random.seed
 
 
+#: The seed of the condition that ran last in this process: what NumPy's global
+#: generator gets if a replicate imports NumPy (see _SeedNumpyOnImport).
+_last_seed: list[int] = [0]
+
+
+class _SeedNumpyOnImport:
+    """A meta path finder that seeds NumPy's global generator as soon as NumPy
+    is imported, with :data:`_last_seed`: a step that imports NumPy itself
+    draws from the same state as one whose module imported it first, so the
+    conditions of a replicate stay paired. It acts once, then leaves."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "numpy":
+            return None
+        import importlib.util  # here: only when NumPy is being imported
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)  # the finders after this one
+        loader = getattr(spec, "loader", None)
+        execute = getattr(loader, "exec_module", None)
+        if execute is None:
+            return spec
+
+        def execute_then_seed(module: Any) -> None:
+            execute(module)
+            import numpy.random
+
+            numpy.random.seed(_last_seed[0])
+
+        loader.exec_module = execute_then_seed  # type: ignore[union-attr]
+        return spec
+
+
+#: The finder, once installed in this process.
+_numpy_watch: list[_SeedNumpyOnImport] = []
+
+
 #: The seeder, chosen at first use. A list, not a module-level function: a
 #: checkpoint's fingerprint of SeedPlugin follows the functions its methods
 #: name, and must not change when this is filled in.
@@ -61,8 +100,9 @@ class SeedPlugin:
 
     Where the replicate runs, before *each* condition (the baseline and every
     treatment), ``seed_fn(seed)`` is called with the replicate's seed if given;
-    otherwise, with ``auto_seed=True``, the global :mod:`random` module and, if
-    it is imported, NumPy's global generator are seeded with it. Every
+    otherwise, with ``auto_seed=True``, the global :mod:`random` module and
+    NumPy's global generator are seeded with it (NumPy is never imported for
+    this: if a replicate imports it, it is seeded as it is imported). Every
     condition of a replicate so starts from the same random state: a treatment
     that changes nothing draws the same numbers as the baseline. Seeding global
     state is only reproducible when each replicate has its process to itself:
@@ -102,6 +142,11 @@ class SeedPlugin:
             numpy = _modules.get("numpy")
             if numpy is not None:
                 numpy.random.seed(seed)
+            else:
+                _last_seed[0] = seed
+                if not _numpy_watch:
+                    _numpy_watch.append(_SeedNumpyOnImport())
+                    sys.meta_path.insert(0, _numpy_watch[0])
 
     def __repr__(self) -> str:
         return f"SeedPlugin(seed={self.seed}, auto_seed={self.auto_seed}, seed_fn={self.seed_fn!r})"

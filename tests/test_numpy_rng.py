@@ -1,5 +1,6 @@
 """ctx.numpy_rng: a seeded NumPy generator per replicate and condition, imported only when used."""
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -123,3 +124,41 @@ def test_a_structured_array_with_an_object_field_is_checked_like_any_object():
 
     result = Experiment(numbers, [record_struct]).run(replicates=1)
     assert [e.exc_type for e in result.errors] == ["crystallize_core.errors.NotPicklableError"]
+
+
+LAZY_NUMPY = """
+import sys
+sys.path.insert(0, {folder!r})
+if {numpy_first}:
+    import numpy
+from crystallize_core import Experiment, SeedPlugin, Treatment
+from crystallize_core.testing import numbers
+from lazy_step import draw
+
+experiment = Experiment(numbers, [draw], treatments=[Treatment("same", {{}})], plugins=[SeedPlugin(seed=3)])
+print(experiment.run(replicates=4, strategy={strategy!r}).metrics)
+"""
+
+
+@pytest.mark.parametrize("strategy", ["serial", "parallel:executor_type=process,max_workers=2"])
+def test_seedplugin_seeds_numpy_that_a_step_imports_itself(tmp_path, strategy):
+    # A step that imports NumPy itself, in a process where nothing imported it
+    # before: its first condition must draw what it would have drawn had NumPy
+    # been imported first, or the baseline and treatment are no longer paired.
+    (tmp_path / "lazy_step.py").write_text(
+        "def draw(data, ctx):\n"
+        "    import numpy\n"
+        "    ctx.metrics.add('x', float(numpy.random.random()))\n"
+        "    return data\n"
+    )
+
+    def metrics(numpy_first):
+        code = LAZY_NUMPY.format(folder=str(tmp_path), numpy_first=numpy_first, strategy=strategy)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    lazily = metrics(numpy_first=False)
+    assert lazily == metrics(numpy_first=True)
+    values = ast.literal_eval(lazily)
+    assert values["baseline"]["x"] == values["same"]["x"]
