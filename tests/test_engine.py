@@ -317,11 +317,16 @@ def test_progress_on_a_terminal_is_a_bar_with_log_lines_above_it():
 
 
 def test_threads_ctrl_c_says_what_it_waits_for(caplog):
-    from crystallize_core.testing import InterruptAfter, SleepEach
+    from crystallize_core.testing import InterruptAfter, SleepEach, SleepOn
 
     marker = str(os.path.join(os.getcwd(), ".interrupt-marker-engine"))
+    # Replicate 0 is still running when the second one to finish sends Ctrl-C:
+    # threads that all started together could otherwise all have finished.
+    slow_first = SleepOn(frozenset({0}), 2.0)
     try:
-        experiment = Experiment(numbers, [SleepEach(0.2), record, InterruptAfter(2, os.getpid(), marker, "baseline")])
+        experiment = Experiment(
+            numbers, [slow_first, SleepEach(0.2), record, InterruptAfter(2, os.getpid(), marker, "baseline")]
+        )
         with caplog.at_level(logging.WARNING, logger="crystallize"), pytest.raises(ExperimentInterrupted) as caught:
             experiment.run(replicates=40, strategy="parallel:executor_type=thread,max_workers=4")
     finally:
