@@ -2,8 +2,8 @@
 
 The core's dispatch engine (:func:`crystallize_core.engine.drive`) owns
 batching, order, progress, fault records, fail-fast and Ctrl-C; this module
-only says where the replicates run. Tasks go through the client's
-``concurrent.futures`` executor and carry a range of positions. The pickled
+only says where the replicates run. Tasks go through a
+``concurrent.futures`` executor over the client (:class:`TaskExecutor`) and carry a range of positions. The pickled
 replicate function travels with every task when it is small (most
 experiments: a few hundred bytes), and otherwise only to worker processes
 that ask for it (the engine's ``run_shipped_span`` protocol); either way each
@@ -21,10 +21,14 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import CancelledError, Executor, Future, wait
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError, wait
+from functools import partial
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster, default_client
+from distributed import Future as DaskFuture
+from distributed import wait as distributed_wait
 from distributed.comm.addressing import parse_address, parse_host_port
 from distributed.comm.registry import get_backend
 from distributed.scheduler import KilledWorker
@@ -43,6 +47,9 @@ TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
 #: it, at the start of every run on every worker. A larger one goes only to
 #: the processes that ask, so that it crosses the scheduler once per worker.
 INLINE_PAYLOAD_BYTES = 64 * 1024
+#: Seconds a LocalCluster started here waits for a lost worker to be back
+#: before it gives up its nanny: longer than any run, so never.
+NANNY_PATIENCE_SECONDS = 7 * 24 * 3600
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)  # distinct classes before Python 3.11
 
 # --- in a worker -----------------------------------------------------------------
@@ -161,8 +168,6 @@ def _decline(reason: str) -> None:
 
 def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
     """A LocalCluster of ``workers`` single-threaded processes on 127.0.0.1, and a client of it."""
-    import dask
-
     # The engine reruns and records replicates whose worker died; dask's own
     # retries would only let such a replicate kill more workers first.
     try:
@@ -190,10 +195,75 @@ def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
         raise
 
 
+class TaskExecutor(Executor):
+    """A client's tasks as :class:`concurrent.futures.Future` objects, every one of which settles.
+
+    The client's own ``get_executor()`` leaves a future pending forever when
+    a task's result is lost with its worker before the client fetched it and
+    the recomputation then fails (distributed's ``_cascade_future`` lets the
+    gather's error escape instead of setting it on the future): a run would
+    wait for it for ever. Here the outcome is whatever ``Client.gather``
+    ends with, a result or an exception.
+    """
+
+    def __init__(self, client: Client):
+        self.client = client
+        self._tasks: set[DaskFuture] = set()  # tasks whose future has not settled, for shutdown()
+        self._lock = threading.Lock()  # submit() runs in the driver, settling on dask's event loop
+        self._shut_down = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            task = self.client.submit(fn, *args, pure=False, **kwargs)
+            self._tasks.add(task)
+        future: Future = Future()
+        future.add_done_callback(partial(_cancel_task, task))
+        self.client.loop.add_callback(self._settle, task, future)
+        return future
+
+    async def _settle(self, task: DaskFuture, future: Future) -> None:
+        try:
+            try:
+                outcome = await self.client.gather(task, asynchronous=True)
+            except asyncio.CancelledError:  # the client is closing
+                future.set_exception(CancelledError("the Dask client closed before the task finished"))
+                raise
+            except BaseException as exc:  # the task's own error, KilledWorker, a lost connection
+                future.set_exception(exc)
+            else:
+                future.set_result(outcome)
+        except InvalidStateError:  # the driver cancelled it meanwhile
+            pass
+        finally:
+            with self._lock:
+                self._tasks.discard(task)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; release those not settled (the scheduler drops them) unless ``wait``,
+        in which case wait for them instead."""
+        with self._lock:
+            self._shut_down = True
+            tasks = list(self._tasks)
+        if wait and not cancel_futures:
+            distributed_wait(tasks)
+        elif tasks and self.client.status == "running":
+            self.client.cancel(tasks)
+
+
+def _cancel_task(task: DaskFuture, future: Future) -> None:
+    if future.cancelled():
+        # As an executor's worker would on taking it: without this, wait() and
+        # as_completed() do not count a cancelled future as done.
+        future.set_running_or_notify_cancel()
+        task.cancel()
+
+
 class DaskBackend(ExecutorBackend):
     """Replicates as tasks on a dask cluster: the given client's, or a LocalCluster started for the run.
 
-    An executor backend over the client's ``concurrent.futures`` executor,
+    An executor backend over a :class:`TaskExecutor` of the client,
     with a task function of its own that puts the driver's code folders on
     the worker's import path before the replicate function is unpickled.
     """
@@ -222,19 +292,26 @@ class DaskBackend(ExecutorBackend):
         self.key = uuid.uuid4().hex
         self.payload = b""
         self.paths: tuple[str, ...] = ()
+        self._nanny_patience: Any = None  # the dask config change undone at shutdown
 
     def start(self, run: Any, replicate_fn: Any) -> int:
         self.payload = dumps_replicate_fn(replicate_fn)
         self.paths = tuple(user_code_paths())
         if self.client is None:
             workers = min(self.n_workers or cpu_count(), run.replicates)
+            # A LocalCluster closes a worker's nanny for good when no worker of
+            # that name is back this long after one was lost (read when a
+            # worker is removed): on a busy machine a worker that dies twice
+            # in a row is still restarting then, and a run that kills workers
+            # would end up waiting for ever on a cluster of none.
+            self._nanny_patience = dask.config.set({"distributed.deploy.lost-worker-timeout": NANNY_PATIENCE_SECONDS})
             self.cluster, self.client = start_local_cluster(workers)
         self.executor = self._client_executor()
         return max(1, sum(self.client.nthreads().values()))
 
     def _client_executor(self) -> Executor:
         assert self.client is not None, "start() comes first"
-        return self.client.get_executor(pure=False)
+        return TaskExecutor(self.client)
 
     def submit(self, span: range) -> Future:
         return self._submit(self.payload if len(self.payload) <= INLINE_PAYLOAD_BYTES else None, span)
@@ -300,5 +377,10 @@ class DaskBackend(ExecutorBackend):
                 if client is not None:
                     client.close()
             finally:
-                if cluster is not None:
-                    cluster.close()
+                try:
+                    if cluster is not None:
+                        cluster.close()
+                finally:
+                    patience, self._nanny_patience = self._nanny_patience, None
+                    if patience is not None:
+                        patience.__exit__(None, None, None)

@@ -1,5 +1,6 @@
 import json
 import logging
+import operator
 import os
 import re
 import signal
@@ -7,7 +8,9 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
+from concurrent.futures import wait
 from importlib import metadata
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from crystallize_core.testing import (
     wait_until,
 )
 from crystallize_dask import DaskExecution
-from crystallize_dask._core import INLINE_PAYLOAD_BYTES, DaskBackend
+from crystallize_dask._core import INLINE_PAYLOAD_BYTES, DaskBackend, TaskExecutor
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
@@ -172,6 +175,52 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after_it():
     pids = set(result.metrics["baseline"]["pid"])
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
     assert not [pid for pid in pids if alive(pid)]
+
+
+def test_the_task_executor_settles_every_future(dask_scheduler):
+    # concurrent.futures.wait() counts a cancelled future as done only once its
+    # executor notices the cancellation; a run stopping on Ctrl-C waited for ever.
+    with Client(dask_scheduler, set_as_default=False) as client:
+        executor = TaskExecutor(client)
+        added = executor.submit(operator.add, 1, 2)
+        divided = executor.submit(operator.truediv, 1, 0)
+        slept = executor.submit(time.sleep, 2)
+        assert slept.cancel()
+        assert not wait([added, divided, slept], timeout=60).not_done
+        assert added.result() == 3 and isinstance(divided.exception(), ZeroDivisionError) and slept.cancelled()
+        executor.shutdown(wait=False)
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(operator.add, 1, 2)
+
+
+RESTARTING_WORKERS = """
+import sys
+
+import dask
+from crystallize_core import Experiment
+from crystallize_core.testing import KillWorkerOn, numbers, record
+from crystallize_dask import DaskExecution
+
+if __name__ == "__main__":
+    # A worker restarts in seconds: far longer than this, as on a busy machine
+    # where a worker that died is still restarting when it dies again.
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "0.1s"})
+    killer = KillWorkerOn({0: "once", 1: "once"}, sys.argv[1])
+    result = Experiment(numbers, [killer, record]).run(replicates=3, strategy=DaskExecution(n_workers=1))
+    print(result.metrics["baseline"]["replicate"], result.errors)
+"""
+
+
+def test_a_local_cluster_keeps_a_worker_that_is_slow_to_restart(tmp_path):
+    # A LocalCluster closes a worker's nanny for good when no worker of its
+    # name is back within `lost-worker-timeout` of a loss; the run then waited
+    # for ever on a cluster of no workers.
+    script = tmp_path / "study.py"
+    script.write_text(RESTARTING_WORKERS)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[0, 1, 2] []", done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("died-*")) == ["died-0", "died-1"]
 
 
 def test_a_dying_worker_of_a_running_cluster_costs_only_its_replicate(dask_scheduler):
