@@ -220,22 +220,23 @@ class TaskExecutor(Executor):
             self._tasks.add(task)
         future: Future = Future()
         future.add_done_callback(partial(_cancel_task, task))
-        self.client.loop.add_callback(self._settle, task, future)
+        loop = self.client.loop
+        assert loop is not None, "a client that can submit has an event loop"
+        loop.add_callback(self._settle, task, future)
         return future
 
     async def _settle(self, task: DaskFuture, future: Future) -> None:
         try:
-            try:
-                outcome = await self.client.gather(task, asynchronous=True)
-            except asyncio.CancelledError:  # the client is closing
-                future.set_exception(CancelledError("the Dask client closed before the task finished"))
-                raise
-            except BaseException as exc:  # the task's own error, KilledWorker, a lost connection
-                future.set_exception(exc)
-            else:
-                future.set_result(outcome)
-        except InvalidStateError:  # the driver cancelled it meanwhile
-            pass
+            outcome = await self.client.gather(task, asynchronous=True)
+        except asyncio.CancelledError:  # the client is closing
+            _set_unless_cancelled(
+                future.set_exception, CancelledError("the Dask client closed before the task finished")
+            )
+            raise
+        except BaseException as exc:  # the task's own error, KilledWorker, a lost connection
+            _set_unless_cancelled(future.set_exception, exc)
+        else:
+            _set_unless_cancelled(future.set_result, outcome)
         finally:
             with self._lock:
                 self._tasks.discard(task)
@@ -250,6 +251,13 @@ class TaskExecutor(Executor):
             distributed_wait(tasks)
         elif tasks and self.client.status == "running":
             self.client.cancel(tasks)
+
+
+def _set_unless_cancelled(setter: Any, value: Any) -> None:
+    try:
+        setter(value)
+    except InvalidStateError:  # the driver cancelled the future meanwhile
+        pass
 
 
 def _cancel_task(task: DaskFuture, future: Future) -> None:
