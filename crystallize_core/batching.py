@@ -42,6 +42,7 @@ class BatchSizer:
         self.target_seconds = target_seconds
         self.max_batch = max_batch
         self.fixed = fixed
+        self.batches_per_worker = batches_per_worker
         self.share = max(1, total // (max(1, workers) * batches_per_worker))
         self.next_index = 0
         self.size = fixed or max(1, min(FIRST_BATCH_MAX, int(total / max(1, workers) * FIRST_BATCH_FRACTION)))

@@ -437,6 +437,12 @@ class _Dispatch:
             # measurement ends the ramp: a second one per slot would only add
             # a round trip.
             return self.slots
+        if self.timeout is None and sizer.size >= sizer.share:
+            # Batches as large as the run's share make a short run (about
+            # batches_per_worker x target_seconds a worker, or less): that
+            # many go out per worker, most often all of it, so that no worker
+            # waits a round trip for its next batch.
+            return max(self.window, self.slots * sizer.batches_per_worker)
         return self.window
 
     def fill(self) -> None:

@@ -235,6 +235,7 @@ class NotesWhatFinishedBeforeEachSubmit(ThreadPoolExecutor):
     [
         pytest.param(24, "auto", 2, id="measuring: one per worker"),
         pytest.param(24, 1, 4, id="fixed size: two per worker"),
+        pytest.param(16, 2, 8, id="batches as large as the share: the whole run"),
     ],
 )
 def test_how_many_batches_are_out_before_any_finishes(replicates, batch_size, out_before_any_finished):
