@@ -66,6 +66,7 @@ class TestDaskConformance(StrategyConformance):
 
     strategy_name = "dask"
     own_cluster = False
+    lasting_threads = ("Dask-Offload",)
 
     @pytest.fixture(autouse=True)
     def _scheduler(self, dask_scheduler):
