@@ -21,17 +21,17 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import CancelledError, Executor, Future, InvalidStateError, wait
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
+from concurrent.futures import wait as concurrent_wait
 from functools import partial
 from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, default_client
 from distributed import Future as DaskFuture
-from distributed import wait as distributed_wait
 from distributed.comm.addressing import parse_address, parse_host_port
 from distributed.comm.registry import get_backend
-from distributed.scheduler import KilledWorker
+from distributed.scheduler import KilledWorker, NoWorkerError
 
 from crystallize_core import Capabilities, ConfigurationError, WorkerLostError
 from crystallize_core.engine import ExecutorBackend, cpu_count, drive, run_shipped_span, user_code_paths
@@ -50,6 +50,11 @@ INLINE_PAYLOAD_BYTES = 64 * 1024
 #: Seconds a LocalCluster started here waits for a lost worker to be back
 #: before it gives up its nanny: longer than any run, so never.
 NANNY_PATIENCE_SECONDS = 7 * 24 * 3600
+#: Seconds a LocalCluster started here may have no worker at all before the
+#: tasks waiting for one fail (and the run with them, naming the cause): a
+#: worker restarts in seconds, one that cannot (its preload fails, memory
+#: runs out as it starts) would otherwise keep the run waiting for ever.
+NO_WORKERS_SECONDS = 120
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)  # distinct classes before Python 3.11
 
 # --- in a worker -----------------------------------------------------------------
@@ -171,7 +176,8 @@ def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
     # The engine reruns and records replicates whose worker died; dask's own
     # retries would only let such a replicate kill more workers first.
     try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        no_retries = {"distributed.scheduler.allowed-failures": 0}
+        with dask.config.set({**no_retries, "distributed.scheduler.no-workers-timeout": NO_WORKERS_SECONDS}):
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
@@ -198,59 +204,83 @@ def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
 class TaskExecutor(Executor):
     """A client's tasks as :class:`concurrent.futures.Future` objects, every one of which settles.
 
-    The client's own ``get_executor()`` leaves a future pending forever when
+    The client's own ``get_executor()`` leaves a future pending for ever when
     a task's result is lost with its worker before the client fetched it and
     the recomputation then fails (distributed's ``_cascade_future`` lets the
-    gather's error escape instead of setting it on the future): a run would
-    wait for it for ever. Here the outcome is whatever ``Client.gather``
-    ends with, a result or an exception.
+    gather's error escape instead of setting it on the future). Here a
+    future gets the task's result, the task's error (``KilledWorker`` when
+    its workers died), or, when the task did not fail but its result cannot
+    be fetched (the scheduler or the connection to it went away), a
+    :class:`~concurrent.futures.CancelledError` caused by what went wrong.
+    Cancelling a future releases its task without waiting on the scheduler.
     """
 
     def __init__(self, client: Client):
         self.client = client
-        self._tasks: set[DaskFuture] = set()  # tasks whose future has not settled, for shutdown()
+        #: Futures not settled yet, and their tasks.
+        self._unsettled: dict[Future, DaskFuture] = {}
         self._lock = threading.Lock()  # submit() runs in the driver, settling on dask's event loop
         self._shut_down = False
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        if kwargs:  # Client.submit takes its own options as keywords
+            fn, args = partial(fn, *args, **kwargs), ()
+        loop = self.client.loop
+        assert loop is not None, "a client that can submit has an event loop"
         with self._lock:
             if self._shut_down:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            task = self.client.submit(fn, *args, pure=False, **kwargs)
-            self._tasks.add(task)
-        future: Future = Future()
-        future.add_done_callback(partial(_cancel_task, task))
-        loop = self.client.loop
-        assert loop is not None, "a client that can submit has an event loop"
-        loop.add_callback(self._settle, task, future)
+            task = self.client.submit(fn, *args, pure=False)
+            future: Future = Future()
+            self._unsettled[future] = task
+        future.add_done_callback(partial(self._settled, task))
+        try:
+            # Raises on a closed loop, where tornado's add_callback would drop the coroutine unseen.
+            asyncio.run_coroutine_threadsafe(self._settle(task, future), loop.asyncio_loop)  # type: ignore[attr-defined]
+        except BaseException:
+            future.cancel()
+            raise
         return future
 
     async def _settle(self, task: DaskFuture, future: Future) -> None:
         try:
             outcome = await self.client.gather(task, asynchronous=True)
         except asyncio.CancelledError:  # the client is closing
-            _set_unless_cancelled(
-                future.set_exception, CancelledError("the Dask client closed before the task finished")
-            )
+            closed = CancelledError("the Dask client closed before the task finished")
+            _set_unless_cancelled(future.set_exception, closed)
             raise
-        except BaseException as exc:  # the task's own error, KilledWorker, a lost connection
+        except Exception as exc:
+            if task.status != "error" and not isinstance(exc, CancelledError):
+                lost = CancelledError(f"the result of a Dask task could not be fetched: {exc!r}")
+                lost.__cause__ = exc
+                exc = lost
             _set_unless_cancelled(future.set_exception, exc)
         else:
             _set_unless_cancelled(future.set_result, outcome)
-        finally:
-            with self._lock:
-                self._tasks.discard(task)
+
+    def _settled(self, task: DaskFuture, future: Future) -> None:
+        with self._lock:
+            self._unsettled.pop(future, None)
+        if future.cancelled():
+            # As an executor's worker would on taking it: without this, wait() and
+            # as_completed() do not count a cancelled future as done.
+            future.set_running_or_notify_cancel()
+            loop = self.client.loop
+            if loop is not None:
+                loop.add_callback(partial(self.client.cancel, [task], asynchronous=True))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking tasks; release those not settled (the scheduler drops them) unless ``wait``,
-        in which case wait for them instead."""
+        """Take no more tasks. Unless ``wait`` (and without ``cancel_futures``),
+        cancel the futures not settled, releasing their tasks; with ``wait``,
+        then wait until every future has settled."""
         with self._lock:
             self._shut_down = True
-            tasks = list(self._tasks)
-        if wait and not cancel_futures:
-            distributed_wait(tasks)
-        elif tasks and self.client.status == "running":
-            self.client.cancel(tasks)
+            unsettled = list(self._unsettled)
+        if cancel_futures or not wait:
+            for future in unsettled:
+                future.cancel()
+        if wait:
+            concurrent_wait(unsettled)
 
 
 def _set_unless_cancelled(setter: Any, value: Any) -> None:
@@ -260,12 +290,35 @@ def _set_unless_cancelled(setter: Any, value: Any) -> None:
         pass
 
 
-def _cancel_task(task: DaskFuture, future: Future) -> None:
-    if future.cancelled():
-        # As an executor's worker would on taking it: without this, wait() and
-        # as_completed() do not count a cancelled future as done.
-        future.set_running_or_notify_cancel()
-        task.cancel()
+class _HeldConfig:
+    """A change to dask's (process-wide) config, in force while anyone holds
+    it: runs in threads of one process start and end in any order."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._change: Any = None
+
+    def hold(self) -> None:
+        with self._lock:
+            if self._holders == 0:
+                self._change = dask.config.set(self.values)
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                change, self._change = self._change, None
+                change.__exit__(None, None, None)
+
+
+# A LocalCluster closes a worker's nanny for good when no worker of that name
+# is back this long after one was lost (read when a worker is removed): on a
+# busy machine a worker that dies twice in a row is still restarting then,
+# and a run that kills workers would end up waiting on a cluster of none.
+_KEEP_NANNIES = _HeldConfig({"distributed.deploy.lost-worker-timeout": NANNY_PATIENCE_SECONDS})
 
 
 class DaskBackend(ExecutorBackend):
@@ -300,19 +353,15 @@ class DaskBackend(ExecutorBackend):
         self.key = uuid.uuid4().hex
         self.payload = b""
         self.paths: tuple[str, ...] = ()
-        self._nanny_patience: Any = None  # the dask config change undone at shutdown
+        self._holds_nannies = False  # whether this backend holds _KEEP_NANNIES, until shutdown
 
     def start(self, run: Any, replicate_fn: Any) -> int:
         self.payload = dumps_replicate_fn(replicate_fn)
         self.paths = tuple(user_code_paths())
         if self.client is None:
             workers = min(self.n_workers or cpu_count(), run.replicates)
-            # A LocalCluster closes a worker's nanny for good when no worker of
-            # that name is back this long after one was lost (read when a
-            # worker is removed): on a busy machine a worker that dies twice
-            # in a row is still restarting then, and a run that kills workers
-            # would end up waiting for ever on a cluster of none.
-            self._nanny_patience = dask.config.set({"distributed.deploy.lost-worker-timeout": NANNY_PATIENCE_SECONDS})
+            _KEEP_NANNIES.hold()
+            self._holds_nannies = True
             self.cluster, self.client = start_local_cluster(workers)
         self.executor = self._client_executor()
         return max(1, sum(self.client.nthreads().values()))
@@ -344,12 +393,17 @@ class DaskBackend(ExecutorBackend):
         if isinstance(exc, KilledWorker):
             tries = exc.allowed_failures + 1
             return f"dask worker {exc.last_worker.address} was lost; dask gave up after {tries} worker(s) died"
+        if isinstance(exc, NoWorkerError):
+            raise WorkerLostError(
+                f"the Dask cluster had no worker for {exc.timeout:g} s: its workers died and none came back "
+                "(their nannies' log lines above say why), so the run cannot go on"
+            ) from exc
         if isinstance(exc, CancelledError):
             # Nothing here cancels a task the engine still waits for: the
             # scheduler dropped it, with its connection or a restart.
             raise WorkerLostError(
                 f"the Dask scheduler at {self.client.scheduler.address if self.client else '?'} dropped a task "
-                "(it shut down, restarted, or the connection to it was lost), so the run cannot go on"
+                f"(it shut down, restarted, or the connection to it was lost), so the run cannot go on: {exc}"
             ) from exc
         return None
 
@@ -364,7 +418,7 @@ class DaskBackend(ExecutorBackend):
         """
         with self._running_lock:
             running = list(self.running)
-        wait(running)
+        concurrent_wait(running)
 
     def shutdown(self, wait: bool = True) -> None:
         """Drop unfinished tasks, close the client unless it is someone else's, and close the
@@ -389,6 +443,6 @@ class DaskBackend(ExecutorBackend):
                     if cluster is not None:
                         cluster.close()
                 finally:
-                    patience, self._nanny_patience = self._nanny_patience, None
-                    if patience is not None:
-                        patience.__exit__(None, None, None)
+                    if self._holds_nannies:
+                        self._holds_nannies = False
+                        _KEEP_NANNIES.release()

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,23 @@ from distributed import Client
 STARTUP_SECONDS = 60
 
 
-def _end_with_parent() -> None:
-    """In the child, before exec: on Linux, SIGTERM when the test session ends,
-    even by a watchdog's ``os._exit`` or a kill, which skips every finalizer."""
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _end_with_parent() -> Callable[[], None] | None:
+    """On Linux, what a child runs before exec to get SIGTERM when the test
+    session ends, even by a watchdog's ``os._exit`` or a kill, which skips
+    every finalizer. ``prctl`` is found here, in the parent: after fork only
+    the call is made."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_PDEATHSIG = 1
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the session ended before the call
+            os._exit(1)
+
+    return in_child
 
 
 def _start(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -32,7 +44,7 @@ def _start(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> sub
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_end_with_parent,
+            preexec_fn=_end_with_parent(),
         )
 
 

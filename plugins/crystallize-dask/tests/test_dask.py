@@ -13,7 +13,9 @@ from collections import Counter
 from concurrent.futures import wait
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
+import dask
 import psutil
 import pytest
 from conftest import start_cluster, stop_cluster, wait_for_workers
@@ -32,7 +34,7 @@ from crystallize_core.testing import (
     wait_until,
 )
 from crystallize_dask import DaskExecution
-from crystallize_dask._core import INLINE_PAYLOAD_BYTES, DaskBackend, TaskExecutor
+from crystallize_dask._core import INLINE_PAYLOAD_BYTES, NANNY_PATIENCE_SECONDS, DaskBackend, TaskExecutor
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
@@ -192,6 +194,25 @@ def test_the_task_executor_settles_every_future(dask_scheduler):
         executor.shutdown(wait=False)
         with pytest.raises(RuntimeError, match="after shutdown"):
             executor.submit(operator.add, 1, 2)
+        with TaskExecutor(client) as executor:  # shutdown(wait=True) waits on its own client's tasks
+            slept = executor.submit(time.sleep, 0.5)
+        assert slept.done() and slept.result() is None
+
+
+def test_runs_that_overlap_keep_their_clusters_nannies_until_the_last_ends():
+    key = "distributed.deploy.lost-worker-timeout"
+    before = dask.config.get(key)
+    first, second = DaskBackend(n_workers=1), DaskBackend(n_workers=1)
+    run = SimpleNamespace(replicates=2)  # all of a run that start() reads
+    try:
+        first.start(run, operator.neg)
+        second.start(run, operator.neg)
+        first.shutdown()
+        assert dask.config.get(key) == NANNY_PATIENCE_SECONDS, "the first run to end undid the second's setting"
+    finally:
+        second.shutdown()
+        first.shutdown()
+    assert dask.config.get(key) == before
 
 
 RESTARTING_WORKERS = """
