@@ -245,6 +245,44 @@ def test_a_local_cluster_keeps_a_worker_that_is_slow_to_restart(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("died-*")) == ["died-0", "died-1"]
 
 
+WORKERS_THAT_CANNOT_RESTART = """
+import os
+import sys
+
+MARKER = os.environ.setdefault("MARKER", sys.argv[-1])
+if __name__ != "__main__" and os.path.exists(MARKER):
+    os._exit(1)  # a worker process importing this script again cannot start
+
+import crystallize_dask._core
+from crystallize_core import Experiment, WorkerLostError
+from crystallize_core.testing import numbers, record
+from crystallize_dask import DaskExecution
+
+
+def die(data, ctx):
+    open(MARKER, "w").close()
+    os._exit(1)
+
+
+if __name__ == "__main__":
+    crystallize_dask._core.NO_WORKERS_SECONDS = 3
+    try:
+        Experiment(numbers, [die, record]).run(replicates=2, strategy=DaskExecution(n_workers=1))
+    except WorkerLostError as exc:
+        print("WorkerLostError:", exc)
+"""
+
+
+def test_a_local_cluster_whose_workers_cannot_restart_ends_the_run(tmp_path):
+    script = tmp_path / "study.py"
+    script.write_text(WORKERS_THAT_CANNOT_RESTART)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "died")], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "WorkerLostError: the Dask cluster had no worker for 3 s" in done.stdout, done.stderr[-3000:]
+
+
 def test_a_dying_worker_of_a_running_cluster_costs_only_its_replicate(dask_scheduler):
     killer = KillWorkerOn({2: "exit"})
     strategy = DaskExecution(address=dask_scheduler, max_retries=0)
