@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from concurrent.futures import wait as concurrent_wait
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import dask
 from distributed import Client, LocalCluster, default_client
@@ -236,7 +236,7 @@ class TaskExecutor(Executor):
         future.add_done_callback(partial(self._settled, task))
         try:
             # Raises on a closed loop, where tornado's add_callback would drop the coroutine unseen.
-            asyncio.run_coroutine_threadsafe(self._settle(task, future), loop.asyncio_loop)  # type: ignore[attr-defined]
+            asyncio.run_coroutine_threadsafe(self._settle(task, future), cast(Any, loop).asyncio_loop)
         except BaseException:
             future.cancel()
             raise
