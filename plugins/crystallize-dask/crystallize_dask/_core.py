@@ -2,13 +2,13 @@
 
 The core's dispatch engine (:func:`crystallize_core.engine.drive`) owns
 batching, order, progress, fault records, fail-fast and Ctrl-C; this module
-only says where the replicates run. Tasks go through a
-``concurrent.futures`` executor over the client (:class:`TaskExecutor`) and carry a range of positions. The pickled
-replicate function travels with every task when it is small (most
-experiments: a few hundred bytes), and otherwise only to worker processes
-that ask for it (the engine's ``run_shipped_span`` protocol); either way each
-worker process unpickles it once, and nothing that a dying worker could lose
-is kept on the cluster between tasks.
+only says where the replicates run. Tasks go through a ``concurrent.futures``
+executor over the client (:class:`TaskExecutor`) and carry a range of
+positions. The pickled replicate function travels with every task when it
+is small (most experiments: a few hundred bytes), and otherwise only to
+worker processes that ask for it (the engine's ``run_shipped_span``
+protocol); either way each worker process unpickles it once, and nothing
+that a dying worker could lose is kept on the cluster between tasks.
 """
 
 from __future__ import annotations
