@@ -258,6 +258,11 @@ class TaskExecutor(Executor):
         else:
             _set_unless_cancelled(future.set_result, outcome)
 
+    def unsettled(self) -> list[Future]:
+        """The futures submitted here that have not settled, cancelled ones excepted."""
+        with self._lock:
+            return list(self._unsettled)
+
     def _settled(self, task: DaskFuture, future: Future) -> None:
         with self._lock:
             self._unsettled.pop(future, None)
@@ -275,7 +280,7 @@ class TaskExecutor(Executor):
         then wait until every future has settled."""
         with self._lock:
             self._shut_down = True
-            unsettled = list(self._unsettled)
+        unsettled = self.unsettled()
         if cancel_futures or not wait:
             for future in unsettled:
                 future.cancel()
@@ -346,10 +351,7 @@ class DaskBackend(ExecutorBackend):
         self.owns_client = owns_client
         self.n_workers = n_workers
         self.cluster: LocalCluster | None = None
-        self.executor: Executor | None = None
-        #: Tasks submitted and not finished, whether the engine still waits for them or not.
-        self.running: set[Future] = set()
-        self._running_lock = threading.Lock()  # futures finish on dask's event-loop thread
+        self.executor: TaskExecutor | None = None
         self.key = uuid.uuid4().hex
         self.payload = b""
         self.paths: tuple[str, ...] = ()
@@ -366,7 +368,7 @@ class DaskBackend(ExecutorBackend):
         self.executor = self._client_executor()
         return max(1, sum(self.client.nthreads().values()))
 
-    def _client_executor(self) -> Executor:
+    def _client_executor(self) -> TaskExecutor:
         assert self.client is not None, "start() comes first"
         return TaskExecutor(self.client)
 
@@ -379,15 +381,7 @@ class DaskBackend(ExecutorBackend):
 
     def _submit(self, payload: bytes | None, span: range) -> Future:
         assert self.executor is not None
-        future = self.executor.submit(_run_span, self.key, payload, self.paths, span.start, span.stop)
-        with self._running_lock:
-            self.running.add(future)
-        future.add_done_callback(self._finished)
-        return future
-
-    def _finished(self, future: Future) -> None:
-        with self._running_lock:
-            self.running.discard(future)
+        return self.executor.submit(_run_span, self.key, payload, self.paths, span.start, span.stop)
 
     def worker_lost(self, exc: BaseException) -> str | None:
         if isinstance(exc, KilledWorker):
@@ -416,9 +410,8 @@ class DaskBackend(ExecutorBackend):
         and a death it caused would be blamed on the replicate running alone.
         So the tasks still out are waited for (the engine reruns them anyway).
         """
-        with self._running_lock:
-            running = list(self.running)
-        concurrent_wait(running)
+        if self.executor is not None:
+            concurrent_wait(self.executor.unsettled())
 
     def shutdown(self, wait: bool = True) -> None:
         """Drop unfinished tasks, close the client unless it is someone else's, and close the
