@@ -5,7 +5,8 @@
 
 Each round runs each checkout's core in a fresh process: the best of 7 runs
 of 2,000 no-op replicates (the overhead workload) under the serial strategy,
-and a direct loop of the same two functions in the same process. Prints the
+and a direct loop of the same two functions in the same process (with
+``--seed``, the runs use ``SeedPlugin(seed=1)``). Prints the
 medians over the rounds of serial / direct and of the cost per replicate
 above the loop. The checkouts are put first on the import path, so an
 installed crystallize-core does not matter.
@@ -27,7 +28,7 @@ ROUND = r"""
 import sys, time
 sys.path[:0] = [ROOT, ROOT + "/plugins/crystallize-serial", BENCHMARKS]
 from workloads import overhead_source, overhead_step
-from crystallize_core import Experiment
+from crystallize_core import Experiment, SeedPlugin
 from crystallize_serial import SerialExecution
 
 
@@ -53,7 +54,8 @@ def direct(n):
 
 
 def ours(n):
-    result = Experiment(overhead_source, [overhead_step]).run(replicates=n, strategy=SerialExecution())
+    plugins = [SeedPlugin(seed=1)] if SEED else []
+    result = Experiment(overhead_source, [overhead_step], plugins=plugins).run(replicates=n, strategy=SerialExecution())
     return result.metrics["baseline"]["value"]
 
 
@@ -76,13 +78,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", help="a checkout of this repository to compare with")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seed", action="store_true", help="runs with SeedPlugin(seed=1), as in the seeded row")
     args = parser.parse_args()
     checkouts = {f"before ({args.before})": str(Path(args.before).resolve()), "this checkout": str(HERE.parent)}
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     measured: dict[str, list[tuple[float, float]]] = {name: [] for name in checkouts}
     for _ in range(args.rounds):
         for name, root in checkouts.items():
-            code = f"ROOT, BENCHMARKS, N = {root!r}, {str(HERE)!r}, {REPLICATES}\n" + ROUND
+            code = f"ROOT, BENCHMARKS, N, SEED = {root!r}, {str(HERE)!r}, {REPLICATES}, {args.seed}\n" + ROUND
             done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
             if done.returncode:
                 sys.exit(f"{name}: {done.stderr[-2000:]}")
