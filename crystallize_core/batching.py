@@ -8,7 +8,9 @@ run) and, as batches come back, sizes the next ones so that each takes about
 time per replicate is smoothed over batches; after the first measurement, which sets the size
 outright, a new batch is at most :data:`GROWTH` times as many replicates as
 have been measured so far; and the run is cut into at least
-``batches_per_worker`` batches per worker so that no worker idles at the end.
+``batches_per_worker`` batches per worker so that no worker idles at the end,
+unless what is left would take each worker less than ``target_seconds``: then
+it goes out as one batch per worker.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class BatchSizer:
         self.max_batch = max_batch
         self.fixed = fixed
         self.batches_per_worker = batches_per_worker
-        self.share = max(1, total // (max(1, workers) * batches_per_worker))
+        self.workers = max(1, workers)
+        self.share = max(1, total // (self.workers * batches_per_worker))
         self.next_index = 0
         self.size = fixed or max(1, min(FIRST_BATCH_MAX, int(total / max(1, workers) * FIRST_BATCH_FRACTION)))
         #: Smoothed seconds per replicate, once a batch has been measured.
@@ -75,4 +78,21 @@ class BatchSizer:
         # since (several in flight must not compound into a leap), and only
         # the measured rate, not that bound, makes batches smaller.
         bound = self.max_batch if previous is None else max(self.size, GROWTH * self.measured)
-        self.size = max(1, min(ideal, bound, self.share, self.max_batch))
+        self.size = max(1, min(ideal, bound, self._cap(), self.max_batch))
+
+    def _cap(self) -> int:
+        """The run's share; or, when what is left would take each worker less
+        than ``target_seconds``, that much: one batch a worker.
+
+        The share keeps ``batches_per_worker`` batches a worker so that none
+        idles at the end while another finishes a long batch. When a worker's
+        whole part of what is left is shorter than one batch should be, that
+        wait is shorter than a batch, while every batch more costs a round
+        trip, which for tiny replicates on a cluster is most of the run.
+        """
+        assert self.per_replicate is not None
+        left = self.total - self.next_index
+        per_worker = -(-left // self.workers)
+        if per_worker * self.per_replicate <= self.target_seconds:
+            return max(self.share, per_worker)
+        return self.share

@@ -209,11 +209,23 @@ def test_the_first_measurement_sets_the_batch_size_and_later_growth_is_bounded()
     assert 5 < sizer.size < 4096
 
 
-def test_a_fast_first_batch_of_a_small_run_is_held_to_the_runs_share():
-    sizer = BatchSizer(total=200, workers=2, target_seconds=0.05)
-    span = sizer.next_span()
-    sizer.record(len(span), 1e-6)
-    assert len(span) == 1 and len(sizer.next_span()) == 200 // (2 * 4)
+def test_a_run_too_short_to_balance_goes_out_as_one_batch_per_worker():
+    # 1,985 replicates left at 10 us: 10 ms a worker, less than one batch's 50 ms.
+    sizer = BatchSizer(total=2_000, workers=2, target_seconds=0.05)
+    first = sizer.next_span()
+    sizer.next_span()
+    sizer.record(len(first), len(first) * 1e-5)
+    assert [len(sizer.next_span()) for _ in range(2)] == [985, 985]
+    assert sizer.next_span() is None
+
+
+def test_a_run_long_enough_to_balance_is_held_to_its_share_of_batches():
+    # 1,985 replicates left at 100 us: 100 ms a worker, two batches' worth.
+    sizer = BatchSizer(total=2_000, workers=2, target_seconds=0.05)
+    first = sizer.next_span()
+    sizer.next_span()
+    sizer.record(len(first), len(first) * 1e-4)
+    assert len(sizer.next_span()) == 2_000 // (2 * 4)
 
 
 class NotesWhatFinishedBeforeEachSubmit(ThreadPoolExecutor):

@@ -365,11 +365,13 @@ def test_a_result_that_could_not_come_back_is_not_checkpointed_so_a_rerun_tries_
         steps = [RecordRuns(str(log)), PoisonMetric(os.getpid()), record]
         return Experiment(numbers, steps, plugins=[SeedPlugin(seed=2, auto_seed=False)])
 
+    ran = []
     for _ in range(2):
+        log.write_text("")
         result = experiment().run(replicates=5, checkpoint=path, strategy=processes("fork"))
         assert [(e.replicate, e.exc_type) for e in result.errors] == [(3, "UnpicklingError")]
-    runs = sorted(int(line.split()[0]) for line in log.read_text().splitlines())
-    assert runs == [0, 1, 2, 3, 3, 4], runs
+        ran.append({int(line.split()[0]) for line in log.read_text().splitlines()})
+    assert ran == [{0, 1, 2, 3, 4}, {3}], ran  # a batch with replicate 3 may have been rerun to find it
 
 
 def _exit_with_1():
