@@ -9,8 +9,8 @@ time per replicate is smoothed over batches; after the first measurement, which 
 outright, a new batch is at most :data:`GROWTH` times as many replicates as
 have been measured so far; and the run is cut into at least
 ``batches_per_worker`` batches per worker so that no worker idles at the end,
-unless what is left would take each worker less than ``target_seconds``: then
-it goes out as one batch per worker.
+unless what is left would take each worker less than ``target_seconds`` at the
+measured rate: then it goes out as one batch per worker.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ GROWTH = 4
 #: the run, and the first results (progress, Ctrl-C's harvest) come soon.
 FIRST_BATCH_FRACTION = 1 / 64
 FIRST_BATCH_MAX = 16
+#: Replicates measured before a short run may go out in one batch a worker
+#: (see :class:`BatchSizer`): one replicate that happened to be fast is
+#: not enough to give up balancing.
+SHORT_RUN_EVIDENCE = 8
 
 
 class BatchSizer:
@@ -81,18 +85,19 @@ class BatchSizer:
         self.size = max(1, min(ideal, bound, self._cap(), self.max_batch))
 
     def _cap(self) -> int:
-        """The run's share; or, when what is left would take each worker less
-        than ``target_seconds``, that much: one batch a worker.
+        """The run's share; or, for what is left of a short run, a worker's part of it.
 
         The share keeps ``batches_per_worker`` batches a worker so that none
-        idles at the end while another finishes a long batch. When a worker's
-        whole part of what is left is shorter than one batch should be, that
-        wait is shorter than a batch, while every batch more costs a round
-        trip, which for tiny replicates on a cluster is most of the run.
+        idles at the end while another finishes a long batch. When each
+        worker's part of what is left would take less than ``target_seconds``
+        at the measured rate (measured on at least :data:`SHORT_RUN_EVIDENCE`
+        replicates), that wait is shorter than one batch, while every batch
+        more costs a round trip, which for tiny replicates on a cluster is
+        most of the run: what is left then goes out as one batch a worker.
         """
         assert self.per_replicate is not None
         left = self.total - self.next_index
-        per_worker = -(-left // self.workers)
-        if per_worker * self.per_replicate <= self.target_seconds:
-            return max(self.share, per_worker)
+        part = -(-left // self.workers)
+        if self.measured >= SHORT_RUN_EVIDENCE and part * self.per_replicate <= self.target_seconds:
+            return max(self.share, part)
         return self.share

@@ -439,9 +439,9 @@ class _Dispatch:
             return self.slots
         if self.timeout is None and sizer.size >= sizer.share:
             # Batches as large as the run's share make a short run (about
-            # batches_per_worker x target_seconds a worker, or less): that
-            # many go out per worker, most often all of it, so that no worker
-            # waits a round trip for its next batch.
+            # batches_per_worker x target_seconds a worker, or less): up to
+            # that many go out per worker, most often all of it, so that no
+            # worker waits a round trip for its next batch.
             return max(self.window, self.slots * sizer.batches_per_worker)
         return self.window
 
@@ -805,12 +805,13 @@ class ExecutorStrategy:
     """A strategy that runs replicates on any :class:`concurrent.futures.Executor`.
 
     ``executor`` is an executor you built — loky's reusable executor,
-    ``mpi4py.futures.MPIPoolExecutor``, a Dask client's ``get_executor()``,
-    your own ``ProcessPoolExecutor`` — or a callable that makes one for each
-    run (then a pool broken by a dying worker is replaced and its replicates
-    rerun). See :class:`ExecutorBackend` for what an executor allows and for
-    ``workers`` and ``ships_work``. Passing an executor as
-    ``run(strategy=...)`` wraps it in this class.
+    ``mpi4py.futures.MPIPoolExecutor``, your own ``ProcessPoolExecutor`` —
+    or a callable that makes one for each run (then a pool broken by a dying
+    worker is replaced and its replicates rerun). See :class:`ExecutorBackend`
+    for what an executor allows and for ``workers`` and ``ships_work``.
+    Passing an executor as ``run(strategy=...)`` wraps it in this class. For
+    Dask, use the ``dask`` strategy: a future of a Dask client's
+    ``get_executor()`` can stay pending for ever when a worker dies.
     """
 
     def __init__(

@@ -210,7 +210,7 @@ def test_the_first_measurement_sets_the_batch_size_and_later_growth_is_bounded()
 
 
 def test_a_run_too_short_to_balance_goes_out_as_one_batch_per_worker():
-    # 1,985 replicates left at 10 us: 10 ms a worker, less than one batch's 50 ms.
+    # 1,970 replicates left at 10 us: 9.85 ms a worker, less than one batch's 50 ms.
     sizer = BatchSizer(total=2_000, workers=2, target_seconds=0.05)
     first = sizer.next_span()
     sizer.next_span()
@@ -220,12 +220,19 @@ def test_a_run_too_short_to_balance_goes_out_as_one_batch_per_worker():
 
 
 def test_a_run_long_enough_to_balance_is_held_to_its_share_of_batches():
-    # 1,985 replicates left at 100 us: 100 ms a worker, two batches' worth.
+    # 1,970 replicates left at 100 us: 98.5 ms a worker, two batches' worth.
     sizer = BatchSizer(total=2_000, workers=2, target_seconds=0.05)
     first = sizer.next_span()
     sizer.next_span()
     sizer.record(len(first), len(first) * 1e-4)
     assert len(sizer.next_span()) == 2_000 // (2 * 4)
+
+
+def test_one_fast_replicate_is_not_evidence_enough_to_give_up_balancing():
+    sizer = BatchSizer(total=200, workers=2, target_seconds=0.05)
+    span = sizer.next_span()
+    sizer.record(len(span), 1e-6)
+    assert len(span) == 1 and len(sizer.next_span()) == 200 // (2 * 4)
 
 
 class NotesWhatFinishedBeforeEachSubmit(ThreadPoolExecutor):
@@ -267,6 +274,22 @@ def test_how_many_batches_are_out_before_any_finishes(replicates, batch_size, ou
     assert pool.finished_before[:out_before_any_finished] == [0] * out_before_any_finished
     if out_before_any_finished < len(pool.finished_before):
         assert pool.finished_before[out_before_any_finished] >= 1
+
+
+def test_a_short_run_goes_out_in_one_batch_per_worker_once_measured():
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 2_000, None, False, None, ()
+
+    def tiny(position):
+        return ReplicateResult(position, 0, {"baseline": {"position": position}}, (), 0.0)
+
+    pool = NotesWhatFinishedBeforeEachSubmit(2)
+    backend = ExecutorBackend(pool, ships_work=False)
+    backend.target_batch_seconds = 10.0  # however slow this machine, 985 replicates take less
+    with pool:
+        results = drive(Run(), tiny, backend)
+    assert [r.metrics["baseline"]["position"] for r in results] == list(range(2_000))
+    assert len(pool.futures) == 4  # two measuring batches of 15, then 985 and 985
 
 
 def test_captured_errors_are_logged_up_to_a_limit_then_counted(caplog):
