@@ -77,9 +77,14 @@ class _PickledValue(Exception):
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
-#: NumPy dtypes whose values are Python bools, ints and floats: not longdouble
-#: (f12, f16), whose values stay NumPy scalars.
-_NUMPY_DTYPE = re.compile(r"^[<>|=]?(?:b1|[iu][1248]|f[248])$")
+#: NumPy dtypes whose values are Python bools, ints, floats, complex numbers
+#: and strings: not longdouble (f12, f16, c24, c32), whose values stay NumPy
+#: scalars.
+_NUMPY_DTYPE = re.compile(r"^[<>|=]?(?:b1|[iu][1248]|f[248]|c(?:8|16)|U[0-9]{1,9})$")
+#: How many characters a NumPy string array's dtype may be wider than its
+#: longest string, to be stored: reading it back allocates that width for
+#: every element, which a crafted file must not inflate without bound.
+_STRING_SLACK = 64
 
 
 def encode_value(value: Any, allow_pickle: bool = False) -> Any:
@@ -88,8 +93,9 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
     Tags (objects with one key starting with ``$``) carry what JSON lacks:
     ``$float`` ("nan", "inf", "-inf"), ``$tuple``, ``$set``, ``$frozenset``,
     ``$complex``, ``$bytes`` (base64), ``$dict`` (a mapping whose keys are not
-    all plain strings), ``$numpy`` (a NumPy bool, int or float scalar, with its
-    dtype) and ``$ndarray`` (a NumPy array of those, with dtype and shape).
+    all plain strings), ``$numpy`` (a NumPy bool, int, float, complex or
+    string scalar, with its dtype) and ``$ndarray`` (a NumPy array of those,
+    with dtype and shape).
     Anything else raises unless ``allow_pickle``, when it becomes ``$pickle``.
     """
     kind = type(value)
@@ -120,12 +126,21 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
             if isinstance(value, numpy.generic):
                 return {"$numpy": dtype.str, "value": encode_value(value.item())}
             if kind is numpy.ndarray:
-                return {"$ndarray": encode_value(value.tolist()), "dtype": dtype.str, "shape": list(value.shape)}
+                values = value.tolist()
+                if dtype.kind != "U" or dtype.itemsize // 4 <= _longest(values) + _STRING_SLACK:
+                    return {"$ndarray": encode_value(values), "dtype": dtype.str, "shape": list(value.shape)}
     if allow_pickle:
         import pickle
 
         return {"$pickle": base64.b64encode(pickle.dumps(value, protocol=4)).decode("ascii")}
     raise _NeedsPickle(value)
+
+
+def _longest(values: Any) -> int:
+    """The length of the longest string in nested lists (0 for none)."""
+    if type(values) is list:
+        return max(map(_longest, values), default=0)
+    return len(values) if type(values) is str else 0
 
 
 def decode_value(data: Any, allow_pickle: bool = False) -> Any:
@@ -172,7 +187,10 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
         shape = data.get("shape")
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise ValueError(f"bad NumPy shape {shape!r}")
-        return numpy.array(decode_value(body), dtype=numpy.dtype(dtype)).reshape(shape)
+        values, dtype = decode_value(body), numpy.dtype(dtype)
+        if dtype.kind == "U" and dtype.itemsize // 4 > _longest(values) + _STRING_SLACK:
+            raise ValueError(f"a stored {dtype} array whose strings are far shorter than that")
+        return numpy.array(values, dtype=dtype).reshape(shape)
     if tag == "$pickle":
         if not allow_pickle:
             raise _PickledValue()
@@ -230,7 +248,8 @@ def _encode_metrics(result: ReplicateResult, allow_pickle: bool) -> dict:
                 f"metric {name!r} of condition {condition!r} (replicate {result.replicate}) is a {needs}, "
                 "which a checkpoint could store only with pickle, and reading a pickle runs code from the "
                 "file. Record plain values (numbers, strings, lists, dicts, NumPy arrays and scalars of "
-                "bools, ints and floats up to 64 bits), or pass "
+                f"bools, strings (an array's width at most {_STRING_SLACK} characters past its longest "
+                "string), and ints, floats and complex numbers up to 64 bits a part), or pass "
                 "checkpoint_pickle=True to run() if you will only ever open checkpoints you trust"
             ) from None
     return stored

@@ -192,6 +192,11 @@ ODD = {
     "np_bool": np.bool_(True),
     "array": np.arange(6, dtype=np.int16).reshape(2, 3),
     "float_array": np.array([1.5, np.nan, np.inf]),
+    "np_complex": np.complex128(1 - 2j),
+    "np_str": np.str_("naïve"),
+    "complex_array": np.array([[1 + 1j], [np.nan - 1j]], dtype=np.complex64),
+    "str_array": np.array(["a", "bc", ""], dtype="<U12"),
+    "empty_array": np.zeros((0, 3)),
     "nested": [{"a": [None, True, "s"]}],
 }
 
@@ -204,7 +209,8 @@ def record_odd(data, ctx):
 
 def same(a, b):
     if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+        equal_nan = a.dtype.kind in "fc"  # NumPy cannot ask whether a string is NaN
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=equal_nan)
     if isinstance(a, float) and math.isnan(a):
         return isinstance(b, float) and math.isnan(b)
     return type(a) is type(b) and a == b
@@ -360,6 +366,31 @@ def test_one_bad_row_costs_only_its_replicate(tmp_path, caplog):
     assert again.metrics == first.metrics and again.seeds == first.seeds
     warnings = [r.getMessage() for r in caplog.records]
     assert any("row of replicate 3 cannot be read" in w and "runs again" in w for w in warnings), warnings
+
+
+def test_a_string_array_far_wider_than_its_strings_is_refused_by_name(tmp_path):
+    def padded(data, ctx):
+        ctx.metrics.add("labels", np.array(["a", "b"], dtype="<U1000"))
+        return data
+
+    with pytest.raises(CheckpointError, match=r"metric 'labels' .* numpy\.ndarray of dtype <U1000"):
+        Experiment(numbers, [padded]).run(replicates=1, checkpoint=tmp_path / "c.sqlite")
+
+
+def test_a_stored_string_array_cannot_claim_a_width_its_strings_do_not_need(tmp_path, caplog):
+    # Read back as claimed, 3 empty strings would take 120 MB; a crafted file could claim far more.
+    path, log = tmp_path / "c.sqlite", tmp_path / "runs.txt"
+    Experiment(numbers, [RecordRuns(str(log)), record]).run(replicates=2, checkpoint=path)
+    inflated = {"$ndarray": ["", "", ""], "dtype": "<U10000000", "shape": [3]}
+    row = json.dumps([1, 1000, {"baseline": {"value": inflated}}, []])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE replicates SET result = ? WHERE replicate = 1", (row,))
+    db.close()
+    caplog.set_level(logging.WARNING, logger="crystallize")
+    again = Experiment(numbers, [RecordRuns(str(log)), record]).run(replicates=2, checkpoint=path)
+    assert runs_in(log) == Counter({"0": 1, "1": 2})
+    assert again.metrics["baseline"]["replicate"] == [0, 1]
+    assert any("row of replicate 1 cannot be read" in r.getMessage() for r in caplog.records)
 
 
 def without_root_privileges():
