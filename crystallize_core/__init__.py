@@ -54,6 +54,7 @@ _EXPORTS = {
     "StrategyOptionError": "crystallize_core.errors",
     "StrategySpecError": "crystallize_core.errors",
     "WorkerLostError": "crystallize_core.errors",
+    "WorkerSetupError": "crystallize_core.errors",
     "warn_at_user_code": "crystallize_core.errors",
 }
 
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
         StrategyOptionError,
         StrategySpecError,
         WorkerLostError,
+        WorkerSetupError,
         warn_at_user_code,
     )
     from crystallize_core.experiment import Experiment, Pipeline, Treatment

@@ -36,7 +36,13 @@ from typing import Any
 
 from crystallize_core._columns import pack_columns, unpack_columns
 from crystallize_core.batching import BatchSizer
-from crystallize_core.errors import ConfigurationError, ReplicateFailed, StrategyCapabilityError, WorkerLostError
+from crystallize_core.errors import (
+    ConfigurationError,
+    ReplicateFailed,
+    StrategyCapabilityError,
+    WorkerLostError,
+    WorkerSetupError,
+)
 from crystallize_core.hookspecs import NO_CAPABILITIES, Capabilities, ReplicateFn, RunView, hookimpl
 from crystallize_core.replicate import check_picklable, dumps_replicate_fn
 from crystallize_core.result import ReplicateResult, pack_results, unpack_results
@@ -205,7 +211,13 @@ def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> 
     if replicate_fn is None:
         if payload is None:
             return NEED_PAYLOAD
-        replicate_fn = _shipped[key] = pickle.loads(payload)
+        try:
+            replicate_fn = pickle.loads(payload)
+        except Exception:
+            import traceback
+
+            raise WorkerSetupError(traceback.format_exc()) from None
+        _shipped[key] = replicate_fn
         while len(_shipped) > _SHIPPED_KEPT:
             _shipped.popitem(last=False)
     return run_span(replicate_fn, start, stop, serialize=True)

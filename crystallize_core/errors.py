@@ -81,6 +81,28 @@ class WorkerLostError(CrystallizeError):
     completed: Any = None
 
 
+class WorkerSetupError(CrystallizeError, RuntimeError):
+    """A worker could not unpickle the experiment it was sent, so no replicate
+    can run there: most often a module the experiment's code comes from is not
+    importable where the worker runs.
+
+    ``worker_traceback`` is the traceback of the error in the worker. Raised
+    in the driver, ending the run, by every strategy that ships the
+    experiment to other processes.
+    """
+
+    def __init__(self, worker_traceback: str):
+        super().__init__(worker_traceback)
+        self.worker_traceback = worker_traceback
+
+    def __str__(self) -> str:
+        return (
+            "a worker could not unpickle the experiment, so no replicate can run there. Where the error "
+            "names a module, make it importable on the workers (installed there, or on their PYTHONPATH; "
+            f"see the strategy's docs). The worker's traceback:\n{self.worker_traceback}"
+        )
+
+
 class ReplicateFailed(CrystallizeError):
     """With ``fail_fast``, the first error inside a replicate.
 

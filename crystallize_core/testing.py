@@ -35,6 +35,7 @@ from crystallize_core.errors import (
     NotPicklableError,
     ReplicateFailed,
     StrategyCapabilityError,
+    WorkerSetupError,
 )
 from crystallize_core.experiment import Experiment, Treatment
 from crystallize_core.hookspecs import Capabilities, capabilities_of, hookimpl
@@ -137,6 +138,27 @@ def _holding(data) -> HoldsBuffer:
     held = HoldsBuffer(0)
     held.data = bytearray(data)
     return held
+
+
+class UnpicklesOnlyIn:
+    """A datasource that pickles anywhere and unpickles only in process
+    ``driver``: what a worker meets when a module the experiment's code comes
+    from is not importable where it runs."""
+
+    def __init__(self, driver: int):
+        self.driver = driver
+
+    def __reduce__(self):
+        return _rebuilt_only_in, (self.driver,)
+
+    def __call__(self, ctx):
+        return numbers(ctx)
+
+
+def _rebuilt_only_in(driver: int) -> UnpicklesOnlyIn:
+    if os.getpid() != driver:
+        raise ModuleNotFoundError("No module named 'only_on_the_driver' (UnpicklesOnlyIn)")
+    return UnpicklesOnlyIn(driver)
 
 
 class CountUnpickles:
@@ -624,6 +646,18 @@ class StrategyConformance:
         result = self.run_with_strategy(self.experiment(datasource=HoldsBuffer(200_000)), 6)
         self.expect(result.errors == [], f"errors {result.errors}")
         self.expect(result.metrics["baseline"]["held"] == [200_000] * 6, "the buffer did not arrive whole")
+
+    def test_a_worker_that_cannot_unpickle_the_experiment_stops_the_run_saying_why(self):
+        self.requires("ships_work")
+        experiment = self.experiment(datasource=UnpicklesOnlyIn(os.getpid()))
+        try:
+            result = self.run_with_strategy(experiment, 6)
+        except WorkerSetupError as exc:
+            self.expect("only_on_the_driver" in str(exc), f"the worker's error is not in the message: {exc}")
+            self.expect("importable on the workers" in str(exc), f"the message gives no way out: {exc}")
+        else:  # workers that inherit the experiment (a fork) never unpickle it
+            self.expect(result.errors == [], f"errors {result.errors}")
+            self.expect(result.metrics["baseline"]["replicate"] == list(range(6)), "replicates missing")
 
     def test_unpicklable_component_is_named_before_any_work(self):
         self.requires("ships_work")

@@ -2,9 +2,9 @@
 
 import textwrap
 
-KIT_CHECKS = 22
+KIT_CHECKS = 23
 #: Checks that apply only to what a strategy declares it can do, skipped for Recorder.
-CAPABILITY_CHECKS = 7
+CAPABILITY_CHECKS = 8
 
 BROKEN_STRATEGIES = textwrap.dedent(
     """
@@ -137,6 +137,7 @@ def test_kit_fails_exactly_the_broken_promises(pytester):
         "TestLeaksAThread::test_leaves_no_process_or_thread_behind",
         "TestRunsTwice::test_each_replicate_runs_exactly_once",
         "TestRunsTwice::test_resuming_from_a_checkpoint_runs_only_what_is_missing",
+        "TestShipsPerReplicate::test_a_worker_that_cannot_unpickle_the_experiment_stops_the_run_saying_why",
         "TestShipsPerReplicate::test_experiment_is_unpickled_at_most_once_per_worker",
         "TestShipsPerReplicate::test_unpicklable_component_is_named_before_any_work",
         "TestTouchesLater::test_result_list_is_not_touched_after_return",

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from crystallize_core import Capabilities
+from crystallize_core import Capabilities, WorkerSetupError
 from crystallize_core.engine import Backend, run_span
 from crystallize_core.replicate import dumps_replicate_fn
 
@@ -56,10 +56,6 @@ _limits: Any = None
 #: The native thread pools the driver found before forking, inherited by its
 #: workers: finding them costs milliseconds, calling them microseconds.
 _controller: Any = None
-
-
-class WorkerSetupError(RuntimeError):
-    """A worker could not unpickle the replicate function."""
 
 
 def _init_worker(shipped: bytes | Callable[[int], Any], starts: Any, inner_threads: int | None) -> None:
@@ -153,7 +149,7 @@ def _limit_inner_threads(inner_threads: int) -> None:
 
 def _run_span(start: int, stop: int) -> tuple[list | bytes, float]:
     if _replicate_fn is None:
-        raise WorkerSetupError(f"a worker process could not unpickle the experiment:\n{_setup_failure}")
+        raise WorkerSetupError(_setup_failure or "")
     if _starts is not None:
         _starts[start] = time.monotonic()
     return run_span(_replicate_fn, start, stop, serialize=True)
