@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import socket
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 import ray
 
-from crystallize_core import Capabilities, ConfigurationError
+from crystallize_core import Capabilities, ConfigurationError, WorkerSetupError
 from crystallize_core.engine import Backend, run_shipped_span, run_span, user_code_paths
 
 #: How long an unreachable cluster address may take to be reported.
@@ -103,7 +104,11 @@ def _replicate_fn(holder: list) -> Callable[[int], Any]:
     (reference,) = holder
     key = reference.hex()
     if _cached is None or _cached[0] != key:
-        _cached = (key, ray.get(reference))
+        try:
+            replicate_fn = ray.get(reference)
+        except ray.exceptions.RaySystemError:  # how Ray reports an object that failed to unpickle here
+            raise WorkerSetupError(traceback.format_exc()) from None
+        _cached = (key, replicate_fn)
     return _cached[1]
 
 

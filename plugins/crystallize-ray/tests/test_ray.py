@@ -10,8 +10,8 @@ import pytest
 import ray
 
 import crystallize_ray._core as core
-from crystallize_core import ConfigurationError, Experiment, SeedPlugin, Treatment, load_strategy
-from crystallize_core.testing import FailOn, StrategyConformance, numbers, record
+from crystallize_core import ConfigurationError, Experiment, SeedPlugin, Treatment, WorkerSetupError, load_strategy
+from crystallize_core.testing import FailOn, StrategyConformance, UnpicklesOnlyIn, numbers, record
 from crystallize_ray import RayExecution
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.py"
@@ -53,6 +53,13 @@ def test_a_small_experiment_goes_with_each_task_and_a_large_one_to_the_object_st
     with_array = Experiment(numbers, [record], treatments=[weights], plugins=[RayExecution(batch_size=3)])
     assert with_array.run(replicates=9).metrics["weights"]["replicate"] == list(range(9))
     assert puts == ["ReplicateRunner", "ReplicateRunner"]
+
+
+def test_a_large_experiment_a_worker_cannot_unpickle_stops_the_run_saying_why():
+    # Over 64 KB, so it goes through the object store (the conformance kit's check ships a small one inline).
+    experiment = Experiment(UnpicklesOnlyIn(os.getpid()), [FailOn(set(range(-30_000, 0))), record])
+    with pytest.raises(WorkerSetupError, match="only_on_the_driver"):
+        experiment.run(replicates=4, strategy=RayExecution())
 
 
 def test_same_seed_same_metrics_as_serial_with_fixed_batches():
