@@ -193,26 +193,14 @@ def direct_loop(source, step, n: int) -> Callable[[], list]:
 def seeded_direct_loop(source, step, n: int) -> Callable[[], list]:
     """:func:`direct_loop`, seeding the global ``random`` before each replicate as
     ``SeedPlugin`` does (with a 32-bit seed): what that seeding costs a loop
-    written by hand."""
+    written by hand (and one more call, about 0.1 us)."""
     import random
 
-    class Metrics(dict):
-        add = dict.__setitem__
+    def seeded_source(ctx):
+        random.seed(ctx.replicate)
+        return source(ctx)
 
-    class Ctx:
-        __slots__ = ("metrics", "replicate")
-
-    def run():
-        values = []
-        for i in range(n):
-            random.seed(i)
-            ctx = Ctx()
-            ctx.replicate, ctx.metrics = i, Metrics()
-            step(source(ctx), ctx)
-            values.append(ctx.metrics["value"])
-        return values
-
-    return run
+    return direct_loop(seeded_source, step, n)
 
 
 def thread_map(fn, n: int, workers: int) -> Callable[[], list]:
