@@ -77,14 +77,14 @@ class _PickledValue(Exception):
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
-#: NumPy dtypes whose values are Python bools, ints, floats, complex numbers
-#: and strings: not longdouble (f12, f16, c24, c32), whose values stay NumPy
+#: NumPy dtypes whose values are Python bools, ints, floats and complex
+#: numbers: not longdouble (f12, f16, c24, c32), whose values stay NumPy
 #: scalars.
-_NUMPY_DTYPE = re.compile(r"^[<>|=]?(?:b1|[iu][1248]|f[248]|c(?:8|16)|U[0-9]{1,9})$")
-#: How many characters a NumPy string array's dtype may be wider than its
-#: longest string, to be stored: reading it back allocates that width for
-#: every element, which a crafted file must not inflate without bound.
-_STRING_SLACK = 64
+_NUMPY_DTYPE = re.compile(r"^[<>|=]?(?:b1|[iu][1248]|f[248]|c(?:8|16))$")
+#: The same for NumPy strings, as scalars only: an array of them gives every
+#: element the width of its longest, so a small crafted file could make
+#: reading it allocate without bound (one long string, many empty ones).
+_NUMPY_STRING = re.compile(r"^[<>|=]?U[0-9]{1,9}$")
 
 
 def encode_value(value: Any, allow_pickle: bool = False) -> Any:
@@ -94,8 +94,8 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
     ``$float`` ("nan", "inf", "-inf"), ``$tuple``, ``$set``, ``$frozenset``,
     ``$complex``, ``$bytes`` (base64), ``$dict`` (a mapping whose keys are not
     all plain strings), ``$numpy`` (a NumPy bool, int, float, complex or
-    string scalar, with its dtype) and ``$ndarray`` (a NumPy array of those,
-    with dtype and shape).
+    string scalar, with its dtype) and ``$ndarray`` (a NumPy array of bools,
+    ints, floats or complex numbers, with dtype and shape).
     Anything else raises unless ``allow_pickle``, when it becomes ``$pickle``.
     """
     kind = type(value)
@@ -122,25 +122,17 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
     numpy = sys.modules.get("numpy")
     if numpy is not None and kind.__module__ == "numpy":
         dtype = getattr(value, "dtype", None)
-        if dtype is not None and _NUMPY_DTYPE.match(dtype.str):
+        if dtype is not None:
             if isinstance(value, numpy.generic):
-                return {"$numpy": dtype.str, "value": encode_value(value.item())}
-            if kind is numpy.ndarray:
-                values = value.tolist()
-                if dtype.kind != "U" or dtype.itemsize // 4 <= _longest(values) + _STRING_SLACK:
-                    return {"$ndarray": encode_value(values), "dtype": dtype.str, "shape": list(value.shape)}
+                if _NUMPY_DTYPE.match(dtype.str) or _NUMPY_STRING.match(dtype.str):
+                    return {"$numpy": dtype.str, "value": encode_value(value.item())}
+            elif kind is numpy.ndarray and _NUMPY_DTYPE.match(dtype.str):
+                return {"$ndarray": encode_value(value.tolist()), "dtype": dtype.str, "shape": list(value.shape)}
     if allow_pickle:
         import pickle
 
         return {"$pickle": base64.b64encode(pickle.dumps(value, protocol=4)).decode("ascii")}
     raise _NeedsPickle(value)
-
-
-def _longest(values: Any) -> int:
-    """The length of the longest string in nested lists (0 for none)."""
-    if type(values) is list:
-        return max(map(_longest, values), default=0)
-    return len(values) if type(values) is str else 0
 
 
 def decode_value(data: Any, allow_pickle: bool = False) -> Any:
@@ -178,19 +170,20 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
         return base64.b64decode(body, validate=True)
     if tag in ("$numpy", "$ndarray"):
         dtype = body if tag == "$numpy" else data.get("dtype")
-        if not isinstance(dtype, str) or not _NUMPY_DTYPE.match(dtype):
+        string = tag == "$numpy" and isinstance(dtype, str) and _NUMPY_STRING.match(dtype) is not None
+        if not isinstance(dtype, str) or not (string or _NUMPY_DTYPE.match(dtype)):
             raise ValueError(f"bad NumPy dtype {dtype!r}")
         import numpy
 
         if tag == "$numpy":
-            return numpy.dtype(dtype).type(decode_value(data.get("value")))
+            value = decode_value(data.get("value"))
+            if string != (type(value) is str) or (("c" in dtype) != (type(value) is complex)):
+                raise ValueError(f"a NumPy {dtype} scalar stored as {type(value).__name__}")
+            return numpy.dtype(dtype).type(value)
         shape = data.get("shape")
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise ValueError(f"bad NumPy shape {shape!r}")
-        values, dtype = decode_value(body), numpy.dtype(dtype)
-        if dtype.kind == "U" and dtype.itemsize // 4 > _longest(values) + _STRING_SLACK:
-            raise ValueError(f"a stored {dtype} array whose strings are far shorter than that")
-        return numpy.array(values, dtype=dtype).reshape(shape)
+        return numpy.array(decode_value(body), dtype=numpy.dtype(dtype)).reshape(shape)
     if tag == "$pickle":
         if not allow_pickle:
             raise _PickledValue()
@@ -248,8 +241,7 @@ def _encode_metrics(result: ReplicateResult, allow_pickle: bool) -> dict:
                 f"metric {name!r} of condition {condition!r} (replicate {result.replicate}) is a {needs}, "
                 "which a checkpoint could store only with pickle, and reading a pickle runs code from the "
                 "file. Record plain values (numbers, strings, lists, dicts, NumPy arrays and scalars of "
-                f"bools, strings (an array's width at most {_STRING_SLACK} characters past its longest "
-                "string), and ints, floats and complex numbers up to 64 bits a part), or pass "
+                "bools, ints, floats and complex numbers up to 64 bits a part; NumPy string scalars), or pass "
                 "checkpoint_pickle=True to run() if you will only ever open checkpoints you trust"
             ) from None
     return stored

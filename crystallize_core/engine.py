@@ -213,7 +213,7 @@ def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> 
             return NEED_PAYLOAD
         try:
             replicate_fn = pickle.loads(payload)
-        except Exception:
+        except (Exception, SystemExit):  # a module that calls sys.exit() when imported where it cannot run
             import traceback
 
             raise WorkerSetupError(traceback.format_exc()) from None

@@ -656,6 +656,7 @@ class StrategyConformance:
             self.expect("only_on_the_driver" in str(exc), f"the worker's error is not in the message: {exc}")
             self.expect("importable on the workers" in str(exc), f"the message gives no way out: {exc}")
         else:  # workers that inherit the experiment (a fork) never unpickle it
+            self.assert_strategy_ran(result)
             self.expect(result.errors == [], f"errors {result.errors}")
             self.expect(result.metrics["baseline"]["replicate"] == list(range(6)), "replicates missing")
 

@@ -19,6 +19,7 @@ from crystallize_core import (
     SeedPlugin,
     StrategyCapabilityError,
     WorkerLostError,
+    WorkerSetupError,
 )
 from crystallize_core.batching import FIRST_BATCH_MAX, GROWTH, BatchSizer
 from crystallize_core.engine import Backend, ExecutorBackend, drive
@@ -290,6 +291,32 @@ def test_a_short_run_goes_out_in_one_batch_per_worker_once_measured():
         results = drive(Run(), tiny, backend)
     assert [r.metrics["baseline"]["position"] for r in results] == list(range(2_000))
     assert len(pool.futures) == 4  # two measuring batches of 15, then 985 and 985
+
+
+def _exit_outside(driver):
+    if os.getpid() != driver:
+        raise SystemExit("this module needs the driver's GPU")
+    return numbers
+
+
+class ExitsWhenUnpickledElsewhere:
+    """A datasource whose module calls sys.exit() when imported where it cannot run."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def __reduce__(self):
+        return _exit_outside, (self.driver,)
+
+    def __call__(self, ctx):
+        return numbers(ctx)
+
+
+def test_a_worker_whose_unpickling_calls_sys_exit_stops_the_run_with_worker_setup_error():
+    # Without the catch, the executor's worker sends SystemExit back and the driver would exit with it.
+    experiment = Experiment(ExitsWhenUnpickledElsewhere(os.getpid()), [record])
+    with pytest.raises(WorkerSetupError, match="needs the driver's GPU"):
+        experiment.run(replicates=4, strategy=ExecutorStrategy(partial(ProcessPoolExecutor, 2)))
 
 
 def test_captured_errors_are_logged_up_to_a_limit_then_counted(caplog):

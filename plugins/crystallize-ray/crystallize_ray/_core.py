@@ -106,7 +106,7 @@ def _replicate_fn(holder: list) -> Callable[[int], Any]:
     if _cached is None or _cached[0] != key:
         try:
             replicate_fn = ray.get(reference)
-        except ray.exceptions.RaySystemError:  # how Ray reports an object that failed to unpickle here
+        except (ray.exceptions.RaySystemError, SystemExit):  # how an object that failed to unpickle here shows
             raise WorkerSetupError(traceback.format_exc()) from None
         _cached = (key, replicate_fn)
     return _cached[1]
