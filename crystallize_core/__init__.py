@@ -10,7 +10,7 @@ from __future__ import annotations
 # module's import time. Type checkers recognise the name.
 TYPE_CHECKING = False
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _EXPORTS = {
     "Experiment": "crystallize_core.experiment",
@@ -32,6 +32,7 @@ _EXPORTS = {
     "Capabilities": "crystallize_core.hookspecs",
     "ReplicateFn": "crystallize_core.hookspecs",
     "RunView": "crystallize_core.hookspecs",
+    "TreatmentSpec": "crystallize_core.hookspecs",
     "ExecutorStrategy": "crystallize_core.engine",
     "StrategyInfo": "crystallize_core.discovery",
     "available_strategies": "crystallize_core.discovery",
@@ -53,6 +54,7 @@ _EXPORTS = {
     "StrategyNotFoundError": "crystallize_core.errors",
     "StrategyOptionError": "crystallize_core.errors",
     "StrategySpecError": "crystallize_core.errors",
+    "StrategyUnavailableError": "crystallize_core.errors",
     "WorkerLostError": "crystallize_core.errors",
     "WorkerSetupError": "crystallize_core.errors",
     "warn_at_user_code": "crystallize_core.errors",
@@ -98,12 +100,13 @@ if TYPE_CHECKING:
         StrategyNotFoundError,
         StrategyOptionError,
         StrategySpecError,
+        StrategyUnavailableError,
         WorkerLostError,
         WorkerSetupError,
         warn_at_user_code,
     )
     from crystallize_core.experiment import Experiment, Pipeline, Treatment
-    from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, hookimpl, hookspec
+    from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, TreatmentSpec, hookimpl, hookspec
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
     from crystallize_core.result import MetricSummary, PairedDifference, ReplicateError, ReplicateResult, Result
     from crystallize_core.seed import SeedPlugin

@@ -9,7 +9,7 @@ itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from crystallize_core._columns import RecordedResults, ResultColumns
 from crystallize_core._manager import RunPlugins
@@ -27,7 +27,12 @@ from crystallize_core.result import ReplicateResult
 
 
 def call_strategies(
-    plugins: RunPlugins, run: RunView, replicate_fn: ReplicateFn, expected: Sequence[int], columns: ResultColumns
+    plugins: RunPlugins,
+    run: RunView,
+    replicate_fn: ReplicateFn,
+    expected: Sequence[int],
+    columns: ResultColumns,
+    settle_progress: Callable[[bool | None], None] = lambda strategy_progress: None,
 ) -> object:
     """Ask each ``run_experiment_loop`` implementation in turn, then the
     ``serial`` fallback; consume the first non-None answer into ``columns``,
@@ -35,14 +40,19 @@ def call_strategies(
     winning strategy object (:meth:`RunPlugins.name_of` names it).
 
     Implementers that cannot honour the run's options are passed over
-    unasked. Raises :class:`StrategyCapabilityError` when one was passed over
-    and no other answered, :class:`StrategyContractError` when every
-    implementation declined or the winner's answer breaks the contract.
+    unasked. Before each is asked, ``settle_progress`` receives its own
+    ``progress`` flag. A run that another strategy runs after the chosen one
+    declined says so at WARNING. Raises :class:`StrategyCapabilityError` when
+    one was passed over and no other answered, :class:`StrategyContractError`
+    when every implementation declined or the winner's answer breaks the
+    contract.
     """
     passed_over: list[str] = []
+    ask = _Asker(plugins, run, replicate_fn, expected, columns, settle_progress, passed_over)
     for impl in plugins.strategies():
-        if _ask(impl.plugin, plugins, impl.function, impl.argnames, run, replicate_fn, passed_over, expected, columns):
+        if ask(impl.plugin, impl.function, impl.argnames):
             _log_unasked(plugins, impl.plugin)
+            ask.log_fall_through(impl.plugin)
             return impl.plugin
     from crystallize_core.discovery import FALLBACK_STRATEGY, load_strategy
 
@@ -53,8 +63,8 @@ def call_strategies(
     else:
         fallback_problem = ", the 'serial' fallback included"
         loop = fallback.run_experiment_loop  # type: ignore[attr-defined]
-        argnames = ("experiment", "replicate_fn")
-        if _ask(fallback, plugins, loop, argnames, run, replicate_fn, passed_over, expected, columns):
+        if ask(fallback, loop, ("experiment", "replicate_fn")):
+            ask.log_fall_through(fallback)
             return fallback
     if passed_over:
         raise StrategyCapabilityError(
@@ -65,29 +75,58 @@ def call_strategies(
     raise StrategyContractError(f"every strategy declined to run the experiment{fallback_problem}")
 
 
-def _ask(plugin, plugins: RunPlugins, function, argnames, run, replicate_fn, passed_over, expected, columns) -> bool:
-    """Ask one implementation; return whether it answered, its answer then
-    consumed into ``columns``. A stop while it runs, or while its answer is
-    consumed (a lazy answer runs replicates then), is attributed to it."""
-    reason = cannot_honour(plugin, run)
-    if reason is not None:
-        passed_over.append(f"{_describe(plugin)} {reason}")
-        logger().info("strategy %s passed over: it %s", _describe(plugin), reason)
-        return False
-    arguments = {"experiment": run, "replicate_fn": replicate_fn}
-    try:
-        answer = function(*[arguments[argument] for argument in argnames])
-        if answer is None:
+class _Asker:
+    """Asks one implementation at a time, remembering whether the chosen strategy declined."""
+
+    def __init__(self, plugins, run, replicate_fn, expected, columns, settle_progress, passed_over):
+        self.plugins = plugins
+        self.run = run
+        self.replicate_fn = replicate_fn
+        self.expected = expected
+        self.columns = columns
+        self.settle_progress = settle_progress
+        self.passed_over = passed_over
+        self.chosen_declined = False
+
+    def __call__(self, plugin: object, function: Callable[..., object], argnames: Sequence[str]) -> bool:
+        """Ask one implementation; return whether it answered, its answer then
+        consumed into the columns. A stop while it runs, or while its answer
+        is consumed (a lazy answer runs replicates then), is attributed to it."""
+        plugins, run = self.plugins, self.run
+        reason = cannot_honour(plugin, run)
+        if reason is not None:
+            self.passed_over.append(f"{_describe(plugin)} {reason}")
+            logger().info("strategy %s passed over: it %s", _describe(plugin), reason)
             return False
-        collect_answer(answer, expected, columns, plugin)
-        return True
-    except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
-        stopped.strategy = plugins.name_of(plugin)  # type: ignore[union-attr]  # for the partial result
-        raise
-    except KeyboardInterrupt as exc:
-        interrupted = ExperimentInterrupted(completed=getattr(exc, "completed", None) or [])
-        interrupted.strategy = plugins.name_of(plugin)  # type: ignore[attr-defined]
-        raise interrupted from exc
+        strategy_progress = getattr(plugin, "progress", None)
+        self.settle_progress(strategy_progress if isinstance(strategy_progress, bool) else None)
+        arguments = {"experiment": run, "replicate_fn": self.replicate_fn}
+        try:
+            answer = function(*[arguments[argument] for argument in argnames])
+            if answer is None:
+                if plugin is plugins.chosen:
+                    self.chosen_declined = True
+                return False
+            collect_answer(answer, self.expected, self.columns, plugin)
+            return True
+        except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
+            stopped.strategy = plugins.name_of(plugin)  # type: ignore[union-attr]  # for the partial result
+            raise
+        except KeyboardInterrupt as exc:
+            interrupted = ExperimentInterrupted(completed=getattr(exc, "completed", None) or [])
+            interrupted.strategy = plugins.name_of(plugin)  # type: ignore[attr-defined]
+            raise interrupted from exc
+
+    def log_fall_through(self, winner: object) -> None:
+        """Say at WARNING that ``winner`` ran the run the chosen strategy declined."""
+        if self.chosen_declined:
+            plugins = self.plugins
+            logger().warning(
+                "strategy %s, chosen for this run by %s, declined it; %r ran it instead",
+                _describe(plugins.chosen),
+                plugins.chosen_from,
+                plugins.name_of(winner),
+            )
 
 
 def cannot_honour(plugin: object, run: RunView) -> str | None:

@@ -79,6 +79,33 @@ def user_location_in_text(traceback_text: str) -> tuple[str, int] | None:
     return chosen[-1] if chosen else None
 
 
+def shown_path(filename: str) -> str:
+    """``filename`` relative to the working folder when it lies inside it, else as it is."""
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:  # another drive, on Windows
+        return filename
+    return filename if relative.startswith(os.pardir) else relative
+
+
+def located(location: tuple[str, int] | None) -> str:
+    """`` (file:line)`` for a location, or nothing."""
+    return f" ({shown_path(location[0])}:{location[1]})" if location else ""
+
+
+def describe_callable(component: object) -> str:
+    """``'name' (file:line)``: a datasource, step or treatment function as the user wrote it."""
+    target = component
+    while hasattr(target, "func") and hasattr(target, "args") and hasattr(target, "keywords"):  # functools.partial
+        target = target.func
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    code = getattr(target, "__code__", None)
+    if code is None:
+        call = vars(type(target)).get("__call__")  # a callable object: where its class defines the call
+        code = getattr(call, "__code__", None)
+    return f"{name!r}" + (located((code.co_filename, code.co_firstlineno)) if code is not None else "")
+
+
 def _own_folders() -> tuple[str, ...]:
     folders: list[str] = []
     for name, module in list(sys.modules.items()):

@@ -125,23 +125,15 @@ def _discard_stdout() -> None:
 
 def _one_line(exc: BaseException) -> str:
     """``file:line: Type: first line of the message``, the location being the user's code."""
-    from crystallize_core._usercode import user_location
+    from crystallize_core._usercode import shown_path, user_location
 
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
-        return f"{_shown_path(exc.filename)}:{exc.lineno}: syntax error: {exc.msg}"
+        return f"{shown_path(exc.filename)}:{exc.lineno}: syntax error: {exc.msg}"
     location = user_location(exc.__traceback__)
     lines = str(exc).strip().splitlines()
     text = lines[0] + (" [...]" if len(lines) > 1 else "") if lines else ""
     described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return f"{_shown_path(location[0])}:{location[1]}: {described}" if location else described
-
-
-def _shown_path(filename: str) -> str:
-    try:
-        relative = os.path.relpath(filename)
-    except ValueError:  # another drive, on Windows
-        return filename
-    return filename if relative.startswith(os.pardir) else relative
+    return f"{shown_path(location[0])}:{location[1]}: {described}" if location else described
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,7 +199,11 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint", metavar="PATH", help="save each finished replicate to PATH; rerun to resume from it"
     )
     run.add_argument(
-        "--no-progress", action="store_true", help="show no progress (a bar on a terminal, plain lines elsewhere)"
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress (a bar on a terminal, plain lines elsewhere) or not; without either, the strategy's "
+        "own progress option decides, else a bar on a terminal only",
     )
     run.add_argument(
         "--sweep",
@@ -332,14 +328,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             strategy=strategy,
             timeout=args.timeout,
             checkpoint=args.checkpoint,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
     except ReplicateFailed as failed:
-        from crystallize_core._usercode import user_location_in_text
+        from crystallize_core._usercode import located, user_location_in_text
 
         error = failed.error
-        location = user_location_in_text(error.traceback)
-        where = f" ({_shown_path(location[0])}:{location[1]})" if location else ""
+        where = located(user_location_in_text(error.traceback))
         raise RunError(f"stopped by --fail-fast: {error}{where}", error.traceback) from None
     except ExperimentInterrupted as interrupted:
         partial = interrupted.partial_result

@@ -253,7 +253,8 @@ def load_strategy(name: str, **options: Any) -> object:
 
 
 def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
-    """Raise :class:`StrategyOptionError` if ``cls`` does not take every key of ``options``."""
+    """Raise :class:`StrategyOptionError` if ``cls`` does not take every key of
+    ``options``, naming the option each unknown key most likely meant."""
     if not options:
         return
     import inspect
@@ -267,17 +268,16 @@ def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
     valid = [p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [key for key in options if key not in valid]
     if unknown:
-        raise StrategyOptionError(
-            f"strategy {name!r} has no option {', '.join(map(repr, unknown))} "
-            f"(valid options: {', '.join(valid) or 'none'})"
-        )
+        from crystallize_core.options import unknown_options_message
+
+        raise StrategyOptionError(unknown_options_message(f"strategy {name!r}", unknown, valid))
 
 
 def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name:key=value,key=value"`` into a name and options.
 
     Values are read as Python literals where they parse as one (``4``,
-    ``True``, ``'x'``, ``[1, 2]``) and kept as strings otherwise. Commas inside
+    ``True`` or ``true``, ``'x'``, ``[1, 2]``) and kept as strings otherwise. Commas inside
     brackets or quotes do not separate options.
     """
     name, _, rest = spec.strip().partition(":")
@@ -299,8 +299,15 @@ def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, options
 
 
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def parse_value(text: str) -> Any:
-    """``text`` as a Python literal where it is one, else the text itself."""
+    """``text`` as a Python literal where it is one (``true``, ``false`` and
+    ``none`` in any case too, as shells and config files write them), else
+    the text itself."""
+    if text.lower() in _WORDS:
+        return _WORDS[text.lower()]
     import ast  # only where a strategy is named with options: it is slow to import
 
     try:

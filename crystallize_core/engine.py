@@ -44,6 +44,13 @@ from crystallize_core.errors import (
     WorkerSetupError,
 )
 from crystallize_core.hookspecs import NO_CAPABILITIES, Capabilities, ReplicateFn, RunView, hookimpl
+from crystallize_core.options import (
+    check_batch_size,
+    check_max_retries,
+    check_max_workers,
+    check_progress,
+    strategy_options,
+)
 from crystallize_core.replicate import check_picklable, dumps_replicate_fn
 from crystallize_core.result import ReplicateResult, pack_results, unpack_results
 
@@ -389,8 +396,17 @@ class _Task:
 class _Dispatch:
     """One run's scheduling state: what is done, in flight, suspect or still to send."""
 
-    def __init__(self, run: RunView, replicate_fn: ReplicateFn, backend: Backend, max_retries: int, batch: Any):
+    def __init__(
+        self,
+        run: RunView,
+        replicate_fn: ReplicateFn,
+        backend: Backend,
+        max_retries: int,
+        batch: Any,
+        max_workers: int | None = None,
+    ):
         self.run = run
+        self.max_workers = max_workers
         self.replicate_fn = replicate_fn
         self.backend = backend
         self.capabilities = backend.capabilities
@@ -427,11 +443,16 @@ class _Dispatch:
 
     def start(self) -> None:
         slots = self.backend.start(self.run, self.replicate_fn)
+        # Below what the backend could run at once, max_workers holds the
+        # tasks out to that many: a cluster would start every task it is sent.
+        self.capped = False
+        if self.max_workers is not None and self.max_workers < slots:
+            self.capped, slots = True, self.max_workers
         fixed = 1 if self.timeout is not None else (None if self.batch == "auto" else self.batch)
         self.sizer = BatchSizer(self.total, slots, target_seconds=self.backend.target_batch_seconds, fixed=fixed)
         # With a timeout each replicate needs a clock of its own, started when
         # it starts: never more tasks out than can run.
-        self.window = slots if self.timeout is not None else slots * IN_FLIGHT_PER_WORKER
+        self.window = slots if self.timeout is not None or self.capped else slots * IN_FLIGHT_PER_WORKER
         self.slots = slots
 
     def next_span(self) -> range | None:
@@ -449,7 +470,7 @@ class _Dispatch:
             # measurement ends the ramp: a second one per slot would only add
             # a round trip.
             return self.slots
-        if self.timeout is None and sizer.size >= sizer.share:
+        if self.timeout is None and not self.capped and sizer.size >= sizer.share:
             # Batches as large as the run's share make a short run (about
             # batches_per_worker x target_seconds a worker, or less): up to
             # that many go out per worker, most often all of it, so that no
@@ -766,6 +787,7 @@ def drive(
     *,
     max_retries: int = 1,
     batch_size: int | str = "auto",
+    max_workers: int | None = None,
 ) -> Sequence[ReplicateResult]:
     """Run every replicate of ``run`` on ``backend`` and return the results in order.
 
@@ -776,7 +798,9 @@ def drive(
     ``max_retries`` is how many times a replicate whose worker died is run
     again, alone, before it is recorded as ``WorkerDied`` (backends with
     ``retries_dead_workers``); ``batch_size`` is ``"auto"`` or the number of
-    replicates per task. With ``run.timeout`` each replicate runs as its own
+    replicates per task; ``max_workers``, when below what the backend's
+    ``start`` says it can run at once, is the most tasks out at a time (so
+    the most replicates running at once). With ``run.timeout`` each replicate runs as its own
     task and is stopped and recorded as ``ReplicateTimeout`` once it has run
     that long. Under ``run.fail_fast`` the first captured error, dead worker
     or timeout stops the run with :class:`~crystallize_core.ReplicateFailed`.
@@ -787,10 +811,9 @@ def drive(
     results in its ``completed`` attribute, for the core's partial result.
     Replicate functions that ship are checked for pickling before any work.
     """
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigurationError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
+    check_max_retries(max_retries)
+    check_batch_size(batch_size)
+    check_max_workers(max_workers)
     capabilities = backend.capabilities
     if run.timeout is not None and not capabilities.timeout:
         raise StrategyCapabilityError(
@@ -798,7 +821,7 @@ def drive(
         )
     if capabilities.ships_work:
         check_picklable(replicate_fn)
-    dispatch = _Dispatch(run, replicate_fn, backend, max_retries, batch_size)
+    dispatch = _Dispatch(run, replicate_fn, backend, max_retries, batch_size, max_workers)
     try:
         return dispatch.loop()
     except BaseException as stopped:
@@ -813,6 +836,7 @@ def drive(
         backend.shutdown(wait=not dispatch.abandoned)
 
 
+@strategy_options
 class ExecutorStrategy:
     """A strategy that runs replicates on any :class:`concurrent.futures.Executor`.
 
@@ -821,7 +845,9 @@ class ExecutorStrategy:
     or a callable that makes one for each run (then a pool broken by a dying
     worker is replaced and its replicates rerun). See :class:`ExecutorBackend`
     for what an executor allows and for ``workers`` and ``ships_work``.
-    Passing an executor as ``run(strategy=...)`` wraps it in this class. For
+    ``max_retries`` and ``progress`` mean what they mean for every strategy
+    (see ``docs/strategies.md``). Passing an executor as
+    ``run(strategy=...)`` wraps it in this class. For
     Dask, use the ``dask`` strategy: a future of a Dask client's
     ``get_executor()`` can stay pending for ever when a worker dies.
     """
@@ -832,10 +858,12 @@ class ExecutorStrategy:
         workers: int | None = None,
         ships_work: bool | None = None,
         max_retries: int = 1,
+        progress: bool | None = None,
     ):
         self.executor = executor
         self.workers = workers
-        self.max_retries = max_retries
+        self.max_retries = check_max_retries(max_retries)
+        self.progress = check_progress(progress)
         # Built here so that bad arguments fail now, and to read what it can do.
         self.capabilities = ExecutorBackend(executor, workers, ships_work).capabilities
 

@@ -56,6 +56,13 @@ class StrategyCapabilityError(ConfigurationError):
     """The chosen strategy cannot honour a run option, such as a timeout."""
 
 
+class StrategyUnavailableError(ConfigurationError):
+    """The strategy chosen for a run cannot do its job here: its cluster cannot
+    be reached within its connect timeout, or has no worker. It is raised, never
+    turned into declining, so that a run chosen for a cluster does not run
+    elsewhere unnoticed; the message names the strategy and the address."""
+
+
 class CheckpointError(ConfigurationError):
     """A checkpoint file cannot be used: corrupt, truncated, another application's,
     of an older format, or holding values the run may not read or write."""

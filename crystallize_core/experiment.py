@@ -33,6 +33,7 @@ class Pipeline:
                 raise ConfigurationError(
                     f"pipeline step {position} is a {type(step).__name__}, not a callable (data, ctx) -> data"
                 )
+            check_call(step, f"pipeline step {position}", "step(data, ctx)", 2)
 
     def __iter__(self):
         return iter(self.steps)
@@ -69,6 +70,8 @@ class Treatment:
                 f"treatment {name!r}: overrides must be a plain callable (ctx) -> None, not a coroutine function; "
                 "do the awaiting in a step (steps may be async def)"
             )
+        if callable(overrides) and not isinstance(overrides, Mapping):
+            check_call(overrides, f"treatment {name!r}: overrides", "overrides(ctx)", 1)
         self.name = name
         self.overrides = overrides
 
@@ -101,6 +104,7 @@ class Experiment:
     ):
         if not callable(datasource):
             raise ConfigurationError(f"datasource must be a callable (ctx) -> data, not {type(datasource).__name__}")
+        check_call(datasource, "datasource", "datasource(ctx)", 1)
         self.datasource = datasource
         self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
         self.plugins: list[object] = list(plugins)
@@ -196,8 +200,10 @@ class Experiment:
             del finished
         replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
         names = [c.name for c in conditions]
-        view = ExperimentRun(self, len(to_run), timeout, stop_early, progress)
-        runner.monitor = Monitor(len(to_run), progress, recorder, columns)
+        view = ExperimentRun(
+            len(to_run), chosen, timeout, stop_early, progress, self.plugins, self.datasource, self.pipeline
+        )
+        monitor = runner.monitor = Monitor(len(to_run), progress, recorder, columns)
         record: dict[str, Any] = {
             "base_seed": _base_seed(runner),
             "treatments": {t.name: _treatment_parameters(t) for t in chosen},
@@ -209,7 +215,7 @@ class Experiment:
             options: dict[str, Any] = {}
             if to_run:
                 try:
-                    winner = call_strategies(plugins, view, replicate_fn, to_run, columns)
+                    winner = call_strategies(plugins, view, replicate_fn, to_run, columns, monitor.settle_progress)
                 except (ExperimentInterrupted, ReplicateFailed, WorkerLostError) as stopped:
                     if getattr(stopped, "partial_result", None) is None:
                         # What finished reached the columns; a strategy may also
@@ -377,40 +383,87 @@ def _strategy_options(strategy: object) -> dict[str, Any]:
 
 
 class ExperimentRun:
-    """One run of an :class:`Experiment`: what a strategy receives as ``experiment``.
+    """One run of an :class:`Experiment`: what a strategy and every run hook receive as ``experiment``.
 
-    It answers the run's options — ``replicates`` (how many to run now),
-    ``timeout``, ``fail_fast``, ``progress`` — and the experiment's
-    ``plugins``; any other attribute is read from :attr:`experiment`. See
-    :class:`crystallize_core.RunView`.
+    It answers the run's own options — ``replicates`` (how many to run now),
+    ``treatments`` and ``conditions`` (those of this run, the baseline's name
+    first), ``timeout``, ``fail_fast``, ``progress`` and ``plugins`` — and
+    the experiment's ``datasource`` and ``pipeline``; nothing else, and it
+    cannot be changed. See [`RunView`][crystallize_core.RunView].
     """
 
-    __slots__ = ("experiment", "fail_fast", "progress", "replicates", "timeout")
+    __slots__ = (
+        "conditions",
+        "datasource",
+        "fail_fast",
+        "pipeline",
+        "plugins",
+        "progress",
+        "replicates",
+        "timeout",
+        "treatments",
+    )
+
+    replicates: int
+    treatments: tuple[Treatment, ...]
+    conditions: tuple[str, ...]
+    timeout: float | None
+    fail_fast: bool
+    progress: bool | None
+    plugins: tuple[object, ...]
+    datasource: Callable[[Context], Any]
+    pipeline: Pipeline
 
     def __init__(
-        self, experiment: Experiment, replicates: int, timeout: float | None, fail_fast: bool, progress: bool | None
+        self,
+        replicates: int,
+        treatments: Sequence[Treatment],
+        timeout: float | None,
+        fail_fast: bool,
+        progress: bool | None,
+        plugins: Sequence[object],
+        datasource: Callable[[Context], Any],
+        pipeline: Pipeline,
     ):
-        self.experiment = experiment
-        self.replicates = replicates
-        self.timeout = timeout
-        self.fail_fast = fail_fast
-        self.progress = progress
+        fields = {
+            "replicates": replicates,
+            "treatments": tuple(treatments),
+            "conditions": (BASELINE, *(t.name for t in treatments)),
+            "timeout": timeout,
+            "fail_fast": fail_fast,
+            "progress": progress,
+            "plugins": tuple(plugins),
+            "datasource": datasource,
+            "pipeline": pipeline,
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
-    @property
-    def plugins(self) -> tuple[object, ...]:
-        return tuple(self.experiment.plugins)
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a run's view cannot be changed (setting {name!r})")
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names not on the view; never for the view's own
-        # machinery, so that copy and pickle see a plain object.
-        if name.startswith("__") or name == "experiment":
-            raise AttributeError(name)
-        return getattr(self.experiment, name)
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a run's view cannot be changed (deleting {name!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            ExperimentRun,
+            (
+                self.replicates,
+                self.treatments,
+                self.timeout,
+                self.fail_fast,
+                self.progress,
+                self.plugins,
+                self.datasource,
+                self.pipeline,
+            ),
+        )
 
     def __repr__(self) -> str:
         return (
-            f"ExperimentRun(replicates={self.replicates}, timeout={self.timeout!r}, fail_fast={self.fail_fast}, "
-            f"progress={self.progress!r}, experiment={self.experiment!r})"
+            f"ExperimentRun(replicates={self.replicates}, conditions={list(self.conditions)}, "
+            f"timeout={self.timeout!r}, fail_fast={self.fail_fast}, progress={self.progress!r})"
         )
 
 
@@ -453,6 +506,27 @@ def _chosen_strategy(strategy: object) -> tuple[object, str] | None:
             f"strategy must be a name such as 'parallel:max_workers=4' or a strategy object, got {strategy!r}"
         )
     return strategy, "run(strategy=...)"
+
+
+def check_call(component: Callable[..., Any], role: str, call: str, arguments: int) -> None:
+    """Refuse ``component`` unless it can be called with ``arguments``
+    positional arguments, as ``call`` shows the core calls it: a one-line
+    error naming the function and its file:line, before any replicate runs."""
+    import inspect  # pluggy imports it wherever an experiment runs
+
+    try:
+        signature = inspect.signature(component)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: it answers when called
+        return
+    try:
+        signature.bind(*range(arguments))
+    except TypeError as exc:
+        from crystallize_core._usercode import describe_callable
+
+        raise ConfigurationError(
+            f"{role} {describe_callable(component)} takes {signature}, but Crystallize calls it as {call} "
+            f"({exc}); give it that signature"
+        ) from None
 
 
 def _check_replicates(replicates: object) -> int:

@@ -25,13 +25,12 @@ is called through pluggy each time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
 
 if TYPE_CHECKING:
-    from crystallize_core.experiment import Experiment
     from crystallize_core.result import ReplicateResult, Result
 
 PROJECT_NAME = "crystallize"
@@ -171,17 +170,43 @@ class ReplicateFn(Protocol):
         ...
 
 
+class TreatmentSpec(Protocol):
+    """A treatment of a run, as :attr:`RunView.treatments` holds it."""
+
+    @property
+    def name(self) -> str:
+        """The condition's name."""
+        ...
+
+    @property
+    def overrides(self) -> Mapping[str, Any] | Callable[..., None] | None:
+        """The values the treatment adds to the context, or the callable
+        ``(ctx) -> None`` that adds them."""
+        ...
+
+
 @runtime_checkable
 class RunView(Protocol):
-    """What a strategy receives as ``experiment``: one run of an experiment.
+    """What a strategy and every run hook receive as ``experiment``: one run of an experiment.
 
-    A run never changes the user's :class:`~crystallize_core.Experiment`; its
-    options live here, so two runs of one experiment at once do not interfere.
+    It answers this run's own options and the experiment's components, and
+    nothing else; it cannot be changed. A run never changes the user's
+    ``Experiment``, so two runs of one experiment at once do not interfere.
     """
 
     @property
     def replicates(self) -> int:
         """How many replicates to run: call ``replicate_fn(0 .. replicates - 1)``."""
+        ...
+
+    @property
+    def treatments(self) -> Sequence[TreatmentSpec]:
+        """This run's treatments (those given to ``run(treatments=...)``, or the experiment's), in order."""
+        ...
+
+    @property
+    def conditions(self) -> Sequence[str]:
+        """The names of the conditions each replicate runs: ``"baseline"``, then each treatment's."""
         ...
 
     @property
@@ -197,8 +222,9 @@ class RunView(Protocol):
 
     @property
     def progress(self) -> bool | None:
-        """Whether to show progress: None shows a bar on a terminal only,
-        True also plain lines elsewhere, False nothing. The core shows it."""
+        """The run's own ``progress`` (``run(progress=...)``, ``--progress``),
+        or None when the run left it to the strategy. The core shows
+        progress: a strategy need not read this."""
         ...
 
     @property
@@ -207,8 +233,15 @@ class RunView(Protocol):
         ...
 
     @property
-    def experiment(self) -> Experiment:
-        """The experiment being run (read it; never change it)."""
+    def datasource(self) -> Callable[..., Any]:
+        """The experiment's datasource, ``(ctx) -> data`` (read it; the
+        replicate function already calls it)."""
+        ...
+
+    @property
+    def pipeline(self) -> Iterable[Callable[..., Any]]:
+        """The experiment's steps, ``(data, ctx) -> data``, in order (read them;
+        the replicate function already calls them)."""
         ...
 
 

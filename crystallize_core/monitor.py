@@ -33,11 +33,20 @@ class Monitor:
         #: The driver's process id: a copy of the monitor inherited by a forked
         #: worker must stay silent there.
         self.pid = os.getpid()
-        self.progress = Progress(total, progress)
+        #: The run's own ``progress``, which wins over a strategy's when given.
+        self.run_progress = progress
+        self.progress = Progress(total, settled=False)
         self.checkpoint = checkpoint
         #: Where the run's results are kept, as they finish, in any order.
         self.columns = columns
-        self._quiet = not self.progress.shown  # decided once: whether a result without errors needs only keeping
+        self._quiet = True  # whether a result without errors needs only keeping: see settle_progress
+
+    def settle_progress(self, strategy_progress: bool | None) -> None:
+        """Show progress for the strategy about to be asked: as the run's own
+        ``progress`` says when given, else as the strategy's, else the default."""
+        enabled = self.run_progress if self.run_progress is not None else strategy_progress
+        self.progress.settle(enabled)
+        self._quiet = not self.progress.shown
 
     def finished(self, results: Sequence[ReplicateResult]) -> None:
         """Record replicates that finished, from any thread of the driver."""

@@ -28,11 +28,13 @@ class Progress:
 
     ``enabled=None`` shows a bar only when ``stream`` is a terminal;
     ``True`` shows a bar on a terminal and plain lines elsewhere; ``False``
-    shows nothing. Errors passed to :meth:`errors` are logged to the
-    ``crystallize`` logger whatever ``enabled`` says, bounded.
+    shows nothing. Nothing is shown for a single replicate. Errors passed to
+    :meth:`errors` are logged to the ``crystallize`` logger whatever
+    ``enabled`` says, bounded. With ``settled=False`` nothing is shown until
+    :meth:`settle` says how.
     """
 
-    def __init__(self, total: int, enabled: bool | None = None, stream: IO[str] | None = None):
+    def __init__(self, total: int, enabled: bool | None = None, stream: IO[str] | None = None, *, settled: bool = True):
         self.total = total
         self.done = 0
         self.reported_errors = 0
@@ -43,13 +45,27 @@ class Progress:
         self._lines = False
         self._last_line = time.monotonic()
         self._started = self._last_line
-        terminal = _is_terminal(self._stream)
-        if enabled is False or total <= 1:
-            return
-        if terminal:
+        self._terminal: bool | None = None
+        if settled:
+            self.settle(enabled)
+
+    def settle(self, enabled: bool | None) -> None:
+        """Show progress as ``enabled`` says from now on, in place of what was
+        shown: a bar opened for a strategy that then declined is taken off
+        the screen if the next one shows none, or shows lines instead."""
+        if self._terminal is None:
+            self._terminal = _is_terminal(self._stream)
+        wanted = enabled is not False and self.total > 1
+        bar, lines = wanted and self._terminal, wanted and not self._terminal and enabled is True
+        with self._lock:
+            if self._bar is not None and not bar:
+                self._bar.leave = False  # nothing ran under it: leave no line behind
+                self._bar.close()
+                self._bar = None
+                _restore_logging()
+            self._lines = lines
+        if bar and self._bar is None:
             self._open_bar()
-        elif enabled:
-            self._lines = True
 
     def _open_bar(self) -> None:
         from tqdm.auto import tqdm
@@ -78,14 +94,18 @@ class Progress:
                     self._write_line(now)
 
     def errors(self, errors: Iterable[object]) -> None:
-        """Log captured errors, each as one line, until the limit; then count them."""
+        """Log captured errors, each as one line ending with the user's
+        ``(file:line)`` where it was raised, until the limit; then count them."""
         for error in errors:
             with self._lock:
                 if self.reported_errors >= MAX_REPORTED_ERRORS:
                     self.unreported_errors += 1
                     continue
                 self.reported_errors += 1
-            logger().warning("%s", error)
+            from crystallize_core._usercode import located, user_location_in_text
+
+            traceback = getattr(error, "traceback", None)
+            logger().warning("%s%s", error, located(user_location_in_text(traceback)) if traceback else "")
 
     def close(self) -> None:
         """Close the bar, write the last plain line, and count the errors not shown."""

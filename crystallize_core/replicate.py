@@ -256,6 +256,7 @@ class ReplicateRunner:
         before_condition = self._hooks.before_condition if self._hooks is not None else ()
         for condition in self.conditions:
             ctx = Context(condition.values, replicate, condition.name, seed)
+            step = None  # the step running when an error is raised, None before the first
             try:
                 for call in before_condition:
                     call(replicate, condition.name, seed)
@@ -267,7 +268,10 @@ class ReplicateRunner:
             except BaseException as exc:
                 if isinstance(exc, _UNCAPTURED):
                     raise
-                errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
+                error = ReplicateError.from_exception(replicate, condition.name, exc)
+                if step is not None and data is None:
+                    error = self._given_none(error, step)
+                errors.append(self._captured(error))
                 continue
             metrics[condition.name] = ctx.metrics._values
         return self._end(replicate, seed, metrics, errors, began)
@@ -289,6 +293,7 @@ class ReplicateRunner:
         before_condition = self._hooks.before_condition if self._hooks is not None else ()
         for condition in self.conditions:
             ctx = Context(condition.values, replicate, condition.name, seed)
+            step = None  # as in _run
             try:
                 for call in before_condition:
                     call(replicate, condition.name, seed)
@@ -298,13 +303,17 @@ class ReplicateRunner:
                 if source_awaited:
                     data = await data
                 for step, awaited in steps:
-                    data = step(data, ctx)
+                    given = data
+                    data = step(given, ctx)
                     if awaited:
                         data = await data
             except BaseException as exc:
                 if isinstance(exc, _UNCAPTURED) or (_is_cancellation(exc) and cancel_requested()):
                     raise
-                errors.append(self._captured(ReplicateError.from_exception(replicate, condition.name, exc)))
+                error = ReplicateError.from_exception(replicate, condition.name, exc)
+                if step is not None and given is None:
+                    error = self._given_none(error, step)
+                errors.append(self._captured(error))
                 continue
             metrics[condition.name] = ctx.metrics._values
         return self._end(replicate, seed, metrics, errors, began)
@@ -348,6 +357,24 @@ class ReplicateRunner:
                 error = self._captured(ReplicateError.from_exception(replicate, None, exc))
                 result = result._replace(errors=(*errors, error))
         return result
+
+    def _given_none(self, error: ReplicateError, step: Callable[..., Any]) -> ReplicateError:
+        """``error``, raised by ``step`` on the None it was given, with the
+        component that returned that None named: most often a step that
+        forgot to ``return``."""
+        from crystallize_core._usercode import describe_callable
+
+        steps = self.steps
+        if sum(s is step for s in steps) != 1:  # which occurrence failed is unknown
+            return error._replace(message=f"{error.message} [the data it was given was None]")
+        position = next(i for i, s in enumerate(steps) if s is step)
+        producer = (
+            f"step {describe_callable(steps[position - 1])}"
+            if position
+            else f"datasource {describe_callable(self.datasource)}"
+        )
+        note = f"{producer} returned None, which step {describe_callable(step)} was given as its data"
+        return error._replace(message=f"{error.message} [{note}]")
 
     def _captured(self, error: ReplicateError) -> ReplicateError:
         """With fail_fast, stop the run at a captured error."""

@@ -87,10 +87,13 @@ def test_strategies_shows_blocked_names():
 @pytest.mark.parametrize("name", ["experiment", "build"])
 def test_run_summarises_and_writes_json(target, tmp_path, name):
     output = tmp_path / "result.json"
-    done = crystallize("run", f"{target}:{name}", "--seed", "5", "--replicates", "4", "--output", str(output))
+    done = crystallize(
+        "run", f"{target}:{name}", "--seed", "5", "--replicates", "4", "--output", str(output), "--progress"
+    )
     assert done.returncode == 0, done.stderr
     assert "strategy: serial" in done.stdout and "errors: baseline: 0, double: 1" in done.stdout
     assert "4/4" in done.stderr, "no progress bar"
+    assert "study.py:10)" in done.stderr, "the logged error does not point at the user's line"
     document = json.loads(output.read_text())
     assert document["replicates"] == 4 and document["strategy"] == "serial"
     assert document["strategy_version"] and document["crystallize_core_version"] == crystallize_core.__version__
@@ -119,7 +122,9 @@ def test_run_the_quickstart_with_processes():
 def test_run_the_async_quickstart_with_the_async_strategy(tmp_path):
     output = tmp_path / "result.json"
     target = f"{ASYNC_QUICKSTART}:build_experiment"
-    done = crystallize("run", target, "--strategy", "async", "-o", "rate_limit=500", "--output", str(output))
+    done = crystallize(
+        "run", target, "--strategy", "async", "-o", "rate_limit=500", "-o", "progress=true", "--output", str(output)
+    )
     assert done.returncode == 0, done.stderr
     assert "strategy: async" in done.stdout and "replicates: 200" in done.stdout and "boosted" in done.stdout
     assert "errors: baseline: 0, boosted: 0" in done.stdout

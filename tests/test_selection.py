@@ -1,5 +1,6 @@
 """First implementer wins: the order strategies are asked in, and the checks on the winner's answer."""
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,6 +12,7 @@ from crystallize_core import (
     SeedPlugin,
     StrategyCapabilityError,
     StrategyContractError,
+    Treatment,
     hookimpl,
 )
 from crystallize_core.testing import Decliner, Recorder, RecordRuns, SleepEach, numbers, record
@@ -215,13 +217,83 @@ def test_a_strategy_chosen_for_the_run_comes_first_even_if_it_is_also_an_experim
     assert own.asked == 0
 
 
+class KeepsTheView:
+    def __init__(self):
+        self.views = []
+
+    @hookimpl
+    def before_run(self, experiment):
+        self.views.append(experiment)
+
+
 def test_the_run_view_copies_and_pickles_like_a_plain_object():
     import copy
     import pickle
 
-    from crystallize_core.experiment import ExperimentRun
-
-    view = ExperimentRun(Experiment(numbers, [record]), 3, None, False, None)
+    keep = KeepsTheView()
+    Experiment(numbers, [record], plugins=[keep]).run(replicates=3)
+    (view,) = keep.views
     assert copy.copy(view).replicates == 3
-    assert pickle.loads(pickle.dumps(view)).replicates == 3
-    assert view.pipeline is view.experiment.pipeline  # other attributes come from the experiment
+    again = pickle.loads(pickle.dumps(view))
+    assert (again.replicates, again.conditions) == (3, ("baseline",))
+
+
+class SeesTheRun(Recorder):
+    """A strategy and a run hook at once: what each of them is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.shown = {}
+
+    @hookimpl
+    def before_run(self, experiment):
+        self.shown["before_run"] = experiment
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        self.shown["strategy"] = experiment
+        return super().run_experiment_loop(experiment, replicate_fn)
+
+
+def test_a_strategy_and_a_before_run_plugin_see_the_runs_own_treatments_not_the_experiments():
+    spy = SeesTheRun()
+    experiment = Experiment(numbers, [record], plugins=[spy], treatments=[Treatment("default_t", {"x": 1})])
+    chosen = Treatment("chosen", {"x": 2})
+    experiment.run(treatments=[chosen], replicates=2, fail_fast=True, progress=False)
+    for who, view in spy.shown.items():
+        assert [t.name for t in view.treatments] == ["chosen"], who
+        assert tuple(view.conditions) == ("baseline", "chosen"), who
+        assert (view.replicates, view.fail_fast, view.progress, view.timeout) == (2, True, False, None), who
+        assert view.datasource is numbers and list(view.pipeline) == [record], who
+        assert view.plugins == (spy,), who
+
+
+def test_the_run_view_forwards_nothing_and_cannot_be_changed():
+    spy = SeesTheRun()
+    Experiment(numbers, [record], plugins=[spy]).run(replicates=2)
+    view = spy.shown["strategy"]
+    for name in ("experiment", "run", "arun", "replicates_default", "__dict__"):
+        assert not hasattr(view, name), f"the run view answers {name!r}"
+    with pytest.raises(AttributeError, match="cannot be changed"):
+        view.replicates = 5
+    with pytest.raises(AttributeError, match="cannot be changed"):
+        view.treatments = ()
+
+
+class ChosenDecliner(Decliner):
+    pass
+
+
+def test_a_run_that_falls_through_after_the_chosen_strategy_declined_says_so_at_warning(caplog):
+    with caplog.at_level(logging.INFO, logger="crystallize"):
+        result = Experiment(numbers, [record]).run(replicates=2, strategy=ChosenDecliner())
+    assert result.strategy == "serial"
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "ChosenDecliner" in warning.getMessage() and "declined" in warning.getMessage()
+    assert "'serial' ran it instead" in warning.getMessage() and "run(strategy=...)" in warning.getMessage()
+
+
+def test_an_experiment_plugin_that_declines_is_no_warning(caplog):
+    with caplog.at_level(logging.INFO, logger="crystallize"):
+        assert run(Decliner()).strategy == "serial"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -15,18 +15,23 @@ from crystallize_core import (
     StrategyCapabilityError,
     hookimpl,
 )
+from crystallize_core.errors import warn_at_user_code
+from crystallize_core.options import check_max_workers, check_progress, strategy_options
 from crystallize_core.seed import warn_if_seeding_globally
 
-__version__ = "0.1.0"
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncExecution", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "DEFAULT_MAX_WORKERS", "AsyncExecution", "__version__"]
 
-#: Replicates in flight at once unless ``max_concurrency`` says otherwise: the
+#: Replicates in flight at once unless ``max_workers`` says otherwise: the
 #: default connection-pool size of aiohttp and httpx, so a run with one shared
 #: client neither queues on the pool nor opens more connections than a client
 #: would by default.
-DEFAULT_MAX_CONCURRENCY = 100
+DEFAULT_MAX_WORKERS = 100
+#: The former name of :data:`DEFAULT_MAX_WORKERS`.
+DEFAULT_MAX_CONCURRENCY = DEFAULT_MAX_WORKERS
 
 
+@strategy_options
 class AsyncExecution:
     """Run replicates concurrently on one :mod:`asyncio` event loop.
 
@@ -37,11 +42,15 @@ class AsyncExecution:
     on the loop's thread between awaits: keep them short, since while one
     runs no other replicate advances.
 
-    - ``max_concurrency``: at most this many replicates in flight at once
-      (default :data:`DEFAULT_MAX_CONCURRENCY`, 100).
+    - ``max_workers``: at most this many replicates in flight at once
+      (None: :data:`DEFAULT_MAX_WORKERS`, 100). ``max_concurrency`` is its
+      former name, deprecated.
     - ``rate_limit``: at most this many replicate *starts* per second, spaced
       evenly (``1 / rate_limit`` seconds apart), for services that throttle;
       ``None`` for no limit.
+    - ``progress``: show a progress bar while several replicates run: True
+      also off a terminal (as plain lines), False never, None (the default)
+      on a terminal only; a run's own ``progress`` wins over it.
 
     Results come back in replicate order. The run's ``timeout``
     (``Experiment.run(timeout=...)``) is enforced per replicate by cancelling
@@ -70,15 +79,38 @@ class AsyncExecution:
     #: replicate at once, by cancelling its task (for coroutine steps; see above).
     capabilities = Capabilities(timeout=True, cancellation=True)
 
-    def __init__(self, max_concurrency: int = DEFAULT_MAX_CONCURRENCY, rate_limit: float | None = None):
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        rate_limit: float | None = None,
+        progress: bool | None = None,
+        max_concurrency: int | None = None,
+    ):
+        if max_concurrency is not None:
+            if max_workers is not None:
+                raise ConfigurationError(
+                    "max_concurrency is the former name of max_workers: give max_workers only, "
+                    f"not both (got max_workers={max_workers!r}, max_concurrency={max_concurrency!r})"
+                )
+            warn_at_user_code(
+                "AsyncExecution(max_concurrency=...) is deprecated: it is now max_workers, the name every "
+                "strategy uses for the most replicates running at once",
+                DeprecationWarning,
+            )
+            try:
+                max_workers = check_max_workers(max_concurrency)
+            except ConfigurationError:
+                raise ConfigurationError(
+                    f"max_concurrency (now max_workers) must be a positive integer, got {max_concurrency!r}"
+                ) from None
+        checked = check_max_workers(max_workers)
         if rate_limit is not None and not _positive_number(rate_limit):
             raise ConfigurationError(
                 f"rate_limit must be a positive number of replicate starts per second or None, got {rate_limit!r}"
             )
-        self.max_concurrency = max_concurrency
+        self.max_workers: int = DEFAULT_MAX_WORKERS if checked is None else checked
         self.rate_limit = rate_limit
+        self.progress = check_progress(progress)
 
     @hookimpl
     def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> list[ReplicateResult]:
@@ -96,14 +128,17 @@ class AsyncExecution:
         return run_on_event_loop(
             replicate_fn,
             experiment.replicates,
-            min(self.max_concurrency, experiment.replicates),
+            min(self.max_workers, experiment.replicates),
             self.rate_limit,
             experiment.timeout,
             experiment.fail_fast,
         )
 
     def __repr__(self) -> str:
-        return f"AsyncExecution(max_concurrency={self.max_concurrency}, rate_limit={self.rate_limit!r})"
+        return (
+            f"AsyncExecution(max_workers={self.max_workers}, rate_limit={self.rate_limit!r}, "
+            f"progress={self.progress!r})"
+        )
 
 
 def _positive_number(value: object) -> bool:

@@ -1,6 +1,6 @@
 """Replicates on one event loop, started by this run and closed by it.
 
-``max_concurrency`` worker tasks take replicate indices from one shared
+``max_workers`` worker tasks take replicate indices from one shared
 iterator until none is left, so a run holds that many tasks however many
 replicates it has. Each worker awaits ``replicate_fn.acall(i)``, the
 replicate function's awaitable form, or runs a replicate function without

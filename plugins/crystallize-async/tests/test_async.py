@@ -9,7 +9,7 @@ from importlib import metadata
 
 import pytest
 
-from crystallize_async import DEFAULT_MAX_CONCURRENCY, AsyncExecution
+from crystallize_async import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_WORKERS, AsyncExecution
 from crystallize_core import (
     ConfigurationError,
     Experiment,
@@ -96,7 +96,7 @@ class TestAsyncConformance(StrategyConformance):
     strategy_name = "async"
 
     def make_strategy(self):
-        return AsyncExecution(max_concurrency=4)
+        return AsyncExecution(max_workers=4)
 
     def experiment(self, steps=(record,), datasource=numbers, plugins=(), **kwargs):
         return super().experiment(
@@ -162,29 +162,52 @@ def experiment(source=numbers, steps=(record,), plugins=(), **kwargs):
 def test_registered_under_its_entry_point():
     (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "async"]
     assert entry_point.value == "crystallize_async:AsyncExecution"
-    strategy = load_strategy("async", max_concurrency=7, rate_limit=2.5)
-    assert (strategy.max_concurrency, strategy.rate_limit) == (7, 2.5)
-    assert AsyncExecution().max_concurrency == DEFAULT_MAX_CONCURRENCY == 100
+    strategy = load_strategy("async", max_workers=7, rate_limit=2.5, progress=True)
+    assert (strategy.max_workers, strategy.rate_limit, strategy.progress) == (7, 2.5, True)
+    assert AsyncExecution().max_workers == DEFAULT_MAX_WORKERS == DEFAULT_MAX_CONCURRENCY == 100
+
+
+def test_max_concurrency_is_a_deprecated_name_of_max_workers():
+    deprecated = r"max_concurrency=\.\.\.\) is deprecated: it is now max_workers"
+    with pytest.warns(DeprecationWarning, match=deprecated) as caught:
+        strategy = AsyncExecution(max_concurrency=7)
+    assert strategy.max_workers == 7
+    assert caught[0].filename == __file__, "the warning points at the user's line"
+    with pytest.warns(DeprecationWarning):
+        assert load_strategy("async", max_concurrency=3).max_workers == 3
+    with pytest.raises(ConfigurationError, match="give max_workers only"):
+        AsyncExecution(max_workers=2, max_concurrency=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert AsyncExecution(7).max_workers == 7, "the first positional option means what it meant"
 
 
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"max_concurrency": 0}, "max_concurrency must be a positive integer"),
-        ({"max_concurrency": 2.5}, "max_concurrency must be a positive integer"),
-        ({"max_concurrency": True}, "max_concurrency must be a positive integer"),
+        ({"max_workers": 0}, "max_workers must be a positive integer"),
+        ({"max_workers": 2.5}, "max_workers must be a positive integer"),
+        ({"max_workers": True}, "max_workers must be a positive integer"),
+        ({"max_concurrency": 0}, r"max_concurrency \(now max_workers\) must be a positive integer"),
         ({"rate_limit": 0}, "rate_limit must be a positive number"),
         ({"rate_limit": "fast"}, "rate_limit must be a positive number"),
+        ({"progress": 1}, "progress must be True, False or None"),
     ],
 )
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_bad_options_are_refused_by_name(options, message):
     with pytest.raises(ConfigurationError, match=message):
         AsyncExecution(**options)
 
 
-def test_never_more_than_max_concurrency_replicates_in_flight():
+def test_a_misspelt_option_says_did_you_mean():
+    with pytest.raises(TypeError, match="did you mean 'max_workers'"):
+        AsyncExecution(max_worker=3)
+
+
+def test_never_more_than_max_workers_replicates_in_flight():
     counter = InFlight()
-    result = experiment(waiting_source, [counter]).run(replicates=40, strategy=AsyncExecution(max_concurrency=5))
+    result = experiment(waiting_source, [counter]).run(replicates=40, strategy=AsyncExecution(max_workers=5))
     assert result.errors == [] and result.metrics["treated"]["total"][39] is not None
     assert counter.most == 5
 
@@ -206,7 +229,7 @@ def test_same_seed_same_metrics_as_serial_with_and_without_coroutines():
     serial = run(numbers, "serial")
     for source in (numbers, Awaited(numbers), waiting_source):
         expected = run(source, "serial")
-        got = run(source, AsyncExecution(max_concurrency=7))
+        got = run(source, AsyncExecution(max_workers=7))
         assert got.seeds == serial.seeds and got.metrics == expected.metrics
     assert run(Awaited(numbers), AsyncExecution()).metrics == serial.metrics
 
@@ -268,7 +291,7 @@ def test_a_replicate_function_without_acall_runs_in_threads():
         ran_on.append(threading.current_thread().name)
         return ReplicateResult(i, i, {"baseline": {"i": i}})
 
-    results = AsyncExecution(max_concurrency=3).run_experiment_loop(View(), replicate_fn)
+    results = AsyncExecution(max_workers=3).run_experiment_loop(View(), replicate_fn)
     assert [r.replicate for r in results] == list(range(6))
     assert ran_on and all(name == "crystallize-async-replicate" for name in ran_on)
 
@@ -289,7 +312,7 @@ def test_a_step_that_starts_tasks_leaves_nothing_pending(caplog):
 def test_arun_from_a_running_loop_with_the_async_strategy():
     async def main():
         return await experiment(waiting_source, plugins=[SeedPlugin(seed=4, auto_seed=False)]).arun(
-            replicates=6, strategy="async:max_concurrency=3"
+            replicates=6, strategy="async:max_workers=3"
         )
 
     result = asyncio.run(main())
@@ -318,7 +341,7 @@ async def interrupt_after_five(data, ctx):
     return data
 
 try:
-    Experiment(source, [interrupt_after_five]).run(replicates=200, strategy=AsyncExecution(max_concurrency={k}))
+    Experiment(source, [interrupt_after_five]).run(replicates=200, strategy=AsyncExecution(max_workers={k}))
 except ExperimentInterrupted as interrupted:
     print("partial", interrupted.partial_result.replicates)
 """
@@ -352,7 +375,7 @@ def test_a_plain_pipeline_runs_in_threads_and_ctrl_c_keeps_what_finished(tmp_pat
     marker = str(tmp_path / "interrupted")
     steps = [SleepEach(0.1), record, InterruptAfter(3, os.getpid(), marker)]
     with pytest.raises(ExperimentInterrupted) as interrupted:
-        experiment(steps=steps).run(replicates=40, strategy=AsyncExecution(max_concurrency=4))
+        experiment(steps=steps).run(replicates=40, strategy=AsyncExecution(max_workers=4))
     finished = interrupted.value.partial_result.metrics["baseline"]["replicate"]
     assert 3 <= len(finished) < 40 and None not in finished, finished
     assert wait_until(lambda: not (live_child_processes().keys() - processes.keys()) and not (live_threads() - threads))

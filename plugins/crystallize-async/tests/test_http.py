@@ -102,13 +102,13 @@ def study(url):
 
 def test_an_async_client_in_a_step_under_the_async_strategy(service):
     n = 60
-    result = study(service.url).run(replicates=n, strategy=AsyncExecution(max_concurrency=8, rate_limit=500))
+    result = study(service.url).run(replicates=n, strategy=AsyncExecution(max_workers=8, rate_limit=500))
     assert result.errors == []
     xs = result.metrics["baseline"]["x"]
     assert result.metrics["baseline"]["square"] == [x * x for x in xs]
     assert result.metrics["double"]["square"] == [4 * x * x for x in xs]
     assert service.served == 2 * n
-    assert 1 < service.most <= 8, f"{service.most} requests at once with max_concurrency=8"
+    assert 1 < service.most <= 8, f"{service.most} requests at once with max_workers=8"
 
 
 @pytest.mark.parametrize("strategy", ["serial", "parallel:executor_type='thread',max_workers=3"])

@@ -14,24 +14,35 @@ from collections.abc import Sequence
 from typing import Any
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
+from crystallize_core.options import (
+    check_batch_size,
+    check_max_retries,
+    check_max_workers,
+    check_progress,
+    strategy_options,
+    whole_number,
+)
 
 if importlib.util.find_spec("distributed") is None:
     raise ImportError("crystallize-dask needs dask.distributed, which is not installed: pip install 'distributed'")
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["ADDRESS_VARIABLE", "DaskExecution", "__version__"]
 
 #: The environment variable read for a scheduler address when none is given.
 ADDRESS_VARIABLE = "DASK_SCHEDULER_ADDRESS"
 
 
+@strategy_options
 class DaskExecution:
     """Run replicates as tasks on a dask.distributed cluster.
 
     With no ``address`` and no ``DASK_SCHEDULER_ADDRESS`` in the environment,
     each run starts a ``LocalCluster`` of ``n_workers`` single-threaded worker
-    processes on 127.0.0.1 (default: one per CPU, at most one per replicate)
-    and closes it, with every process it started, when the run ends.
+    processes on 127.0.0.1 (default: ``max_workers``, else one per CPU; at
+    most one per replicate) and closes it, with every process it started,
+    when the run ends. ``max_workers`` caps the replicates running at once
+    (None: as many as the cluster's worker threads).
 
     With an address (``"tcp://host:8786"``, or ``cluster.scheduler_address``
     of any dask cluster, dask-jobqueue's included) the run uses that
@@ -41,10 +52,11 @@ class DaskExecution:
     connects a client of its own and closes it at the end. It waits up to
     ``connect_timeout`` seconds for the scheduler to answer and for
     ``n_workers`` workers (default 1) to join; when the scheduler cannot be
-    reached or has no worker, the strategy declines the run, with the reason
-    logged at WARNING on the ``crystallize`` logger, and the next strategy
-    runs it. The folders of the driver's own modules are put on the workers'
-    import path where they exist there.
+    reached or has no worker, the run stops with
+    :class:`~crystallize_core.StrategyUnavailableError` naming the address:
+    a run chosen for a cluster never runs elsewhere unnoticed. The folders
+    of the driver's own modules are put on the workers' import path where
+    they exist there.
 
     The replicate function is pickled once, and each worker process
     unpickles it once; tasks carry ranges of replicate positions, batched
@@ -61,7 +73,9 @@ class DaskExecution:
     stopped, so per-replicate timeouts are refused; Ctrl-C returns at once
     with the finished replicates (replicates still running on a cluster
     that was not started here run to their end, and their results are
-    dropped).
+    dropped). ``progress`` shows a progress bar while several replicates
+    run: True also off a terminal, False never, None (the default) on a
+    terminal only; a run's own ``progress`` wins over it.
     """
 
     capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
@@ -73,17 +87,15 @@ class DaskExecution:
         max_retries: int = 1,
         batch_size: int | str = "auto",
         connect_timeout: float = 10.0,
+        max_workers: int | None = None,
+        progress: bool | None = None,
     ):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigurationError(
                 f"address must be a Dask scheduler address such as 'tcp://host:8786', or None, got {address!r}"
             )
-        if n_workers is not None and not _whole_number(n_workers, minimum=1):
+        if n_workers is not None and not whole_number(n_workers, minimum=1):
             raise ConfigurationError(f"n_workers must be a positive integer or None, got {n_workers!r}")
-        if not _whole_number(max_retries, minimum=0):
-            raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-        if batch_size != "auto" and not _whole_number(batch_size, minimum=1):
-            raise ConfigurationError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
         if (
             isinstance(connect_timeout, bool)
             or not isinstance(connect_timeout, (int, float))
@@ -92,12 +104,14 @@ class DaskExecution:
             raise ConfigurationError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
         self.address = address.strip() if address is not None else None
         self.n_workers = n_workers
-        self.max_retries = max_retries
-        self.batch_size = batch_size
+        self.max_retries = check_max_retries(max_retries)
+        self.batch_size = check_batch_size(batch_size)
         self.connect_timeout = float(connect_timeout)
+        self.max_workers = check_max_workers(max_workers)
+        self.progress = check_progress(progress)
 
     @hookimpl
-    def run_experiment_loop(self, experiment: Any, replicate_fn: Any) -> Sequence[Any] | None:
+    def run_experiment_loop(self, experiment: Any, replicate_fn: Any) -> Sequence[Any]:
         from crystallize_dask._core import run_on_dask
 
         return run_on_dask(self, experiment, replicate_fn)
@@ -105,9 +119,6 @@ class DaskExecution:
     def __repr__(self) -> str:
         return (
             f"DaskExecution(address={self.address!r}, n_workers={self.n_workers!r}, max_retries={self.max_retries}, "
-            f"batch_size={self.batch_size!r}, connect_timeout={self.connect_timeout:g})"
+            f"batch_size={self.batch_size!r}, connect_timeout={self.connect_timeout:g}, "
+            f"max_workers={self.max_workers!r}, progress={self.progress!r})"
         )
-
-
-def _whole_number(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

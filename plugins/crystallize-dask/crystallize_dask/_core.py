@@ -29,11 +29,12 @@ from typing import Any, cast
 import dask
 from distributed import Client, LocalCluster, default_client
 from distributed import Future as DaskFuture
+from distributed.comm import connect as dask_connect
 from distributed.comm.addressing import parse_address, parse_host_port
 from distributed.comm.registry import get_backend
 from distributed.scheduler import KilledWorker, NoWorkerError
 
-from crystallize_core import Capabilities, ConfigurationError, WorkerLostError
+from crystallize_core import Capabilities, ConfigurationError, StrategyUnavailableError, WorkerLostError
 from crystallize_core.engine import ExecutorBackend, cpu_count, drive, run_shipped_span, user_code_paths
 from crystallize_core.replicate import dumps_replicate_fn
 from crystallize_dask import ADDRESS_VARIABLE
@@ -79,34 +80,41 @@ def _run_span(key: str, payload: bytes | None, paths: tuple[str, ...], start: in
 # --- in the driver ---------------------------------------------------------------
 
 
-def run_on_dask(strategy: Any, run: Any, replicate_fn: Any) -> Sequence[Any] | None:
-    """Drive ``run`` on the strategy's cluster; None when it declines."""
+def run_on_dask(strategy: Any, run: Any, replicate_fn: Any) -> Sequence[Any]:
+    """Drive ``run`` on the strategy's cluster."""
     address, source = strategy.address, "address"
     if address is None and os.environ.get(ADDRESS_VARIABLE, "").strip():
         address, source = os.environ[ADDRESS_VARIABLE].strip(), ADDRESS_VARIABLE
     if address is None:
-        backend = DaskBackend(n_workers=strategy.n_workers)
+        backend = DaskBackend(n_workers=strategy.n_workers or strategy.max_workers)
     else:
-        connected = connect(address, source, strategy.n_workers or 1, strategy.connect_timeout)
-        if connected is None:
-            return None
-        backend = DaskBackend(client=connected[0], owns_client=connected[1])
+        client, made_here = connect(address, source, strategy.n_workers or 1, strategy.connect_timeout)
+        backend = DaskBackend(client=client, owns_client=made_here)
     try:
-        return drive(run, replicate_fn, backend, max_retries=strategy.max_retries, batch_size=strategy.batch_size)
+        return drive(
+            run,
+            replicate_fn,
+            backend,
+            max_retries=strategy.max_retries,
+            batch_size=strategy.batch_size,
+            max_workers=strategy.max_workers,
+        )
     finally:
         backend.shutdown()  # drive() shuts it down too, except when it refuses the run before starting
 
 
-def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Client, bool] | None:
+def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Client, bool]:
     """A client of the scheduler at ``address`` with at least one worker, and
-    whether it was made here; or None (logged) when there is no worker.
+    whether it was made here.
 
     This process's default dask client (the last ``Client`` made, as dask
     has it) is used when it is connected to ``address``: connecting costs
     tens of milliseconds a run. Waits up to ``timeout`` seconds for the
     scheduler to answer and for ``workers`` workers to join; with fewer, but
     some, the run goes ahead on those. ``source`` says where the address came
-    from, for messages. A malformed address is a :class:`ConfigurationError`.
+    from, for messages. A malformed address is a :class:`ConfigurationError`;
+    a scheduler that cannot be reached, or that has no worker, within
+    ``timeout`` a :class:`StrategyUnavailableError` naming it.
     """
     try:
         scheme, location = parse_address(address)
@@ -124,16 +132,22 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
         try:
             socket.create_connection(endpoint, timeout=timeout).close()
         except OSError as exc:
-            _decline(f"cannot reach {where}: {exc.strerror or exc}")
-            return None
+            raise _unavailable(f"cannot reach {where} within {timeout:g} s: {exc.strerror or exc}") from None
     client = _default_client_of(address)
     made_here = client is None
+    if client is None and scheme == "tcp":
+        # dask's Client waits for ever on an address that accepts connections
+        # and never answers (its own timeout does not cover the handshake):
+        # ask the scheduler who it is, within the timeout, first.
+        try:
+            asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout))
+        except (OSError, *_TIMEOUTS) as exc:
+            raise _unavailable(f"cannot connect to {where}: it did not answer within {timeout:g} s ({exc!r})") from None
     if client is None:
         try:
             client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, *_TIMEOUTS) as exc:
-            _decline(f"cannot connect to {where} within {timeout:g} s: {exc}")
-            return None
+            raise _unavailable(f"cannot connect to {where} within {timeout:g} s: {exc}") from None
     try:
         client.wait_for_workers(workers, timeout=timeout)
     except _TIMEOUTS:
@@ -141,8 +155,7 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
         if joined == 0:
             if made_here:
                 client.close()
-            _decline(f"{where} has no workers (waited {timeout:g} s)")
-            return None
+            raise _unavailable(f"{where} has no workers (waited {timeout:g} s)") from None
         logger.warning(
             "dask: %d of the %d workers asked for joined %s within %g s; running on those",
             joined,
@@ -157,6 +170,16 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
     return client, made_here
 
 
+async def _identity(address: str, timeout: float) -> Any:
+    """What the scheduler at ``address`` says it is."""
+    comm = await dask_connect(address, timeout=timeout)
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
 def _default_client_of(address: str) -> Client | None:
     """This process's default dask client, if it is connected to ``address``."""
     try:
@@ -167,8 +190,11 @@ def _default_client_of(address: str) -> Client | None:
     return client if client.status == "running" and scheduler == address else None
 
 
-def _decline(reason: str) -> None:
-    logger.warning("dask: %s; declining the run, the next strategy runs it", reason)
+def _unavailable(reason: str) -> StrategyUnavailableError:
+    return StrategyUnavailableError(
+        f"the 'dask' strategy {reason}. Start the cluster, correct the address (or {ADDRESS_VARIABLE}), "
+        "or choose another strategy; leave the address out to start a local cluster for the run"
+    )
 
 
 def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:

@@ -21,7 +21,14 @@ import pytest
 from conftest import start_cluster, stop_cluster, wait_for_workers
 from distributed import Client, LocalCluster
 
-from crystallize_core import ConfigurationError, Experiment, SeedPlugin, WorkerLostError, load_strategy
+from crystallize_core import (
+    ConfigurationError,
+    Experiment,
+    SeedPlugin,
+    StrategyUnavailableError,
+    WorkerLostError,
+    load_strategy,
+)
 from crystallize_core.testing import (
     CountUnpickles,
     KillWorkerOn,
@@ -79,9 +86,6 @@ class TestDaskConformance(StrategyConformance):
             return DaskExecution(n_workers=2)
         return DaskExecution(address=self.address)
 
-    def make_declining_strategy(self):
-        return DaskExecution(address=closed_address(), connect_timeout=2)
-
     def test_a_dying_worker_costs_only_its_replicate(self):
         self.own_cluster = True
         super().test_a_dying_worker_costs_only_its_replicate()
@@ -98,8 +102,11 @@ class TestDaskConformance(StrategyConformance):
 def test_registered_under_its_entry_point():
     (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "dask"]
     assert entry_point.value == "crystallize_dask:DaskExecution"
-    strategy = load_strategy("dask", n_workers=3, batch_size=4)
+    strategy = load_strategy("dask", n_workers=3, batch_size=4, max_workers=2, progress=True)
     assert (strategy.n_workers, strategy.batch_size, strategy.address) == (3, 4, None)
+    assert (strategy.max_workers, strategy.progress) == (2, True)
+    with pytest.raises(TypeError, match="did you mean 'max_workers'"):
+        DaskExecution(max_worker=2)
 
 
 @pytest.mark.parametrize(
@@ -116,6 +123,8 @@ def test_registered_under_its_entry_point():
         ({"connect_timeout": 0}, "connect_timeout must be a positive number"),
         ({"connect_timeout": float("nan")}, "connect_timeout must be a positive number"),
         ({"connect_timeout": "10"}, "connect_timeout must be a positive number"),
+        ({"max_workers": 0}, "max_workers must be a positive integer"),
+        ({"progress": "yes"}, "progress must be True, False or None"),
     ],
 )
 def test_bad_options_are_refused_when_built(options, message):
@@ -134,33 +143,45 @@ def test_a_malformed_address_is_refused_naming_it(address, monkeypatch, tmp_path
     assert not log.exists()
 
 
-def test_an_unreachable_scheduler_declines_with_a_logged_reason_and_the_next_strategy_runs(caplog):
+def test_an_unreachable_scheduler_stops_the_run_naming_the_address_within_its_timeout():
     address = closed_address()
     after = Recorder()
-    with caplog.at_level(logging.WARNING, logger="crystallize"):
-        result = Experiment(numbers, [record], plugins=[DaskExecution(address=address), after]).run(replicates=3)
-    assert result.strategy == "Recorder" and after.asked == 1
-    assert result.metrics["baseline"]["replicate"] == [0, 1, 2]
-    (reason,) = [r.getMessage() for r in caplog.records if r.name == "crystallize" and address in r.getMessage()]
-    assert "cannot reach the Dask scheduler" in reason and "declining" in reason
+    began = time.monotonic()
+    with pytest.raises(StrategyUnavailableError, match=re.escape(address)) as refused:
+        Experiment(numbers, [record], plugins=[DaskExecution(address=address, connect_timeout=3), after]).run(
+            replicates=3
+        )
+    assert time.monotonic() - began < 3
+    assert "'dask' strategy cannot reach" in str(refused.value) and after.asked == 0
 
 
-def test_an_unreachable_scheduler_from_the_environment_falls_back_to_serial(caplog, monkeypatch):
+def test_an_unreachable_scheduler_chosen_by_name_never_falls_back_to_serial(monkeypatch):
     address = closed_address()
+    with pytest.raises(StrategyUnavailableError, match=re.escape(address)):
+        Experiment(numbers, [record]).run(replicates=2, strategy=f"dask:address={address!r},connect_timeout=3")
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
-    with caplog.at_level(logging.WARNING, logger="crystallize"):
-        result = Experiment(numbers, [record]).run(replicates=2, strategy="dask")
-    assert result.strategy == "serial"
-    assert any(address in r.getMessage() and "DASK_SCHEDULER_ADDRESS" in r.getMessage() for r in caplog.records)
+    with pytest.raises(StrategyUnavailableError, match="DASK_SCHEDULER_ADDRESS"):
+        Experiment(numbers, [record]).run(replicates=2, strategy="dask")
 
 
-def test_a_scheduler_without_workers_declines(caplog):
+def test_an_address_where_nothing_answers_is_given_up_within_the_connect_timeout():
+    # A listening socket that never speaks dask: the connection opens, the handshake never comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        began = time.monotonic()
+        with pytest.raises(StrategyUnavailableError, match=re.escape(address)):
+            Experiment(numbers, [record]).run(replicates=2, strategy=DaskExecution(address=address, connect_timeout=2))
+        assert time.monotonic() - began < 30
+
+
+def test_a_scheduler_without_workers_stops_the_run():
     empty = LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None)
-    with empty, caplog.at_level(logging.WARNING, logger="crystallize"):
+    with empty:
         strategy = DaskExecution(address=empty.scheduler_address, connect_timeout=1)
-        result = Experiment(numbers, [record]).run(replicates=2, strategy=strategy)
-    assert result.strategy == "serial"
-    assert any("has no workers" in r.getMessage() for r in caplog.records)
+        with pytest.raises(StrategyUnavailableError, match="has no workers"):
+            Experiment(numbers, [record]).run(replicates=2, strategy=strategy)
 
 
 def test_fewer_workers_than_asked_for_run_the_experiment_with_a_warning(dask_scheduler, caplog):
@@ -475,3 +496,24 @@ def test_a_scheduler_that_goes_away_ends_the_run_with_a_clear_error(tmp_path):
     finished = lost.value.completed
     order = [r.replicate for r in finished]
     assert 0 < len(finished) < 200 and order == sorted(set(order))
+
+
+def timed(data, ctx):
+    ctx.metrics.add("began", time.time())
+    time.sleep(0.2)
+    ctx.metrics.add("ended", time.time())
+    return data
+
+
+def most_at_once(result) -> int:
+    spans = sorted(zip(result.metrics["baseline"]["began"], result.metrics["baseline"]["ended"]))
+    return max(sum(1 for b, e in spans if b <= began < e) for began, _ in spans)
+
+
+def test_max_workers_caps_the_replicates_running_at_once_below_the_clusters_workers(dask_scheduler):
+    strategy = DaskExecution(address=dask_scheduler, max_workers=1, batch_size=1)
+    capped = Experiment(numbers, [timed]).run(replicates=6, strategy=strategy)
+    assert capped.strategy == "dask" and most_at_once(capped) == 1
+    strategy = DaskExecution(address=dask_scheduler, batch_size=1)
+    free = Experiment(numbers, [timed]).run(replicates=6, strategy=strategy)
+    assert most_at_once(free) == 2, "without the cap both workers run at once"

@@ -10,13 +10,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
+from crystallize_core.options import (
+    check_max_retries,
+    check_max_workers,
+    check_progress,
+    strategy_options,
+    whole_number,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from crystallize_core import ReplicateFn, ReplicateResult, RunView
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["ParallelExecution", "__version__", "default_max_workers"]
 
 EXECUTOR_TYPES = ("thread", "process")
@@ -38,6 +45,7 @@ def default_max_workers(executor_type: str, replicates: int) -> int:
     return max(1, min(limit, replicates))
 
 
+@strategy_options
 class ParallelExecution:
     """Run replicates concurrently with :mod:`concurrent.futures`.
 
@@ -48,7 +56,11 @@ class ParallelExecution:
     unpickled once per worker (forked workers inherit it); workers receive
     only replicate positions, in batches sized automatically. Anything that
     cannot be pickled is reported, by name, before any replicate starts.
-    ``max_workers`` is capped by the replicate count.
+    ``max_workers`` (the most replicates running at once) is capped by the
+    replicate count. ``progress`` shows a progress bar while several
+    replicates run: True shows it also off a terminal (as plain lines), False
+    never, None (the default) on a terminal only; a run's own ``progress``
+    wins over it.
 
     Process mode only: ``start_method`` is ``"fork"``, ``"spawn"`` or
     ``"forkserver"`` (None: the platform's default). ``inner_threads`` caps
@@ -73,6 +85,7 @@ class ParallelExecution:
         max_retries: int = 1,
         start_method: str | None = None,
         inner_threads: int | str | None = "auto",
+        progress: bool | None = None,
     ):
         if executor_type not in EXECUTOR_TYPES:
             raise ConfigurationError(
@@ -88,17 +101,14 @@ class ParallelExecution:
                 )
             if executor_type != "process":
                 raise ConfigurationError("start_method applies to executor_type='process' only")
-        if inner_threads != "auto" and inner_threads is not None and not _whole_number(inner_threads, minimum=1):
+        if inner_threads != "auto" and inner_threads is not None and not whole_number(inner_threads, minimum=1):
             raise ConfigurationError(f"inner_threads must be 'auto', a positive integer or None, got {inner_threads!r}")
-        if max_workers is not None and not _whole_number(max_workers, minimum=1):
-            raise ConfigurationError(f"max_workers must be a positive integer or None, got {max_workers!r}")
-        if not _whole_number(max_retries, minimum=0):
-            raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-        self.max_workers = max_workers
+        self.max_workers = check_max_workers(max_workers)
         self.executor_type = executor_type
-        self.max_retries = max_retries
+        self.max_retries = check_max_retries(max_retries)
         self.start_method = start_method
         self.inner_threads = inner_threads
+        self.progress = check_progress(progress)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -140,9 +150,5 @@ class ParallelExecution:
         return (
             f"ParallelExecution(max_workers={self.max_workers!r}, executor_type={self.executor_type!r}, "
             f"max_retries={self.max_retries}, start_method={self.start_method!r}, "
-            f"inner_threads={self.inner_threads!r})"
+            f"inner_threads={self.inner_threads!r}, progress={self.progress!r})"
         )
-
-
-def _whole_number(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

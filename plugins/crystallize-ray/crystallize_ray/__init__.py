@@ -12,6 +12,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
+from crystallize_core.options import (
+    check_batch_size,
+    check_max_retries,
+    check_max_workers,
+    check_progress,
+    strategy_options,
+    whole_number,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -21,10 +29,11 @@ if TYPE_CHECKING:
 if importlib.util.find_spec("ray") is None:
     raise ImportError("crystallize-ray needs Ray, which is not installed: pip install 'ray'")
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["RayExecution", "__version__"]
 
 
+@strategy_options
 class RayExecution:
     """Run replicates as Ray tasks, on a cluster or on a local Ray instance.
 
@@ -33,6 +42,10 @@ class RayExecution:
     connection that already exists in this process is used as it is. The
     strategy never shuts down a cluster it did not start; a local instance it
     started is reused by later runs in this process and shut down at exit.
+    An address where no cluster answers within ``connect_timeout`` seconds
+    stops the run with :class:`~crystallize_core.StrategyUnavailableError`
+    naming it: a strategy chosen to run on a cluster never hands the run to
+    another.
 
     The replicate function goes with every task when it pickles to at most
     64 KB; a larger one is put in the object store once and tasks carry its
@@ -46,9 +59,17 @@ class RayExecution:
     goes with every task when Ray was already connected. The folders of the
     driver's own modules are put on the workers' import path either way.
 
-    A task lost to a dying worker or node is retried by Ray up to
-    ``max_retries`` times; after that each of its replicates is run on its
-    own, and one that still loses its worker is recorded as ``WorkerDied``.
+    ``max_workers`` caps the replicates running at once below what the
+    cluster's resources allow (None: as many as they allow).
+
+    A task lost to a dying worker or node is first retried by Ray itself up
+    to ``task_retries`` times (Ray's own task option ``max_retries``;
+    default 0); then each of its replicates is run again on its own, and one
+    whose worker dies under it more than ``max_retries`` times is recorded
+    as ``WorkerDied``, as under every strategy. ``progress`` shows a
+    progress bar while several replicates run: True also off a terminal,
+    False never, None (the default) on a terminal only; a run's own
+    ``progress`` wins over it.
     Ctrl-C cancels outstanding tasks and returns the finished replicates.
     A running Ray task can be cancelled, but not reliably within a bound, so
     runs with a ``timeout`` pass this strategy over.
@@ -62,9 +83,13 @@ class RayExecution:
         num_cpus: float = 1,
         num_gpus: float = 0,
         resources: Mapping[str, float] | None = None,
-        max_retries: int = 3,
+        max_retries: int = 1,
         batch_size: int | str = "auto",
         runtime_env: Mapping[str, Any] | None = None,
+        max_workers: int | None = None,
+        task_retries: int = 0,
+        connect_timeout: float = 10.0,
+        progress: bool | None = None,
     ):
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ConfigurationError(f"address must be a Ray address such as 'host:6379' or None, got {address!r}")
@@ -79,32 +104,48 @@ class RayExecution:
             for key, amount in resources.items():
                 if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
                     raise ConfigurationError(f"resource {key!r} must be a non-negative number, got {amount!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ConfigurationError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-        if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ConfigurationError(f"batch_size must be 'auto' or a positive integer, got {batch_size!r}")
         if runtime_env is not None and not isinstance(runtime_env, Mapping):
             raise ConfigurationError(f"runtime_env must be a mapping, got {runtime_env!r}")
+        if not whole_number(task_retries, minimum=0):
+            raise ConfigurationError(f"task_retries must be a non-negative integer, got {task_retries!r}")
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not 0 < connect_timeout < float("inf")
+        ):
+            raise ConfigurationError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.resources = dict(resources) if resources else None
-        self.max_retries = max_retries
-        self.batch_size = batch_size
+        self.max_retries = check_max_retries(max_retries)
+        self.batch_size = check_batch_size(batch_size)
         self.runtime_env = dict(runtime_env) if runtime_env else None
+        self.max_workers = check_max_workers(max_workers)
+        self.task_retries = task_retries
+        self.connect_timeout = float(connect_timeout)
+        self.progress = check_progress(progress)
 
     @hookimpl
     def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> Sequence[ReplicateResult]:
         from crystallize_core.engine import drive
         from crystallize_ray._core import RayBackend
 
-        # Ray itself reruns a task whose worker died (max_retries): the engine
-        # only splits a lost batch to find the replicate that kills workers.
-        return drive(experiment, replicate_fn, RayBackend(self), max_retries=0, batch_size=self.batch_size)
+        backend = RayBackend(self)
+        return drive(
+            experiment,
+            replicate_fn,
+            backend,
+            max_retries=self.max_retries,
+            batch_size=self.batch_size,
+            max_workers=self.max_workers,
+        )
 
     def __repr__(self) -> str:
         return (
             f"RayExecution(address={self.address!r}, num_cpus={self.num_cpus}, num_gpus={self.num_gpus}, "
             f"resources={self.resources!r}, max_retries={self.max_retries}, batch_size={self.batch_size!r}, "
-            f"runtime_env={self.runtime_env!r})"
+            f"runtime_env={self.runtime_env!r}, max_workers={self.max_workers!r}, "
+            f"task_retries={self.task_retries}, connect_timeout={self.connect_timeout:g}, "
+            f"progress={self.progress!r})"
         )

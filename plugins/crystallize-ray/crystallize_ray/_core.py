@@ -16,11 +16,9 @@ from urllib.parse import urlsplit
 
 import ray
 
-from crystallize_core import Capabilities, ConfigurationError, WorkerSetupError
+from crystallize_core import Capabilities, ConfigurationError, StrategyUnavailableError, WorkerSetupError
 from crystallize_core.engine import Backend, run_shipped_span, run_span, user_code_paths
 
-#: How long an unreachable cluster address may take to be reported.
-CONNECT_TIMEOUT_SECONDS = 10.0
 TARGET_TASK_SECONDS = 0.1  # Ray's per-task cost is about a millisecond
 #: A pickled replicate function up to this size goes with every task; a
 #: larger one is put in the object store once per run.
@@ -36,8 +34,11 @@ WORKER_LOST = (
 )
 
 
-def connect(address: str | None, runtime_env: dict | None) -> bool:
+def connect(address: str | None, runtime_env: dict | None, timeout: float) -> bool:
     """Connect to ``address``, ``RAY_ADDRESS``, or a local instance started here.
+
+    An address where nothing answers within ``timeout`` seconds raises
+    :class:`~crystallize_core.StrategyUnavailableError` naming it.
 
     ``runtime_env`` becomes the job's, which is what lets Ray upload local
     folders (``working_dir``, ``py_modules``). An existing connection in this
@@ -57,11 +58,13 @@ def connect(address: str | None, runtime_env: dict | None) -> bool:
         _started_here = True
         atexit.register(_shutdown_if_started_here)
         return True
-    _check_reachable(target)
+    _check_reachable(target, timeout)
     try:
         ray.init(address=target, runtime_env=job_env)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ConfigurationError(f"cannot connect to the Ray cluster at {target!r}: {exc}") from None
+        raise StrategyUnavailableError(
+            f"the 'ray' strategy cannot connect to the Ray cluster at {target!r}: {exc}"
+        ) from None
     return True
 
 
@@ -70,8 +73,8 @@ def _shutdown_if_started_here() -> None:
         ray.shutdown()
 
 
-def _check_reachable(address: str) -> None:
-    """Fail within CONNECT_TIMEOUT_SECONDS, naming the address, when nothing listens there."""
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` seconds, naming the address, when nothing listens there."""
     if address in ("auto", "local"):
         return
     parts = urlsplit(address if "://" in address else f"ray://{address}")
@@ -82,10 +85,10 @@ def _check_reachable(address: str) -> None:
     if not host or not port:
         raise ConfigurationError(f"Ray address {address!r} must look like host:port or ray://host:port")
     try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        raise ConfigurationError(
-            f"cannot reach the Ray cluster at {address!r} within {CONNECT_TIMEOUT_SECONDS:.0f} s: "
+        raise StrategyUnavailableError(
+            f"the 'ray' strategy cannot reach the Ray cluster at {address!r} within {timeout:g} s: "
             f"{exc.strerror or exc}. Is the head node running (`ray start --head`) and the address right?"
         ) from None
 
@@ -144,11 +147,11 @@ class RayBackend(Backend):
 
     def start(self, run: Any, replicate_fn: Callable[[int], Any]) -> int:
         strategy = self.strategy
-        job_has_env = connect(strategy.address, strategy.runtime_env)
+        job_has_env = connect(strategy.address, strategy.runtime_env, strategy.connect_timeout)
         options: dict[str, Any] = {
             "num_cpus": strategy.num_cpus,
             "num_gpus": strategy.num_gpus,
-            "max_retries": strategy.max_retries,
+            "max_retries": strategy.task_retries,
             "retry_exceptions": False,  # errors in user code are captured, never retried
         }
         if strategy.resources:

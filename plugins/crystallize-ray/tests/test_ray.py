@@ -1,7 +1,9 @@
+import itertools
 import os
 import re
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -21,13 +23,17 @@ class TestRayConformance(StrategyConformance):
     strategy_name = "ray"
 
     def make_strategy(self):
-        return RayExecution(max_retries=1)
+        return RayExecution()
 
 
 def test_registered_under_its_entry_point():
     (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "ray"]
     assert entry_point.value == "crystallize_ray:RayExecution"
-    assert load_strategy("ray", num_cpus=0.5, batch_size=4).batch_size == 4
+    strategy = load_strategy("ray", num_cpus=0.5, batch_size=4, max_workers=2, progress=True, task_retries=2)
+    assert (strategy.batch_size, strategy.max_workers, strategy.progress, strategy.task_retries) == (4, 2, True, 2)
+    assert (strategy.max_retries, strategy.connect_timeout) == (1, 10.0)
+    with pytest.raises(TypeError, match="did you mean 'max_workers'"):
+        RayExecution(max_worker=2)
 
 
 def test_a_small_experiment_goes_with_each_task_and_a_large_one_to_the_object_store_once(monkeypatch):
@@ -91,6 +97,10 @@ def test_progress_counts_replicates(capsys):
         ({"batch_size": 0}, "batch_size must be 'auto' or a positive integer"),
         ({"address": ""}, "address must be a Ray address"),
         ({"runtime_env": "pip"}, "runtime_env must be a mapping"),
+        ({"max_workers": 0}, "max_workers must be a positive integer"),
+        ({"task_retries": -1}, "task_retries must be a non-negative integer"),
+        ({"connect_timeout": 0}, "connect_timeout must be a positive number"),
+        ({"progress": "yes"}, "progress must be True, False or None"),
     ],
 )
 def test_bad_options_are_refused_when_built(options, message):
@@ -112,17 +122,21 @@ def ray_subprocess(*args, **env):
     )
 
 
-def test_an_unreachable_address_is_named_within_a_bounded_time():
+def test_an_unreachable_address_is_named_within_its_connect_timeout():
     # Port 1 on the loopback interface: nothing listens there, the refusal is immediate.
     code = (
-        "from crystallize_core import Experiment\n"
+        "from crystallize_core import Experiment, StrategyUnavailableError\n"
         "from crystallize_core.testing import numbers, record\n"
         "from crystallize_ray import RayExecution\n"
-        "Experiment(numbers, [record], plugins=[RayExecution(address='127.0.0.1:1')]).run(replicates=2)\n"
+        "try:\n"
+        "    spec = 'ray:address=\"127.0.0.1:1\",connect_timeout=3'\n"
+        "    Experiment(numbers, [record]).run(replicates=2, strategy=spec)\n"
+        "except StrategyUnavailableError as exc:\n"
+        "    print(exc)\n"
     )
     done = ray_subprocess("-c", code)
-    assert done.returncode != 0
-    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "the 'ray' strategy cannot reach the Ray cluster at '127.0.0.1:1' within 3 s" in done.stdout
 
 
 def test_the_command_line_runs_the_example_on_the_cluster_in_ray_address(local_ray, tmp_path):
@@ -218,3 +232,18 @@ def test_resource_requests_reach_every_task():
     assert result.metrics["baseline"]["replicate"] == [0, 1, 2, 3]
     with pytest.raises(ConfigurationError, match=re.escape("CPU 3 (cluster total: 2)")):
         Experiment(numbers, [record], plugins=[RayExecution(num_cpus=3)]).run(replicates=2)
+
+
+def timed(data, ctx):
+    ctx.metrics.add("began", time.time())
+    time.sleep(0.2)
+    ctx.metrics.add("ended", time.time())
+    return data
+
+
+def test_max_workers_caps_the_replicates_running_at_once():
+    strategy = RayExecution(max_workers=1, batch_size=1)
+    result = Experiment(numbers, [timed]).run(replicates=6, strategy=strategy)
+    spans = sorted(zip(result.metrics["baseline"]["began"], result.metrics["baseline"]["ended"]))
+    assert result.strategy == "ray" and len(spans) == 6
+    assert all(ended <= began for (_, ended), (began, _) in itertools.pairwise(spans)), "two replicates ran at once"

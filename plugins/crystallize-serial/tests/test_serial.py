@@ -33,14 +33,22 @@ def test_progress_is_reported_as_replicates_finish(capsys):
     assert "replicates: 7/7 (100%)" in capsys.readouterr().err
 
 
+def test_its_own_progress_flag_shows_progress_as_the_original_design_says(capsys):
+    Experiment(numbers, [record], plugins=[SerialExecution(progress=True)]).run(replicates=7)
+    assert "replicates: 7/7 (100%)" in capsys.readouterr().err
+
+
 def test_no_progress_for_a_single_replicate(capsys):
-    Experiment(numbers, [record], plugins=[SerialExecution()]).run(replicates=1, progress=True)
+    Experiment(numbers, [record], plugins=[SerialExecution(progress=True)]).run(replicates=1)
     assert capsys.readouterr().err == ""
 
 
-def test_takes_no_options():
-    with pytest.raises(TypeError):
-        SerialExecution(progress=True)
+def test_progress_is_its_only_option():
+    assert SerialExecution().progress is None and SerialExecution(progress=False).progress is False
+    with pytest.raises(TypeError, match="did you mean 'progress'"):
+        SerialExecution(progres=True)
+    with pytest.raises(ValueError, match="progress must be True, False or None"):
+        SerialExecution(progress="yes")
 
 
 def test_does_not_depend_on_the_core():
