@@ -4,7 +4,7 @@ This module stays light: dask itself is imported only when a run starts. It
 refuses to import when dask.distributed is missing, so that ``crystallize
 strategies`` reports the strategy as broken with the fix, instead of failing
 mid-run. The core's dispatch engine drives the replicates; this package
-supplies the cluster (:mod:`crystallize_dask._core`).
+supplies the cluster (``crystallize_dask._core``).
 """
 
 from __future__ import annotations
