@@ -1,7 +1,7 @@
 """What the replicate function needs to run coroutine steps.
 
 Imported only by a replicate function whose datasource or steps are coroutine
-functions, so that plain pipelines never import :mod:`asyncio`.
+functions, so that plain pipelines never import [`asyncio`][].
 
 A replicate called as a plain function (by the serial, thread or process
 strategies) is driven on an event loop of its thread's own, created on first
@@ -57,7 +57,7 @@ def thread_loop() -> asyncio.AbstractEventLoop:
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` to completion on this thread's loop and return its value.
 
-    Raises :class:`StrategyContractError` when this thread already runs an
+    Raises [`StrategyContractError`][] when this thread already runs an
     event loop: a strategy on an event loop must ``await replicate_fn.acall(i)``.
     """
     if asyncio._get_running_loop() is not None:
@@ -89,9 +89,9 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
 def cancel_requested() -> bool:
     """Whether the running task is being cancelled from outside (a timeout, Ctrl-C, fail-fast).
 
-    Tells that apart from a step raising :class:`asyncio.CancelledError` of its
+    Tells that apart from a step raising [`asyncio.CancelledError`][] of its
     own accord, which is captured like any error. Python 3.10 has no
-    ``Task.cancelling``: there only :func:`run_coroutine` knows whether it
+    ``Task.cancelling``: there only ``run_coroutine`` knows whether it
     cancelled its task, and in a task of anyone else's every
     ``CancelledError`` is taken as a cancellation of the replicate.
     """

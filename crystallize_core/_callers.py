@@ -37,13 +37,13 @@ def call_strategies(
     """Ask each ``run_experiment_loop`` implementation in turn, then the
     ``serial`` fallback; consume the first non-None answer into ``columns``,
     checking it against the ``expected`` replicate indices, and return the
-    winning strategy object (:meth:`RunPlugins.name_of` names it).
+    winning strategy object (``RunPlugins.name_of`` names it).
 
     Implementers that cannot honour the run's options are passed over
     unasked. Before each is asked, ``settle_progress`` receives its own
     ``progress`` flag. A run that another strategy runs after the chosen one
-    declined says so at WARNING. Raises :class:`StrategyCapabilityError` when
-    one was passed over and no other answered, :class:`StrategyContractError`
+    declined says so at WARNING. Raises [`StrategyCapabilityError`][] when
+    one was passed over and no other answered, [`StrategyContractError`][]
     when every implementation declined or the winner's answer breaks the
     contract.
     """
@@ -152,7 +152,7 @@ def _log_unasked(plugins: RunPlugins, winner: object) -> None:
 
 def collect_answer(answer: object, replicates: Sequence[int], columns: ResultColumns, plugin: object) -> None:
     """Consume ``answer``, a strategy's list of results or iterator over them,
-    into ``columns``; raise :class:`StrategyContractError` unless it holds
+    into ``columns``; raise [`StrategyContractError`][] unless it holds
     exactly one result per replicate, in the order of ``replicates``.
 
     A result the columns already hold (the monitor saw it finish) is not

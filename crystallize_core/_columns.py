@@ -1,9 +1,9 @@
 """Replicate results kept column-wise, so that a million of them stay small.
 
-A :class:`ResultColumns` holds what :class:`~crystallize_core.ReplicateResult`
+A ``ResultColumns`` holds what [`ReplicateResult`][]
 objects would, without keeping one per replicate: seeds, durations and each
-(condition, metric) pair in a :class:`Column` of its own, a typed
-:class:`array.array` while the values allow it, and for each row the id of its
+(condition, metric) pair in a ``Column`` of its own, a typed
+[`array.array`][array.array] while the values allow it, and for each row the id of its
 *shape* (which conditions finished, which metrics each recorded, in which
 order, and whether the duration is known), so that a failed condition or a
 metric recorded only sometimes costs nothing in the columns. Errors are kept
@@ -11,8 +11,8 @@ sparsely, by row. Every value reads back as recorded, ``type()`` included;
 what cannot be kept exactly in a typed array is kept in a plain list.
 
 A run fills one as replicates finish, in any order and from any thread of the
-driver: row ``i`` is replicate ``i``. :meth:`ResultColumns.finish` then drops
-the rows that never finished; the :class:`~crystallize_core.Result` reads the
+driver: row ``i`` is replicate ``i``. ``ResultColumns.finish`` then drops
+the rows that never finished; the [`Result`][] reads the
 finished columns and rebuilds per-replicate objects only when asked.
 """
 
@@ -170,11 +170,11 @@ class _Shape:
 
 
 class ResultColumns(Sequence):
-    """Replicate results in columns; a sequence of :class:`ReplicateResult`, rebuilt on access.
+    """Replicate results in columns; a sequence of [`ReplicateResult`][], rebuilt on access.
 
-    ``ResultColumns(rows)`` is filled during a run by :meth:`add`, row ``i``
-    taking replicate ``i``, from any thread; :meth:`finish` closes it.
-    :meth:`of` keeps given results in the given order.
+    ``ResultColumns(rows)`` is filled during a run by ``add``, row ``i``
+    taking replicate ``i``, from any thread; ``finish`` closes it.
+    ``of`` keeps given results in the given order.
     """
 
     def __init__(self, rows: int):
@@ -195,13 +195,13 @@ class ResultColumns(Sequence):
         #: rows may still be missing; a range, an array or a Column once known.
         self._indices: range | array | Column | None = None
         self._lock: LockType | None = allocate_lock()
-        #: Even while no column changes shape; see :meth:`add`.
+        #: Even while no column changes shape; see ``add``.
         self._epoch = 0
         self._closed = False
         self._order: dict[str, dict[str, Column]] | None = None
         #: The shape of the row written last: the next row's, most likely.
         self._last: _Shape | None = None
-        #: The result :meth:`add` took last: what a lazy strategy hands the core next.
+        #: The result ``add`` took last: what a lazy strategy hands the core next.
         self.last: Any = None
 
     @classmethod
@@ -319,7 +319,7 @@ class ResultColumns(Sequence):
             self.add(result)
 
     def add_columns(self, batch: tuple) -> bool:
-        """Keep a batch made by :func:`pack_columns`, unless one of its rows
+        """Keep a batch made by ``pack_columns``, unless one of its rows
         already holds a result (then return False: add its rows one by one)."""
         _, start, conditions, seeds, durations, values = batch
         stop = start + len(seeds)
@@ -346,7 +346,7 @@ class ResultColumns(Sequence):
         return True
 
     def missing(self) -> list[int]:
-        """The replicates without a result, in order (before :meth:`finish`)."""
+        """The replicates without a result, in order (before ``finish``)."""
         return [row for row, shape in enumerate(self._shape_of) if not shape]
 
     def complete(self) -> bool:
@@ -521,7 +521,7 @@ class ResultColumns(Sequence):
         return [value if present[s] else None for value, s in zip(values, self._shape_of)]
 
     def iterate_values(self, column: Column) -> Iterator[Any]:
-        """:meth:`column_values` one at a time, without building the list."""
+        """``column_values`` one at a time, without building the list."""
         present = self._presence(column)
         if present is None:
             return column.iterate()
@@ -573,7 +573,7 @@ class RecordedResults(Sequence):
     What the dispatch engine returns when every result reached the driver's
     monitor: it keeps nothing of its own, and the core, seeing its own
     columns, reads nothing back. Anyone else iterating it gets each
-    :class:`ReplicateResult`, rebuilt from the columns.
+    [`ReplicateResult`][], rebuilt from the columns.
     """
 
     def __init__(self, columns: ResultColumns, replicates: Sequence[int]):
@@ -595,7 +595,7 @@ class RecordedResults(Sequence):
         return f"RecordedResults({len(self.replicates)} replicates)"
 
 
-#: The first item of a batch packed by :func:`pack_columns`.
+#: The first item of a batch packed by ``pack_columns``.
 COLUMNS = "crystallize:columns"
 
 
@@ -603,8 +603,8 @@ def pack_columns(results: Sequence[Any]) -> tuple | None:
     """``results`` column by column, for sending to the driver, when they are
     consecutive replicates without errors, of one shape, whose metrics are
     Python floats, ints or bools, each metric of one type throughout; else
-    None. Such a batch pickles, unpickles and is kept (:meth:`ResultColumns.add_columns`)
-    at a fraction of the cost of its rows; :func:`unpack_columns` gives them back.
+    None. Such a batch pickles, unpickles and is kept (``ResultColumns.add_columns``)
+    at a fraction of the cost of its rows; ``unpack_columns`` gives them back.
     """
     if len(results) < 2 or type(results[0]) is not ReplicateResult:
         return None
@@ -649,7 +649,7 @@ def pack_columns(results: Sequence[Any]) -> tuple | None:
 
 
 def unpack_columns(batch: tuple) -> list[tuple]:
-    """The rows of a batch made by :func:`pack_columns`, as :func:`~crystallize_core.result.pack_results` makes them."""
+    """The rows of a batch made by ``pack_columns``, as ``pack_results`` makes them."""
     _, start, conditions, seeds, durations, columns = batch
     rows = []
     for offset, seed in enumerate(seeds):

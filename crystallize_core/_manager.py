@@ -33,7 +33,7 @@ class _PluginManager(pluggy.PluginManager):
     classes registered as plugins are inspected every time.
     """
 
-    #: Answers by class, for at most :data:`MAX_CLASSES` classes (a dict, not
+    #: Answers by class, for at most ``MAX_CLASSES`` classes (a dict, not
     #: a weak one: importing weakref would cost a process's first run more).
     _class_answers: dict[type, dict[str, Any]] = {}
     _spec_answers: dict[str, Any] = {}
@@ -87,7 +87,7 @@ class RunPlugins:
     Each is registered with pluggy under its name, with ``#2``, ``#3`` … for
     repeats: a strategy loaded by name under its entry-point name, any other
     plugin under its class name. Which entry point names an object's class is
-    found only when someone asks (:meth:`name_of`): reading package metadata
+    found only when someone asks (``name_of``): reading package metadata
     costs a fresh process tens of milliseconds, which a run whose strategy
     object answers never needs to pay. pluggy calls the most recently registered implementation
     first, so the experiment's plugins are registered last to first and the

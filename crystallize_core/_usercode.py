@@ -62,8 +62,8 @@ _TRACEBACK_ENTRY = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)',
 
 
 def user_location_in_text(traceback_text: str) -> tuple[str, int] | None:
-    """:func:`user_location` for a traceback that travelled as text, as in a
-    :class:`~crystallize_core.ReplicateError`.
+    """``user_location`` for a traceback that travelled as text, as in a
+    [`ReplicateError`][].
 
     Crystallize's own files are told apart by their folder, that of each
     imported ``crystallize_*`` or pluggy package.

@@ -175,7 +175,7 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
 
 
 def plain(value: Any) -> Any:
-    """``value`` as JSON-ready data that :func:`json.dumps` writes as strict JSON.
+    """``value`` as JSON-ready data that [`json.dumps`][] writes as strict JSON.
 
     Non-finite floats become the strings ``"NaN"``, ``"Infinity"`` and
     ``"-Infinity"``; NumPy scalars become Python numbers and arrays nested
@@ -223,6 +223,6 @@ def plain(value: Any) -> Any:
 
 
 def plain_rows(rows: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
-    """Each row with its values made :func:`plain`."""
+    """Each row with its values made ``plain``."""
     for row in rows:
         yield {key: plain(value) for key, value in row.items()}

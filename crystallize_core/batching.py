@@ -2,11 +2,11 @@
 
 Shipping one replicate per task lets messaging dominate tiny replicates;
 shipping many at once leaves workers idle at the end of a run of long ones.
-:class:`BatchSizer` starts small (one replicate per batch; a few for a large
+``BatchSizer`` starts small (one replicate per batch; a few for a large
 run) and, as batches come back, sizes the next ones so that each takes about
 ``target_seconds`` of work, as joblib's automatic batching does: the measured
 time per replicate is smoothed over batches; after the first measurement, which sets the size
-outright, a new batch is at most :data:`GROWTH` times as many replicates as
+outright, a new batch is at most ``GROWTH`` times as many replicates as
 have been measured so far; and the run is cut into at least
 ``batches_per_worker`` batches per worker so that no worker idles at the end,
 unless what is left would take each worker less than ``target_seconds`` at the
@@ -20,14 +20,14 @@ SMOOTHING = 0.3
 #: How many times the replicates measured so far a later batch may hold.
 GROWTH = 4
 #: The first batches hold this fraction of a worker's share of the run, at
-#: least one replicate and at most :data:`FIRST_BATCH_MAX`: a run of
+#: least one replicate and at most ``FIRST_BATCH_MAX``: a run of
 #: thousands of tiny replicates skips most of the ramp, and if its first
 #: replicates are slow, workers end unbalanced by at most this fraction of
 #: the run, and the first results (progress, Ctrl-C's harvest) come soon.
 FIRST_BATCH_FRACTION = 1 / 64
 FIRST_BATCH_MAX = 16
 #: Replicates measured before a short run may go out in one batch a worker
-#: (see :class:`BatchSizer`): one replicate that happened to be fast is
+#: (see ``BatchSizer``): one replicate that happened to be fast is
 #: not enough to give up balancing.
 SHORT_RUN_EVIDENCE = 8
 
@@ -90,7 +90,7 @@ class BatchSizer:
         The share keeps ``batches_per_worker`` batches a worker so that none
         idles at the end while another finishes a long batch. When each
         worker's part of what is left would take less than ``target_seconds``
-        at the measured rate (measured on at least :data:`SHORT_RUN_EVIDENCE`
+        at the measured rate (measured on at least ``SHORT_RUN_EVIDENCE``
         replicates), that wait is shorter than one batch, while every batch
         more costs a round trip, which for tiny replicates on a cluster is
         most of the run: what is left then goes out as one batch a worker.

@@ -2,7 +2,7 @@
 
 A checkpoint is an SQLite file in WAL mode with ``synchronous=FULL``. Results
 are written only in the process that drives the run, in batches: a
-:class:`Recorder` commits, in one transaction, what finished once a second
+``Recorder`` commits, in one transaction, what finished once a second
 has passed since its last commit (or 10,000 results wait), and at the end of
 the run, on errors and on Ctrl-C. A run killed outright loses only what
 finished since the last commit, and a rerun runs just those again.
@@ -13,7 +13,7 @@ infinities, NumPy numbers and arrays, sets, bytes). A value that would need
 pickle is refused unless the run opts in with ``checkpoint_pickle=True``.
 
 The file records what the experiment *is* (each component's fingerprint, see
-:mod:`crystallize_core.fingerprint`), so that the same experiment resumes in a
+``crystallize_core.fingerprint``), so that the same experiment resumes in a
 new process, and a changed one is refused with what changed.
 """
 
@@ -88,7 +88,7 @@ _NUMPY_STRING = re.compile(r"^[<>|=]?U[0-9]{1,9}$")
 
 
 def encode_value(value: Any, allow_pickle: bool = False) -> Any:
-    """``value`` as JSON data that :func:`decode_value` turns back into an equal value.
+    """``value`` as JSON data that ``decode_value`` turns back into an equal value.
 
     Tags (objects with one key starting with ``$``) carry what JSON lacks:
     ``$float`` ("nan", "inf", "-inf"), ``$tuple``, ``$set``, ``$frozenset``,
@@ -136,7 +136,7 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
 
 
 def decode_value(data: Any, allow_pickle: bool = False) -> Any:
-    """The inverse of :func:`encode_value`; raises ``ValueError`` for anything it did not write.
+    """The inverse of ``encode_value``; raises ``ValueError`` for anything it did not write.
 
     A stored pickle is unpickled only with ``allow_pickle``.
     """
@@ -202,7 +202,7 @@ def _list(body: Any) -> list:
 def encode_result(result: ReplicateResult, allow_pickle: bool = False) -> str:
     """One replicate's result as the JSON text of its checkpoint row.
 
-    Raises :class:`CheckpointError` naming the metric whose value needs pickle
+    Raises [`CheckpointError`][] naming the metric whose value needs pickle
     (unless ``allow_pickle``).
     """
     metrics = result[2]
@@ -280,7 +280,7 @@ def _needs_pickle(value: Any) -> bool:
 
 
 def decode_result(replicate: int, text: str, allow_pickle: bool = False) -> ReplicateResult:
-    """The inverse of :func:`encode_result`; raises ``ValueError`` for a malformed row."""
+    """The inverse of ``encode_result``; raises ``ValueError`` for a malformed row."""
     seed, nanoseconds, stored, errors = json.loads(text)
     if type(seed) is not int or not (nanoseconds is None or type(nanoseconds) is int):
         raise ValueError("bad seed or duration")
@@ -302,7 +302,7 @@ def decode_result(replicate: int, text: str, allow_pickle: bool = False) -> Repl
 
 
 class OpenedCheckpoint:
-    """What :meth:`Checkpoint.open` found: the checkpoint, its finished results and stored seeds."""
+    """What ``Checkpoint.open`` found: the checkpoint, its finished results and stored seeds."""
 
     def __init__(self, checkpoint: Checkpoint, finished: dict[int, ReplicateResult], base_seed: int, drawn: dict):
         self.checkpoint = checkpoint
@@ -317,7 +317,7 @@ class OpenedCheckpoint:
 class Checkpoint:
     """An open checkpoint file, written by the process that drives the run.
 
-    Use :meth:`open`; write with :meth:`record`, or through a :class:`Recorder`.
+    Use ``open``; write with ``record``, or through a ``Recorder``.
     """
 
     def __init__(self, path: str | os.PathLike, connection: sqlite3.Connection, allow_pickle: bool = False):
@@ -340,15 +340,15 @@ class Checkpoint:
     ) -> OpenedCheckpoint:
         """Open the checkpoint at ``path`` for this experiment, or create it.
 
-        ``components`` is :func:`experiment_components`' description of the
+        ``components`` is ``experiment_components``' description of the
         experiment; ``base_seed`` and ``drawn_seeds`` are stored when the file
         is created, and the stored ones are returned when it exists, so that a
         resumed run gives every replicate the seed it would have had.
 
         Raises, naming the path and leaving the file untouched:
-        :class:`CheckpointMismatchError` when another experiment wrote it,
-        saying what changed; :class:`CheckpointPermissionError` when it, or
-        its folder, cannot be written; :class:`CheckpointError` when it is not
+        [`CheckpointMismatchError`][] when another experiment wrote it,
+        saying what changed; [`CheckpointPermissionError`][] when it, or
+        its folder, cannot be written; [`CheckpointError`][] when it is not
         a Crystallize checkpoint (corrupt, truncated, another application's
         database, an older format). A row that cannot be read costs only its
         replicate, which runs again.
@@ -401,14 +401,14 @@ class Checkpoint:
     def record(self, results: Sequence[ReplicateResult]) -> None:
         """Commit ``results`` durably, in one transaction.
 
-        Raises :class:`CheckpointError` for a value that would need pickle
+        Raises [`CheckpointError`][] for a value that would need pickle
         (unless opened with ``allow_pickle``), naming its metric, before
         writing anything.
         """
         self.write_rows([(r.replicate, encode_result(r, self.allow_pickle)) for r in results])
 
     def write_rows(self, rows: Sequence[tuple[int, str]]) -> None:
-        """Commit rows made by :func:`encode_result` durably, in one transaction."""
+        """Commit rows made by ``encode_result`` durably, in one transaction."""
         if not rows:
             return
         with self._lock:
@@ -573,10 +573,10 @@ def _decode_rows(rows: list, shown: str, allow_pickle: bool, connection: sqlite3
 class Recorder:
     """The driver's batching writer: finished results go to the checkpoint in batches.
 
-    :meth:`add_many` encodes results at once (so a value that needs pickle is
+    ``add_many`` encodes results at once (so a value that needs pickle is
     refused at the replicate that recorded it) and commits the pending batch,
     in one transaction, when ``every`` results are waiting or ``seconds`` have
-    passed since the last commit; :meth:`close` commits the rest, and must be
+    passed since the last commit; ``close`` commits the rest, and must be
     called at the end of the run, after an error and after Ctrl-C. A result
     waits at most until the first result after ``seconds`` have passed, or the
     end of the run. A replicate recorded twice keeps its last result. Safe to

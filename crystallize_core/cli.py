@@ -492,13 +492,13 @@ def _plugins_with_seed(plugins: Sequence[object], seed: int | None) -> list[obje
 
 
 def load_target(target: str) -> Any:
-    """The :class:`Experiment` that ``target`` names.
+    """The [`Experiment`][] that ``target`` names.
 
     ``target`` is ``path/to/file.py:NAME`` or ``package.module:NAME``; NAME is
     an Experiment or a function taking no arguments that returns one. As with
     ``python -m``, the current directory is importable. An exception raised
     while importing the module or building the experiment becomes a
-    :class:`UsageError` naming the file and line in the user's code.
+    ``UsageError`` naming the file and line in the user's code.
     """
     from crystallize_core.experiment import Experiment
 

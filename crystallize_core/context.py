@@ -54,7 +54,7 @@ class Metrics:
     other's measurement. A value must pickle, since results travel between
     processes under some strategies: one that cannot (a lock, an open file)
     is refused here, under every strategy alike, with
-    :class:`~crystallize_core.NotPicklableError`.
+    [`NotPicklableError`][].
     """
 
     __slots__ = ("_values",)
@@ -67,7 +67,7 @@ class Metrics:
 
         Any value that pickles may be recorded; the summary counts what is not
         a finite number instead of averaging it (see
-        :class:`~crystallize_core.result.MetricSummary`).
+        [`MetricSummary`][]).
         """
         if type(name) is not str:  # exact type: the common case costs one comparison
             if not isinstance(name, str):
@@ -108,9 +108,9 @@ class Context:
     """Read-mostly state for one replicate and condition.
 
     Holds the treatment's values, ``replicate``, ``condition``, ``seed``,
-    ``rng`` (a :class:`random.Random` seeded from ``seed``, private to this
+    ``rng`` (a [`random.Random`][] seeded from ``seed``, private to this
     replicate and condition), ``numpy_rng`` (the same for NumPy) and
-    ``metrics``. Steps may add keys with :meth:`add` but never overwrite one.
+    ``metrics``. Steps may add keys with [`add`][] but never overwrite one.
     """
 
     __slots__ = ("_data", "_numpy_rng", "_rng", "condition", "metrics", "replicate", "seed")
@@ -126,7 +126,7 @@ class Context:
 
     @property
     def rng(self) -> random.Random:
-        """A :class:`random.Random` seeded from :attr:`seed`, created on first use."""
+        """A [`random.Random`][] seeded from ``seed``, created on first use."""
         rng = self._rng
         if rng is None:
             rng = self._rng = random.Random(self.seed)
@@ -134,12 +134,12 @@ class Context:
 
     @property
     def numpy_rng(self) -> Any:
-        """A ``numpy.random.Generator`` seeded from :attr:`seed`, created on first use.
+        """A ``numpy.random.Generator`` seeded from ``seed``, created on first use.
 
         ``numpy.random.default_rng(seed)``: private to this replicate and
         condition, so it gives the same numbers under every strategy, threads
         included. NumPy is imported only when this is first read; without
-        NumPy installed it raises :class:`ModuleNotFoundError` saying so.
+        NumPy installed it raises [`ModuleNotFoundError`][] saying so.
         """
         rng = self._numpy_rng
         if rng is None:

@@ -3,7 +3,7 @@
 Strategies are entry points in the group ``crystallize.strategies`` mapping a
 name to a class (``serial = "crystallize_serial:SerialExecution"``). Listing
 reads package metadata only; a strategy's module is imported when it is
-selected, or when :func:`available_strategies` is asked to ``load``.
+selected, or when [`available_strategies`][] is asked to ``load``.
 
 Two environment variables steer discovery, in the manner of pytest's
 ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` and ``-p no:NAME``:
@@ -219,7 +219,7 @@ def _not_found_message(name: str, usable: list[str]) -> str:
 
 @contextmanager
 def naming_origin(origin: str | None) -> Iterator[None]:
-    """Prefix the message of any :class:`CrystallizeError` raised inside with ``origin``.
+    """Prefix the message of any [`CrystallizeError`][] raised inside with ``origin``.
 
     ``origin`` says where a strategy name came from (``"--strategy"``,
     ``"CRYSTALLIZE_STRATEGY"``, ``"run(strategy=...)"``), so that an error
@@ -236,10 +236,10 @@ def naming_origin(origin: str | None) -> Iterator[None]:
 def load_strategy(name: str, **options: Any) -> object:
     """Import the strategy registered as ``name`` and return an instance built with ``options``.
 
-    Raises :class:`StrategyNotFoundError` (listing the installed names),
-    :class:`StrategyBlockedError`, :class:`StrategyConflictError` (naming both
-    distributions), :class:`StrategyLoadError` (naming the distribution and
-    the cause) or :class:`StrategyOptionError` (naming the valid options).
+    Raises [`StrategyNotFoundError`][] (listing the installed names),
+    [`StrategyBlockedError`][], [`StrategyConflictError`][] (naming both
+    distributions), [`StrategyLoadError`][] (naming the distribution and
+    the cause) or [`StrategyOptionError`][] (naming the valid options).
     """
     candidate = _find(name)
     cls = _load_class(candidate)
@@ -253,7 +253,7 @@ def load_strategy(name: str, **options: Any) -> object:
 
 
 def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
-    """Raise :class:`StrategyOptionError` if ``cls`` does not take every key of
+    """Raise [`StrategyOptionError`][] if ``cls`` does not take every key of
     ``options``, naming the option each unknown key most likely meant."""
     if not options:
         return
@@ -347,7 +347,7 @@ def identify(plugin: object) -> tuple[str, str | None, str | None]:
 
 
 def identify_class(cls: type) -> tuple[str, str | None, str | None]:
-    """:func:`identify` for the plugins of class ``cls``."""
+    """``identify`` for the plugins of class ``cls``."""
     known = _loaded.get(cls)
     if known is not None:
         return known

@@ -1,17 +1,17 @@
 """The dispatch engine: drives replicates on a backend.
 
 A strategy that runs replicates anywhere but the calling thread supplies a
-:class:`Backend` — how to start workers, submit a batch and tell a dead
-worker from an error — and calls :func:`drive`, which owns, once for every
-such strategy: batching (:class:`~crystallize_core.batching.BatchSizer`),
+[`Backend`][] — how to start workers, submit a batch and tell a dead
+worker from an error — and calls [`drive`][], which owns, once for every
+such strategy: batching (``BatchSizer``),
 replicate order, a bounded window of work in flight (memory flat in the
 replicate count), progress, fault records, rerunning alone a replicate whose
 worker died to pin the blame, per-replicate timeouts, fail-fast, Ctrl-C and
 the driver-side record of each finished replicate. It is joblib's split:
 ``Parallel`` owns the loop, a backend only submits and aborts.
 
-Any :class:`concurrent.futures.Executor` is a backend through
-:class:`ExecutorBackend`::
+Any [`concurrent.futures.Executor`][] is a backend through
+[`ExecutorBackend`][]:
 
     from concurrent.futures import ProcessPoolExecutor
     from crystallize_core.engine import ExecutorBackend, drive
@@ -68,21 +68,21 @@ START_POLL_SECONDS = 0.05
 
 
 class Backend:
-    """The mechanism a strategy supplies to :func:`drive`: where replicates run.
+    """The mechanism a strategy supplies to [`drive`][]: where replicates run.
 
-    Subclass it and implement :meth:`start` and :meth:`submit`; override the
+    Subclass it and implement [`start`][] and [`submit`][]; override the
     rest only for what the backend can do, and declare that in
-    :attr:`capabilities` (the engine refuses a run option a backend cannot
+    [`capabilities`][] (the engine refuses a run option a backend cannot
     honour instead of faking it):
 
-    - ``Capabilities.timeout`` or ``cancellation``: :meth:`stop_all` stops
-      every running replicate at once, and :meth:`restart` brings the
+    - ``Capabilities.timeout`` or ``cancellation``: [`stop_all`][] stops
+      every running replicate at once, and [`restart`][] brings the
       workers back;
-    - ``Capabilities.retries_dead_workers``: :meth:`worker_lost` recognises a
+    - ``Capabilities.retries_dead_workers``: [`worker_lost`][] recognises a
       dead worker's exception, and the engine reruns its replicates.
     """
 
-    #: What this backend can do; see :class:`~crystallize_core.Capabilities`.
+    #: What this backend can do; see [`Capabilities`][].
     capabilities: Capabilities = NO_CAPABILITIES
     #: ``"pool"`` when a dead worker fails every task in flight (a process
     #: pool breaks as a whole), so its replicates are rerun one at a time,
@@ -98,7 +98,7 @@ class Backend:
 
     def submit(self, span: range) -> Future:
         """Run positions ``span`` where the workers are; return a future of
-        :func:`run_span`'s value for them."""
+        [`run_span`][]'s value for them."""
         raise NotImplementedError
 
     def worker_lost(self, exc: BaseException) -> str | None:
@@ -113,7 +113,7 @@ class Backend:
         backend's own exception type; unwrap it here."""
         return exc
 
-    #: Whether :meth:`started_at` tells when a batch starts running; if not,
+    #: Whether [`started_at`][] tells when a batch starts running; if not,
     #: timeouts count from submission (the engine then keeps no more batches
     #: out than can run).
     reports_starts: bool = False
@@ -128,7 +128,7 @@ class Backend:
         raise NotImplementedError
 
     def restart(self) -> None:
-        """Bring workers back after :meth:`stop_all` or a pool-wide loss."""
+        """Bring workers back after [`stop_all`][] or a pool-wide loss."""
         raise NotImplementedError
 
     def shutdown(self, wait: bool = True) -> None:
@@ -204,15 +204,20 @@ def _sendable(result: ReplicateResult) -> ReplicateResult:
 #: Replicate functions unpickled in this process, by key, newest last.
 _shipped: OrderedDict[str, ReplicateFn] = OrderedDict()
 _SHIPPED_KEPT = 4
+#: What [`run_shipped_span`][] returns for a task sent without the pickled
+#: replicate function to a process that does not hold it yet. A backend that
+#: submits such tasks subclasses [`ExecutorBackend`][] (or is one): the engine
+#: then calls its [`resubmit_with_payload`][ExecutorBackend.resubmit_with_payload]
+#: for the batch, so the bytes travel once per worker process, not with every batch.
 NEED_PAYLOAD = "crystallize:need-payload"
 
 
 def run_shipped_span(key: str, payload: bytes | None, start: int, stop: int) -> tuple[list | bytes, float] | str:
-    """:func:`run_span` for a replicate function shipped as pickled bytes.
+    """[`run_span`][] for a replicate function shipped as pickled bytes.
 
     Each process unpickles a function once and keeps it under ``key``; a task
     sent without ``payload`` to a process that lacks it returns
-    :data:`NEED_PAYLOAD`, and the engine sends it again with the bytes.
+    [`NEED_PAYLOAD`][], and the engine sends it again with the bytes.
     """
     replicate_fn = _shipped.get(key)
     if replicate_fn is None:
@@ -265,7 +270,7 @@ def user_code_paths() -> list[str]:
 
 
 class ExecutorBackend(Backend):
-    """A backend over any :class:`concurrent.futures.Executor`, for one run.
+    """A backend over any [`concurrent.futures.Executor`][], for one run.
 
     ``executor`` is an executor, or a callable that returns a new one; only
     with a callable can the engine replace an executor that broke (a worker
@@ -275,7 +280,7 @@ class ExecutorBackend(Backend):
     With ``ships_work=False`` the replicate function runs as it is (threads
     of this process); otherwise it is sent pickled, once per worker process.
     Unless given, ``ships_work`` is False for a
-    :class:`~concurrent.futures.ThreadPoolExecutor`, its class or a
+    [`ThreadPoolExecutor`][], its class or a
     ``functools.partial`` of it, and True for any other executor or callable
     (pass ``ships_work=False`` with a factory such as a lambda that makes a
     thread pool). ``workers`` is how many batches run at once
@@ -345,7 +350,7 @@ class ExecutorBackend(Backend):
 
     def resubmit_with_payload(self, span: range) -> Future:
         """Submit ``span`` again with the pickled replicate function, for a
-        worker that answered :data:`NEED_PAYLOAD`."""
+        worker that answered [`NEED_PAYLOAD`][]."""
         return self._current().submit(run_shipped_span, self._key, self._payload, span.start, span.stop)
 
     def restart(self) -> None:
@@ -803,7 +808,7 @@ def drive(
     the most replicates running at once). With ``run.timeout`` each replicate runs as its own
     task and is stopped and recorded as ``ReplicateTimeout`` once it has run
     that long. Under ``run.fail_fast`` the first captured error, dead worker
-    or timeout stops the run with :class:`~crystallize_core.ReplicateFailed`.
+    or timeout stops the run with [`ReplicateFailed`][].
 
     On Ctrl-C, or any exception that escapes, nothing new starts, running
     replicates are stopped (``cancellation``) or waited for (a second Ctrl-C
@@ -838,12 +843,12 @@ def drive(
 
 @strategy_options
 class ExecutorStrategy:
-    """A strategy that runs replicates on any :class:`concurrent.futures.Executor`.
+    """A strategy that runs replicates on any [`concurrent.futures.Executor`][].
 
     ``executor`` is an executor you built — loky's reusable executor,
     ``mpi4py.futures.MPIPoolExecutor``, your own ``ProcessPoolExecutor`` —
     or a callable that makes one for each run (then a pool broken by a dying
-    worker is replaced and its replicates rerun). See :class:`ExecutorBackend`
+    worker is replaced and its replicates rerun). See [`ExecutorBackend`][]
     for what an executor allows and for ``workers`` and ``ships_work``.
     ``max_retries`` and ``progress`` mean what they mean for every strategy
     (see ``docs/strategies.md``). Passing an executor as

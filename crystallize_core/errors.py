@@ -1,7 +1,7 @@
 """The exceptions Crystallize raises on purpose.
 
-Every one derives from :class:`CrystallizeError` except
-:class:`ExperimentInterrupted`, which is a :class:`KeyboardInterrupt` so that
+Every one derives from [`CrystallizeError`][] except
+[`ExperimentInterrupted`][], which is a [`KeyboardInterrupt`][] so that
 code which handles Ctrl-C keeps working.
 """
 
@@ -80,7 +80,7 @@ class WorkerLostError(CrystallizeError):
     """A worker died and its backend can neither replace it nor rerun its
     replicates (an executor that was passed in, not made by a factory).
 
-    ``partial_result`` is the :class:`~crystallize_core.Result` of the
+    ``partial_result`` is the [`Result`][] of the
     replicates that finished.
     """
 
@@ -113,7 +113,7 @@ class WorkerSetupError(CrystallizeError, RuntimeError):
 class ReplicateFailed(CrystallizeError):
     """With ``fail_fast``, the first error inside a replicate.
 
-    ``error`` is the :class:`~crystallize_core.ReplicateError`;
+    ``error`` is the [`ReplicateError`][];
     ``partial_result`` the result of the replicates that finished, when known.
     """
 
@@ -132,7 +132,7 @@ class ReplicateFailed(CrystallizeError):
 class ExperimentInterrupted(KeyboardInterrupt):
     """The run was stopped by Ctrl-C (or ``SIGINT``).
 
-    ``partial_result`` is the :class:`~crystallize_core.Result` of the
+    ``partial_result`` is the [`Result`][] of the
     replicates that finished before the interruption (``None`` where the
     strategy could not report them).
     """
@@ -167,7 +167,7 @@ def warn_at_user_code(message: str, category: type[Warning] = ReproducibilityWar
 
 
 def logger() -> Any:
-    """The ``crystallize`` logger. :mod:`logging` is imported when something is
+    """The ``crystallize`` logger. [`logging`][] is imported when something is
     logged, not by every run: a process pays for each import on its first run."""
     import logging
 

@@ -88,7 +88,7 @@ class Experiment:
     """A datasource and a pipeline, run for a baseline and treatments over replicates.
 
     ``run()`` decides *what* a replicate is; the execution strategy decides
-    *how* the replicates are driven (see :mod:`crystallize_core.hookspecs`).
+    *how* the replicates are driven (see [`crystallize_core.hookspecs`][]).
     Treatments, a replicate count and ``fail_fast`` given here are the
     defaults of ``run()``.
     """
@@ -131,7 +131,7 @@ class Experiment:
         progress: bool | None = None,
         checkpoint_pickle: bool = False,
     ) -> Result:
-        """Run every replicate for the baseline and each treatment and return the :class:`Result`.
+        """Run every replicate for the baseline and each treatment and return the [`Result`][].
 
         ``strategy`` is a strategy name with options (``"parallel:max_workers=4"``)
         or a strategy object; it is asked before the experiment's own plugins.
@@ -139,9 +139,9 @@ class Experiment:
 
         ``timeout`` limits each replicate to that many seconds; strategies that
         cannot enforce it are passed over, and the run is refused
-        (:class:`StrategyCapabilityError`) when none that can answers.
+        ([`StrategyCapabilityError`][]) when none that can answers.
         ``fail_fast`` stops at the first error inside a replicate and raises
-        :class:`ReplicateFailed`; by default errors are captured, logged as they
+        [`ReplicateFailed`][]; by default errors are captured, logged as they
         happen (a bounded number), and the run goes on. ``progress`` shows a
         bar on a terminal (``None``, the default, shows it only there; ``True``
         also writes plain lines elsewhere; ``False`` hides it).
@@ -156,10 +156,10 @@ class Experiment:
 
         The experiment itself is never changed, so one experiment may run in
         several threads at once. Raises on bad input before any replicate
-        starts. Ctrl-C raises :class:`ExperimentInterrupted` carrying the
+        starts. Ctrl-C raises [`ExperimentInterrupted`][] carrying the
         partial result. Called from a coroutine (where an event loop is
         running, as in a Jupyter notebook), it raises
-        :class:`ConfigurationError`: ``await`` :meth:`arun` there instead.
+        [`ConfigurationError`][]: ``await`` [`arun`][] there instead.
         """
         _refuse_inside_event_loop()
         started = time.time()
@@ -251,9 +251,9 @@ class Experiment:
     async def arun(self, *args: Any, **kwargs: Any) -> Result:
         """Run the experiment from a coroutine: ``result = await experiment.arun(...)``.
 
-        Takes the same arguments as :meth:`run` and returns the same
-        :class:`Result`. The run happens in a worker thread
-        (:func:`asyncio.to_thread`), so the calling event loop stays free
+        Takes the same arguments as [`run`][] and returns the same
+        [`Result`][]. The run happens in a worker thread
+        ([`asyncio.to_thread`][]), so the calling event loop stays free
         while replicates run, whichever strategy drives them; the ``async``
         strategy runs its own event loop in that thread. Cancelling the
         awaiting task does not stop the replicates already running: the run
@@ -276,7 +276,7 @@ def _open_checkpoint(
 ) -> tuple[ReplicateRunner, dict[int, ReplicateResult], Any]:
     """Open the checkpoint for ``runner``'s experiment; return the runner that
     resumes it (with the stored seeds), the finished results and the
-    :class:`~crystallize_core.checkpoint.Recorder` that writes the rest."""
+    ``Recorder`` that writes the rest."""
     import copy
 
     from crystallize_core.checkpoint import Checkpoint, Recorder
@@ -316,7 +316,7 @@ def _close_after_failure(recorder: Any) -> None:
 
 def _base_seed(runner: ReplicateRunner) -> int | None:
     """The seed replicate seeds derive from, when known: the first seed-giving
-    plugin's, if it is a :class:`SeedPlugin`, else the run's own."""
+    plugin's, if it is a [`SeedPlugin`][], else the run's own."""
     seed_module = sys.modules.get("crystallize_core.seed")  # not imported: then no plugin is a SeedPlugin
     for plugin in runner.plugins:
         if hasattr(plugin, "replicate_seed"):
@@ -383,7 +383,7 @@ def _strategy_options(strategy: object) -> dict[str, Any]:
 
 
 class ExperimentRun:
-    """One run of an :class:`Experiment`: what a strategy and every run hook receive as ``experiment``.
+    """One run of an [`Experiment`][]: what a strategy and every run hook receive as ``experiment``.
 
     It answers the run's own options — ``replicates`` (how many to run now),
     ``treatments`` and ``conditions`` (those of this run, the baseline's name

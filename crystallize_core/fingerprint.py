@@ -36,7 +36,7 @@ class Fingerprint:
     and arguments; bound methods by function and instance; classes by name
     and the code of their methods; other objects by class and the state they
     pickle with (or their attributes), containers by content; a
-    :class:`SeedPlugin` by its seed, unless the seed was drawn. Never by
+    [`SeedPlugin`][] by its seed, unless the seed was drawn. Never by
     ``repr``, which may hold memory addresses. Module-level variables a
     function reads are not included.
     """
@@ -197,7 +197,7 @@ def experiment_components(runner: Any) -> dict[str, dict[str, Any]]:
 
     ``{label: {"name": ..., "digest": ...}}`` for the datasource, each step,
     each treatment (the baseline has none) and each replicate-level plugin;
-    a :class:`SeedPlugin` also says its seed, or that it was drawn.
+    a [`SeedPlugin`][] also says its seed, or that it was drawn.
     """
     fingerprint = Fingerprint()
     components: dict[str, dict[str, Any]] = {
@@ -238,7 +238,7 @@ def _label(component: object) -> str:
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """What changed between two :func:`experiment_components` descriptions, in words."""
+    """What changed between two ``experiment_components`` descriptions, in words."""
     changes = []
     for label, now in current.items():
         before = stored.get(label)

@@ -1,10 +1,10 @@
 """The hook contract between the core and its plugins.
 
 Every hook a plugin may implement is specified here, and nowhere else, with
-the types of what it receives: :class:`RunView` (the run a strategy is asked
-to drive), :class:`ReplicateFn` (the function that runs one replicate) and
-:class:`Capabilities` (what a strategy can honour). A plugin is any object
-whose methods carry ``@hookimpl``; no base class is needed::
+the types of what it receives: [`RunView`][] (the run a strategy is asked
+to drive), [`ReplicateFn`][] (the function that runs one replicate) and
+[`Capabilities`][] (what a strategy can honour). A plugin is any object
+whose methods carry ``@hookimpl``; no base class is needed:
 
     from crystallize_core import hookimpl
 
@@ -45,10 +45,10 @@ class Capabilities:
     """What a strategy can honour, declared as its ``capabilities`` attribute.
 
     Every flag defaults to False, so a strategy declares only what it does,
-    by keyword; an unknown flag name is a :class:`TypeError` when the object
+    by keyword; an unknown flag name is a [`TypeError`][] when the object
     is built, and the object is immutable, hashable and compares by its flags.
     The core passes over a strategy that cannot honour a run's options (a
-    ``timeout`` needs :attr:`timeout`) and the conformance kit holds each
+    ``timeout`` needs [`timeout`][]) and the conformance kit holds each
     strategy to what it claims. A strategy whose abilities depend on its
     options (threads or processes) makes ``capabilities`` a property.
     """
@@ -103,7 +103,7 @@ class Capabilities:
 
 
 def _capabilities(*flags: bool) -> Capabilities:
-    """Rebuild pickled :class:`Capabilities`."""
+    """Rebuild pickled [`Capabilities`][]."""
     return Capabilities(**dict(zip(Capabilities._FLAGS, flags)))
 
 
@@ -112,10 +112,10 @@ NO_CAPABILITIES = Capabilities()
 
 
 def capabilities_of(strategy: object) -> Capabilities:
-    """The :class:`Capabilities` ``strategy`` declares, or :data:`NO_CAPABILITIES`.
+    """The [`Capabilities`][] ``strategy`` declares, or [`NO_CAPABILITIES`][].
 
-    Raises :class:`TypeError` when its ``capabilities`` attribute is not a
-    :class:`Capabilities`, so that a misspelt declaration is never read as
+    Raises [`TypeError`][] when its ``capabilities`` attribute is not a
+    [`Capabilities`][], so that a misspelt declaration is never read as
     "can do nothing".
     """
     declared = getattr(strategy, "capabilities", NO_CAPABILITIES)
@@ -133,14 +133,14 @@ class ReplicateFn(Protocol):
 
     Calling it runs replicate ``position`` (``0 .. run.replicates - 1``) for
     the baseline and every treatment and returns its
-    :class:`~crystallize_core.ReplicateResult`. On a resumed run the positions
+    [`ReplicateResult`][]. On a resumed run the positions
     stay ``0 .. n - 1`` and the result carries the replicate's real index.
     It never raises for an error in the user's datasource or steps (that is
     captured in the result); it raises
-    :class:`~crystallize_core.ReplicateFailed` under ``fail_fast`` and lets
+    [`ReplicateFailed`][] under ``fail_fast`` and lets
     ``KeyboardInterrupt`` through. It pickles whenever the user's components
     do: a strategy that runs work elsewhere pickles it once
-    (:func:`crystallize_core.dumps_replicate_fn`) and ships only positions.
+    ([`crystallize_core.dumps_replicate_fn`][]) and ships only positions.
 
     The user's datasource and steps may be coroutine functions: calling the
     replicate function then drives them to completion on an event loop its
@@ -159,7 +159,7 @@ class ReplicateFn(Protocol):
       waits.
 
     A replicate function without ``acall`` is run in a thread
-    (:func:`asyncio.to_thread`) by such a strategy.
+    ([`asyncio.to_thread`][]) by such a strategy.
     """
 
     def __call__(self, position: int, /) -> ReplicateResult: ...
@@ -171,7 +171,7 @@ class ReplicateFn(Protocol):
 
 
 class TreatmentSpec(Protocol):
-    """A treatment of a run, as :attr:`RunView.treatments` holds it."""
+    """A treatment of a run, as [`RunView.treatments`][crystallize_core.hookspecs.RunView.treatments] holds it."""
 
     @property
     def name(self) -> str:
@@ -260,7 +260,7 @@ def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> Itera
     3. the fallback: the strategy registered under the name ``serial``.
 
     An implementer that cannot honour the run's options (see
-    :class:`Capabilities`) is passed over without being asked, and the run is
+    [`Capabilities`][]) is passed over without being asked, and the run is
     refused only when no implementer able to honour them answered.
 
     Return the results of positions ``0 .. experiment.replicates - 1``, in
@@ -271,18 +271,18 @@ def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> Itera
     Return ``None`` to decline and let the next implementer run it. The core
     checks the answer as it consumes it (a result per position, in order,
     each the value ``replicate_fn`` returned) and raises
-    :class:`~crystallize_core.StrategyContractError`, naming the strategy.
+    [`StrategyContractError`][], naming the strategy.
 
     The core keeps every result itself, compactly, as ``replicate_fn``
     reports it finished in this process; a result handed back that way is
     not stored twice, and one that never was (a replicate run elsewhere
-    without :func:`~crystallize_core.engine.drive`) is taken from the
+    without [`drive`][crystallize_core.engine.drive]) is taken from the
     answer. A Ctrl-C or ``ReplicateFailed`` raised while the core consumes
     an iterator stops the run just as one raised inside the hook does, with
     the finished replicates in the partial result.
 
     A strategy that runs replicates anywhere but the calling thread should
-    hand them to :func:`crystallize_core.engine.drive` with a backend, which
+    hand them to [`crystallize_core.engine.drive`][] with a backend, which
     owns batching, order, progress, faults, timeouts, fail-fast and Ctrl-C.
     One that loops itself must, on Ctrl-C, stop promptly, leave no worker
     behind and re-raise the ``KeyboardInterrupt``, with in its
@@ -303,7 +303,7 @@ def before_run(experiment: RunView) -> None:
 @hookspec
 def after_run(experiment: RunView, result: Result) -> None:
     """Called in the calling process with the finished
-    :class:`~crystallize_core.Result`, after the strategy returned."""
+    [`Result`][], after the strategy returned."""
 
 
 @hookspec(firstresult=True)
@@ -333,7 +333,7 @@ def before_condition(replicate: int, condition: str, seed: int) -> None:
 
     Every condition of a replicate starts from the same state this way, so
     conditions stay paired for anything seeded here, such as the global
-    :mod:`random` module (``SeedPlugin`` does this). An exception raised here
+    [`random`][] module (``SeedPlugin`` does this). An exception raised here
     is recorded as that condition's error and the condition does not run.
     """
 
@@ -341,7 +341,7 @@ def before_condition(replicate: int, condition: str, seed: int) -> None:
 @hookspec
 def after_replicate(replicate: int, result: ReplicateResult) -> None:
     """Called where the replicate runs, with its
-    :class:`~crystallize_core.ReplicateResult`, after its last condition.
+    [`ReplicateResult`][], after its last condition.
 
     An exception raised here is recorded in the replicate's errors.
     """

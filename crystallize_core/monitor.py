@@ -62,7 +62,7 @@ class Monitor:
             self.checkpoint.add_many(kept)
 
     def finished_columns(self, batch: tuple) -> bool:
-        """:meth:`finished` for a batch packed column by column (which holds no
+        """``finished`` for a batch packed column by column (which holds no
         errors); False, having recorded nothing, where rows are needed."""
         if self.checkpoint is not None or self.columns is None or not self.columns.add_columns(batch):
             return False
@@ -70,7 +70,7 @@ class Monitor:
         return True
 
     def finished_one(self, result: ReplicateResult) -> None:
-        """:meth:`finished` for a single result: the replicate function's hot path."""
+        """``finished`` for a single result: the replicate function's hot path."""
         if result[3] or not self._quiet:  # its errors
             self.finished((result,))
             return

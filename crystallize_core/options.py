@@ -3,7 +3,7 @@
 A strategy's constructor checks ``max_workers``, ``max_retries``,
 ``batch_size`` and ``progress`` with these functions, so that the same
 mistake reads the same under every strategy, and decorates its class with
-:func:`strategy_options` so that a misspelt option is answered with the
+[`strategy_options`][] so that a misspelt option is answered with the
 option it most likely meant, as the name form (``"parallel:max_worker=2"``)
 is.
 """
@@ -77,11 +77,11 @@ def keyword_names(function: Callable[..., Any]) -> list[str]:
 
 def strategy_options(cls: StrategyClass) -> StrategyClass:
     """Class decorator: a misspelt keyword given to ``cls(...)`` raises
-    :class:`~crystallize_core.StrategyOptionError` (a :class:`TypeError`)
+    [`StrategyOptionError`][crystallize_core.StrategyOptionError] (a [`TypeError`][])
     naming the option it most likely meant and every valid one, instead of
     Python's bare "unexpected keyword argument".
 
-    The constructor's signature is kept (:func:`inspect.signature` and the
+    The constructor's signature is kept ([`inspect.signature`][] and the
     documentation see the real parameters), and an error raised inside it
     passes unchanged.
     """

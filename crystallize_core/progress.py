@@ -2,8 +2,8 @@
 
 On a terminal, progress is a tqdm bar and log lines are printed above it
 without breaking it; elsewhere (a log file, CI) it is a plain line every
-:data:`LINE_INTERVAL_SECONDS`, with no carriage returns. Captured errors are
-logged as replicates finish, at most :data:`MAX_REPORTED_ERRORS` of them,
+``LINE_INTERVAL_SECONDS``, with no carriage returns. Captured errors are
+logged as replicates finish, at most ``MAX_REPORTED_ERRORS`` of them,
 then a count of the rest.
 """
 
@@ -29,9 +29,9 @@ class Progress:
     ``enabled=None`` shows a bar only when ``stream`` is a terminal;
     ``True`` shows a bar on a terminal and plain lines elsewhere; ``False``
     shows nothing. Nothing is shown for a single replicate. Errors passed to
-    :meth:`errors` are logged to the ``crystallize`` logger whatever
+    ``errors`` are logged to the ``crystallize`` logger whatever
     ``enabled`` says, bounded. With ``settled=False`` nothing is shown until
-    :meth:`settle` says how.
+    ``settle`` says how.
     """
 
     def __init__(self, total: int, enabled: bool | None = None, stream: IO[str] | None = None, *, settled: bool = True):

@@ -100,19 +100,19 @@ class Condition:
 
 
 class ReplicateRunner:
-    """Runs replicate ``i`` for every condition and returns its :class:`ReplicateResult`.
+    """Runs replicate ``i`` for every condition and returns its [`ReplicateResult`][].
 
     Picklable whenever the datasource, steps, treatments and replicate-level
     plugins are. Whatever the user's datasource and steps raise is captured in
-    the result, ``SystemExit`` and :class:`asyncio.CancelledError` included;
+    the result, ``SystemExit`` and [`asyncio.CancelledError`][] included;
     only ``KeyboardInterrupt`` (and ``GeneratorExit``) propagate, and a
-    cancellation of the task running :meth:`acall`.
+    cancellation of the task running ``acall``.
 
     The datasource and steps may be coroutine functions (``async def``, or
     objects whose ``__call__`` is one), mixed freely with plain ones: they are
-    awaited (see :attr:`awaits`). Called as a plain function, such a replicate
+    awaited (see ``awaits``). Called as a plain function, such a replicate
     is driven to completion on an event loop that its thread keeps for all its
-    replicates; a strategy that runs an event loop awaits :meth:`acall`.
+    replicates; a strategy that runs an event loop awaits ``acall``.
     """
 
     def __init__(
@@ -129,9 +129,9 @@ class ReplicateRunner:
         self.conditions = tuple(conditions)
         self.plugins = tuple(plugins)
         self.base_seed = base_seed
-        #: Raise :class:`ReplicateFailed` at the first captured error instead of continuing.
+        #: Raise [`ReplicateFailed`][] at the first captured error instead of continuing.
         self.fail_fast = fail_fast
-        #: The driver's :class:`~crystallize_core.monitor.Monitor`, told of each
+        #: The driver's ``Monitor``, told of each
         #: replicate this function finishes in the driver process. It stays
         #: behind when the function is pickled, and is silent in forked workers.
         self.monitor: Monitor | None = None
@@ -150,7 +150,7 @@ class ReplicateRunner:
     @property
     def awaits(self) -> bool:
         """Whether the datasource or a step is a coroutine function, so that
-        :meth:`acall` waits on the running event loop rather than in a thread."""
+        ``acall`` waits on the running event loop rather than in a thread."""
         return self._awaited is not None
 
     def components(self) -> Iterator[tuple[str, object]]:
@@ -196,7 +196,7 @@ class ReplicateRunner:
             monitor.finished(results)
 
     def record_columns(self, batch: tuple) -> bool:
-        """:meth:`record` for a batch packed column by column in another
+        """``record`` for a batch packed column by column in another
         process; False when it must be recorded as rows instead (the driver
         keeps no columns here, or writes a checkpoint, which takes rows)."""
         monitor = self.monitor
@@ -205,7 +205,7 @@ class ReplicateRunner:
     def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
         """The results of positions ``0 .. count - 1``, read from the driver's
         monitor, when every result of this function reaches it (calls in this
-        process report themselves, results from elsewhere go to :meth:`record`);
+        process report themselves, results from elsewhere go to ``record``);
         else None. A loop that reports every result need then keep none."""
         return self._recorded(range(count))
 
@@ -231,12 +231,12 @@ class ReplicateRunner:
     async def acall(self, replicate: int) -> ReplicateResult:
         """The awaitable form of ``self(replicate)``, for a strategy that runs an event loop.
 
-        Where the replicate :attr:`awaits`, its coroutine components are
+        Where the replicate ``awaits``, its coroutine components are
         awaited on the running loop and its plain ones run on the loop's
         thread between them, so many replicates wait at once; cancelling the
         awaiting task stops the replicate at its next ``await``. Otherwise the
         replicate runs in a thread of the loop's default executor (as
-        :func:`asyncio.to_thread` does), so that it never blocks the loop.
+        [`asyncio.to_thread`][] does), so that it never blocks the loop.
         """
         if self._awaited is None:
             import asyncio
@@ -277,7 +277,7 @@ class ReplicateRunner:
         return self._end(replicate, seed, metrics, errors, began)
 
     async def _arun(self, replicate: int) -> ReplicateResult:
-        """:meth:`_run`, awaiting the coroutine components."""
+        """``_run``, awaiting the coroutine components."""
         from crystallize_core._aio import cancel_requested
 
         began = time.perf_counter()
@@ -467,11 +467,11 @@ class ReplicateSubset:
 
     @property
     def awaits(self) -> bool:
-        """See :attr:`ReplicateRunner.awaits`."""
+        """See ``ReplicateRunner.awaits``."""
         return self.runner.awaits
 
     def acall(self, position: int) -> Coroutine[Any, Any, ReplicateResult]:
-        """The awaitable form of ``self(position)``: see :meth:`ReplicateRunner.acall`."""
+        """The awaitable form of ``self(position)``: see ``ReplicateRunner.acall``."""
         return self.runner.acall(self.replicates[position])
 
     def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
@@ -484,7 +484,7 @@ class ReplicateSubset:
         return self.runner.record_columns(batch)
 
     def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
-        """See :meth:`ReplicateRunner.recorded`."""
+        """See ``ReplicateRunner.recorded``."""
         return self.runner._recorded(self.replicates[:count])
 
     def components(self) -> Iterator[tuple[str, object]]:
@@ -494,7 +494,7 @@ class ReplicateSubset:
 def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:
     """Pickle ``replicate_fn`` once for shipping to other processes.
 
-    Raises :class:`NotPicklableError` naming the component (datasource, step,
+    Raises [`NotPicklableError`][] naming the component (datasource, step,
     treatment or plugin) that cannot be pickled and how to fix it, so that a
     strategy can fail before any replicate starts.
     """
@@ -504,7 +504,7 @@ def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:
 
 
 def check_picklable(replicate_fn: Callable[[int], Any]) -> None:
-    """Raise :class:`NotPicklableError` as :func:`dumps_replicate_fn` would, keeping nothing.
+    """Raise [`NotPicklableError`][] as [`dumps_replicate_fn`][] would, keeping nothing.
 
     For strategies whose workers inherit the replicate function (a ``fork``
     start method) yet must refuse what other start methods could not ship.
@@ -549,7 +549,7 @@ def _awaited(datasource: object, steps: Sequence[object]) -> tuple[bool, tuple[b
 
 def is_coroutine_function(component: object) -> bool:
     """Whether calling ``component`` returns a coroutine to await: an ``async def``
-    function (also through :func:`functools.partial`) or an object whose
+    function (also through [`functools.partial`][]) or an object whose
     ``__call__`` is one."""
     import inspect  # already imported by pluggy wherever a run starts
 

@@ -1,5 +1,5 @@
-"""What a run produces: one :class:`ReplicateResult` per replicate, gathered
-into a :class:`Result`."""
+"""What a run produces: one [`ReplicateResult`][] per replicate, gathered
+into a [`Result`][]."""
 
 from __future__ import annotations
 
@@ -76,13 +76,13 @@ def pack_results(results: Iterable[ReplicateResult]) -> list[tuple]:
 
     Plain tuples pickle about three times faster than named tuples; a strategy
     that ships results between processes packs them where replicates run and
-    calls :func:`unpack_results` where the run is driven.
+    calls ``unpack_results`` where the run is driven.
     """
     return [tuple(result) for result in results]
 
 
 def unpack_results(rows: Iterable[tuple]) -> list[ReplicateResult]:
-    """The inverse of :func:`pack_results`."""
+    """The inverse of ``pack_results``."""
     make = tuple.__new__
     return [make(ReplicateResult, row) for row in rows]
 
@@ -113,7 +113,7 @@ class MetricSummary(NamedTuple):
     beyond a float's range) and ``non_numeric`` (strings, sequences, arrays,
     objects). ``mean`` is None when ``n`` is 0, ``std`` when ``n`` is below 2.
     For a treatment, ``difference`` is its paired difference against the
-    baseline (see :meth:`Result.paired_difference`); None for the baseline.
+    baseline (see [`Result.paired_difference`][]); None for the baseline.
     """
 
     n: int
@@ -125,17 +125,17 @@ class MetricSummary(NamedTuple):
     difference: PairedDifference | None = None
 
 
-#: The file formats :meth:`Result.save` writes, by file name extension.
+#: The file formats [`Result.save`][] writes, by file name extension.
 OUTPUT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-#: The columns of :meth:`Result.to_records`, in order.
+#: The columns of [`Result.to_records`][], in order.
 RECORD_FIELDS = ("replicate", "seed", "condition", "metric", "value")
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """The format :meth:`Result.save` writes to ``path``: ``"json"``, ``"jsonl"`` or ``"csv"``.
+    """The format [`Result.save`][] writes to ``path``: ``"json"``, ``"jsonl"`` or ``"csv"``.
 
     ``"-"`` means JSON on standard output. Raises
-    :class:`~crystallize_core.ConfigurationError` for any other extension.
+    [`ConfigurationError`][] for any other extension.
     """
     if str(path) == "-":
         return "json"
@@ -152,7 +152,7 @@ def output_format(path: str | os.PathLike) -> str:
 
 
 class Result:
-    """The result of :meth:`Experiment.run`.
+    """The result of [`Experiment.run`][].
 
     ``metrics[condition][name]`` lists one value per replicate, in replicate
     order, with ``None`` for a replicate whose condition failed or did not
@@ -164,7 +164,7 @@ class Result:
     name, version and options, each treatment's parameters, start and end
     times (seconds since the epoch) and each replicate's duration; with the
     versions of Python and of the Crystallize distributions, all of it is in
-    :meth:`to_dict`.
+    [`to_dict`][].
     """
 
     def __init__(
@@ -194,9 +194,9 @@ class Result:
         self._strategy = strategy
         self._strategy_version = strategy_version
         self._identify_strategy: Callable[[], tuple[str, str | None]] | None = None
-        #: The options the strategy was configured with, as far as it tells (see :meth:`to_dict`).
+        #: The options the strategy was configured with, as far as it tells (see [`to_dict`][]).
         self.strategy_options: dict[str, Any] = dict(strategy_options or {})
-        #: False for the partial result carried by :class:`ExperimentInterrupted`.
+        #: False for the partial result carried by [`ExperimentInterrupted`][].
         self.complete = complete
         #: The seed each replicate's seed derives from (``crystallize run --seed`` takes it).
         self.base_seed = base_seed
@@ -209,7 +209,7 @@ class Result:
 
     @cached_property
     def replicate_results(self) -> list[ReplicateResult]:
-        """Each replicate's :class:`ReplicateResult`, in position order.
+        """Each replicate's [`ReplicateResult`][], in position order.
 
         A result built by a run keeps its replicates in columns; this list is
         made on first use (a million replicates take some 400 MB as objects).
@@ -288,7 +288,7 @@ class Result:
         return self._columns.durations()
 
     def _metric_values(self) -> dict[str, dict[str, Iterable[Any]]]:
-        """:attr:`metrics`, as lists where they were made, else as views of the columns."""
+        """[`metrics`][], as lists where they were made, else as views of the columns."""
         made = self.__dict__.get("metrics")
         if made is not None:
             return made
@@ -315,7 +315,7 @@ class Result:
     # --- statistics -------------------------------------------------------------------
 
     def summary(self) -> dict[str, dict[str, MetricSummary]]:
-        """Per condition and metric: a :class:`MetricSummary`, with each
+        """Per condition and metric: a [`MetricSummary`][], with each
         treatment's paired difference against the baseline at 95%."""
         summaries: dict[str, dict[str, MetricSummary]] = {}
         metrics = self._metric_values()
@@ -337,14 +337,14 @@ class Result:
         Conditions are paired by replicate: both ran with the replicate's seed.
         The mean difference comes with Student's t interval at ``confidence``
         over the replicates where both recorded a finite number. Raises
-        :class:`KeyError` naming what is missing.
+        [`KeyError`][] naming what is missing.
         """
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
         return _paired(self._column(treatment, metric), self._column(baseline, metric), confidence)
 
     def compare(self, baseline: str = BASELINE, confidence: float = 0.95) -> dict[str, dict[str, PairedDifference]]:
-        """:meth:`paired_difference` of every other condition against ``baseline``,
+        """[`paired_difference`][] of every other condition against ``baseline``,
         for each metric both recorded: ``{treatment: {metric: PairedDifference}}``."""
         metrics = self._metric_values()
         reference = metrics.get(baseline)
@@ -370,7 +370,7 @@ class Result:
         return by_name[metric]
 
     def format_summary(self) -> str:
-        """A plain-text table of :meth:`summary`: n, mean and std per condition and
+        """A plain-text table of [`summary`][]: n, mean and std per condition and
         metric, each treatment's paired difference against the baseline with its
         95% interval, the values left out of the statistics, and the error counts."""
         header = ("condition", "metric", "n", "mean", "std", "diff vs baseline", "95% CI", "not counted")
@@ -428,7 +428,7 @@ class Result:
         return rows
 
     def to_pandas(self) -> Any:
-        """:meth:`to_records` as a :class:`pandas.DataFrame` with those five columns.
+        """[`to_records`][] as a ``pandas.DataFrame`` with those five columns.
 
         Needs pandas: ``pip install 'crystallize-core[pandas]'``.
         """
@@ -444,7 +444,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """The whole result and what reproduces it, as data that is strict JSON.
 
-        Metric values are made JSON as :func:`crystallize_core._values.plain`
+        Metric values are made JSON as ``crystallize_core._values.plain``
         says: NaN and the infinities become the strings ``"NaN"``,
         ``"Infinity"`` and ``"-Infinity"``, NumPy values Python numbers and
         lists, other objects their ``repr``. Times are ISO 8601 in UTC.
@@ -480,18 +480,18 @@ class Result:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as strict JSON text (never a bare ``NaN`` or ``Infinity``)."""
+        """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the result to ``path`` in the format its extension names.
 
-        ``.json``: :meth:`to_json`, everything. ``.jsonl`` (or ``.ndjson``):
-        one JSON object per line, the rows of :meth:`to_records`. ``.csv``: the
+        ``.json``: [`to_json`][], everything. ``.jsonl`` (or ``.ndjson``):
+        one JSON object per line, the rows of [`to_records`][]. ``.csv``: the
         same rows as CSV with a header; non-finite floats are written ``nan``,
         ``inf`` and ``-inf``, sequences and mappings as JSON, None as an empty
         field. ``"-"`` writes JSON to standard output. Any other extension is a
-        :class:`~crystallize_core.ConfigurationError`, raised before writing.
+        [`ConfigurationError`][], raised before writing.
         """
         chosen = output_format(path)
         if str(path) == "-":

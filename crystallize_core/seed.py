@@ -52,7 +52,7 @@ _last_seed: list[int] = [0]
 
 class _SeedNumpyOnImport:
     """A meta path finder that seeds NumPy's global generator as soon as NumPy
-    is imported, with :data:`_last_seed`: a step that imports NumPy itself
+    is imported, with ``_last_seed``: a step that imports NumPy itself
     draws from the same state as one whose module imported it first, so the
     conditions of a replicate stay paired. It acts once, then leaves."""
 
@@ -95,12 +95,12 @@ class SeedPlugin:
     The seed depends on the base ``seed`` and the replicate index only, so
     every strategy sees the same seeds, and the baseline and each treatment of
     a replicate share one (paired comparisons). ``seed=None`` draws a base seed
-    once, when the plugin is created; it is kept in :attr:`seed`. A run that
+    once, when the plugin is created; it is kept in ``seed``. A run that
     resumes from a checkpoint reuses the base seed drawn for the checkpoint.
 
     Where the replicate runs, before *each* condition (the baseline and every
     treatment), ``seed_fn(seed)`` is called with the replicate's seed if given;
-    otherwise, with ``auto_seed=True``, the global :mod:`random` module and
+    otherwise, with ``auto_seed=True``, the global [`random`][] module and
     NumPy's global generator are seeded with it (NumPy is never imported for
     this: if a replicate imports it, it is seeded as it is imported). Every
     condition of a replicate so starts from the same random state: a treatment
@@ -115,7 +115,7 @@ class SeedPlugin:
         if seed_fn is not None and not callable(seed_fn):
             raise ConfigurationError("SeedPlugin seed_fn must be callable with the replicate's seed")
         self.seed: int = random_seed() if seed is None else seed
-        #: Whether :attr:`seed` was drawn rather than given.
+        #: Whether ``seed`` was drawn rather than given.
         self.seed_drawn = seed is None
         self.auto_seed = bool(auto_seed)
         self.seed_fn = seed_fn

@@ -11,12 +11,12 @@ from crystallize_core.experiment import Treatment
 
 
 def treatment_grid(parameters: Mapping[str, Iterable[Any]] | None = None, /, **more: Iterable[Any]) -> list[Treatment]:
-    """One :class:`Treatment` per combination of the given values: their Cartesian product.
+    """One [`Treatment`][] per combination of the given values: their Cartesian product.
 
     Parameters come as keyword arguments, or as a mapping for keys that are
     not Python names. Each treatment adds one value per parameter to the
     context, and is named after them in the order given, ``key=value`` joined
-    by commas; strings appear as they are, other values as their ``repr``::
+    by commas; strings appear as they are, other values as their ``repr``:
 
         treatment_grid(C=[0.01, 1], kernel=["rbf", "linear"])
         # [Treatment("C=0.01,kernel=rbf", {"C": 0.01, "kernel": "rbf"}),
@@ -26,7 +26,7 @@ def treatment_grid(parameters: Mapping[str, Iterable[Any]] | None = None, /, **m
     The last parameter varies fastest. The baseline is not part of the grid:
     ``Experiment.run()`` always runs it.
 
-    Raises :class:`ConfigurationError` for no parameters, a parameter without
+    Raises [`ConfigurationError`][] for no parameters, a parameter without
     values, a single value or a string where a list of values is expected,
     and two combinations that would get the same name.
     """

@@ -1,7 +1,7 @@
 """The conformance kit: hold a strategy to the ``run_experiment_loop`` contract.
 
-Subclass :class:`StrategyConformance` in a test module, say how to build your
-strategy, and pytest runs every check against real experiments::
+Subclass [`StrategyConformance`][] in a test module, say how to build your
+strategy, and pytest runs every check against real experiments:
 
     from crystallize_core.testing import StrategyConformance
 
@@ -11,9 +11,10 @@ strategy, and pytest runs every check against real experiments::
         def make_strategy(self):
             return MyStrategy(workers=2)
 
-Nothing is mocked: each check runs a real :class:`~crystallize_core.Experiment`
+Nothing is mocked: each check runs a real [`Experiment`][]
 through your strategy, with components defined in this module so that they
-can be pickled into other processes. Override :meth:`make_declining_strategy`
+can be pickled into other processes. Override
+[`make_declining_strategy`][crystallize_core.testing.StrategyConformance.make_declining_strategy]
 if your strategy can decline. Add checks of your own beside the inherited ones.
 """
 
@@ -101,7 +102,7 @@ class UnpicklableError(Exception):
 
 class FailOn:
     """A step that raises for the given replicates of one condition; every
-    other call passes. ``unpicklable`` raises :class:`UnpicklableError`."""
+    other call passes. ``unpicklable`` raises ``UnpicklableError``."""
 
     def __init__(self, replicates: frozenset[int], condition: str = "treated", unpicklable: bool = False):
         self.replicates = frozenset(replicates)
@@ -118,7 +119,7 @@ class FailOn:
 
 class HoldsBuffer:
     """A datasource holding ``size`` bytes that it pickles as a
-    :class:`pickle.PickleBuffer` under protocol 5, the way a NumPy array
+    [`pickle.PickleBuffer`][] under protocol 5, the way a NumPy array
     pickles its data, and whose replicates record the buffer's length."""
 
     def __init__(self, size: int):
@@ -390,9 +391,9 @@ WATCHDOG_SECONDS = 300
 class StrategyConformance:
     """Checks every strategy must pass. Subclass it as ``Test<Something>``.
 
-    Implement :meth:`make_strategy`, and set :attr:`strategy_name` to the
+    Implement [`make_strategy`][], and set [`strategy_name`][] to the
     entry point's name your strategy is published under. Checks that do not apply to what the strategy
-    declares in its :class:`~crystallize_core.Capabilities` are skipped,
+    declares in its [`Capabilities`][] are skipped,
     with the reason; every failure names the strategy and says what it did.
     """
 
@@ -437,7 +438,7 @@ class StrategyConformance:
 
     @property
     def label(self) -> str:
-        """The name the strategy under test runs under: :attr:`strategy_name`,
+        """The name the strategy under test runs under: [`strategy_name`][],
         or else the name the core registers it by."""
         from crystallize_core.discovery import identify
 

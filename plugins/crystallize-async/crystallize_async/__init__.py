@@ -1,6 +1,6 @@
 """The ``async`` strategy: replicates as tasks on one event loop.
 
-This module stays light: :mod:`asyncio`, tqdm and the loop machinery are
+This module stays light: [`asyncio`][], tqdm and the loop machinery are
 imported only when a run starts.
 """
 
@@ -27,13 +27,13 @@ __all__ = ["DEFAULT_MAX_CONCURRENCY", "DEFAULT_MAX_WORKERS", "AsyncExecution", "
 #: client neither queues on the pool nor opens more connections than a client
 #: would by default.
 DEFAULT_MAX_WORKERS = 100
-#: The former name of :data:`DEFAULT_MAX_WORKERS`.
+#: The former name of [`DEFAULT_MAX_WORKERS`][].
 DEFAULT_MAX_CONCURRENCY = DEFAULT_MAX_WORKERS
 
 
 @strategy_options
 class AsyncExecution:
-    """Run replicates concurrently on one :mod:`asyncio` event loop.
+    """Run replicates concurrently on one [`asyncio`][] event loop.
 
     For replicates that wait: on web services, databases, language-model
     APIs. Datasources and steps written as ``async def`` (or objects whose
@@ -43,7 +43,7 @@ class AsyncExecution:
     runs no other replicate advances.
 
     - ``max_workers``: at most this many replicates in flight at once
-      (None: :data:`DEFAULT_MAX_WORKERS`, 100). ``max_concurrency`` is its
+      (None: [`DEFAULT_MAX_WORKERS`][], 100). ``max_concurrency`` is its
       former name, deprecated.
     - ``rate_limit``: at most this many replicate *starts* per second, spaced
       evenly (``1 / rate_limit`` seconds apart), for services that throttle;
@@ -64,14 +64,14 @@ class AsyncExecution:
     An experiment with no coroutine step still runs, each replicate in a
     thread of its own so that none blocks the loop; but a running thread
     cannot be cancelled, so such a run refuses a ``timeout``
-    (:class:`~crystallize_core.StrategyCapabilityError`), and on Ctrl-C or
+    ([`StrategyCapabilityError`][]), and on Ctrl-C or
     fail-fast its running replicates finish first (a second Ctrl-C abandons
     them), as under the thread strategy.
 
     Every replicate gets the same seed and ``ctx.rng`` draws as under any
     other strategy. Global random state (``SeedPlugin(auto_seed=True)``) is
     shared by replicates that interleave on the loop, so it is not
-    reproducible here: a :class:`~crystallize_core.ReproducibilityWarning`
+    reproducible here: a [`ReproducibilityWarning`][crystallize_core.ReproducibilityWarning]
     says so, and ``ctx.rng`` is the fix.
     """
 

@@ -4,7 +4,7 @@
 iterator until none is left, so a run holds that many tasks however many
 replicates it has. Each worker awaits ``replicate_fn.acall(i)``, the
 replicate function's awaitable form, or runs a replicate function without
-one in a thread (:func:`asyncio.to_thread`).
+one in a thread ([`asyncio.to_thread`][]).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ This module stays light: dask itself is imported only when a run starts. It
 refuses to import when dask.distributed is missing, so that ``crystallize
 strategies`` reports the strategy as broken with the fix, instead of failing
 mid-run. The core's dispatch engine drives the replicates; this package
-supplies the cluster (:mod:`crystallize_dask._core`).
+supplies the cluster (``crystallize_dask._core``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class DaskExecution:
     ``connect_timeout`` seconds for the scheduler to answer and for
     ``n_workers`` workers (default 1) to join; when the scheduler cannot be
     reached or has no worker, the run stops with
-    :class:`~crystallize_core.StrategyUnavailableError` naming the address:
+    [`StrategyUnavailableError`][crystallize_core.StrategyUnavailableError] naming the address:
     a run chosen for a cluster never runs elsewhere unnoticed. The folders
     of the driver's own modules are put on the workers' import path where
     they exist there.

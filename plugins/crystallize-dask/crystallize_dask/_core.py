@@ -1,9 +1,9 @@
 """Running replicates on dask.distributed: the connection, the local cluster and the engine's backend.
 
-The core's dispatch engine (:func:`crystallize_core.engine.drive`) owns
+The core's dispatch engine ([`crystallize_core.engine.drive`][]) owns
 batching, order, progress, fault records, fail-fast and Ctrl-C; this module
 only says where the replicates run. Tasks go through a ``concurrent.futures``
-executor over the client (:class:`TaskExecutor`) and carry a range of
+executor over the client (``TaskExecutor``) and carry a range of
 positions. The pickled replicate function travels with every task when it
 is small (most experiments: a few hundred bytes), and otherwise only to
 worker processes that ask for it (the engine's ``run_shipped_span``
@@ -112,9 +112,9 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
     tens of milliseconds a run. Waits up to ``timeout`` seconds for the
     scheduler to answer and for ``workers`` workers to join; with fewer, but
     some, the run goes ahead on those. ``source`` says where the address came
-    from, for messages. A malformed address is a :class:`ConfigurationError`;
+    from, for messages. A malformed address is a [`ConfigurationError`][];
     a scheduler that cannot be reached, or that has no worker, within
-    ``timeout`` a :class:`StrategyUnavailableError` naming it.
+    ``timeout`` a [`StrategyUnavailableError`][] naming it.
     """
     try:
         scheme, location = parse_address(address)
@@ -228,7 +228,7 @@ def start_local_cluster(workers: int) -> tuple[LocalCluster, Client]:
 
 
 class TaskExecutor(Executor):
-    """A client's tasks as :class:`concurrent.futures.Future` objects, every one of which settles.
+    """A client's tasks as [`concurrent.futures.Future`][] objects, every one of which settles.
 
     The client's own ``get_executor()`` leaves a future pending for ever when
     a task's result is lost with its worker before the client fetched it and
@@ -237,7 +237,7 @@ class TaskExecutor(Executor):
     future gets the task's result, the task's error (``KilledWorker`` when
     its workers died), or, when the task did not fail but its result cannot
     be fetched (the scheduler or the connection to it went away), a
-    :class:`~concurrent.futures.CancelledError` caused by what went wrong.
+    [`CancelledError`][] caused by what went wrong.
     Cancelling a future releases its task without waiting on the scheduler.
     """
 
@@ -355,7 +355,7 @@ _KEEP_NANNIES = _HeldConfig({"distributed.deploy.lost-worker-timeout": NANNY_PAT
 class DaskBackend(ExecutorBackend):
     """Replicates as tasks on a dask cluster: the given client's, or a LocalCluster started for the run.
 
-    An executor backend over a :class:`TaskExecutor` of the client,
+    An executor backend over a ``TaskExecutor`` of the client,
     with a task function of its own that puts the driver's code folders on
     the worker's import path before the replicate function is unpickled.
     """

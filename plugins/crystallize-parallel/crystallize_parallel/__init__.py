@@ -47,7 +47,7 @@ def default_max_workers(executor_type: str, replicates: int) -> int:
 
 @strategy_options
 class ParallelExecution:
-    """Run replicates concurrently with :mod:`concurrent.futures`.
+    """Run replicates concurrently with [`concurrent.futures`][].
 
     ``executor_type="thread"`` shares this process: good for I/O-bound
     replicates or code that releases the GIL, with no start-up or pickling

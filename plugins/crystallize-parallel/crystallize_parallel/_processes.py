@@ -1,4 +1,4 @@
-"""The process backend: a :class:`~concurrent.futures.ProcessPoolExecutor` the engine can kill and replace.
+"""The process backend: a [`ProcessPoolExecutor`][] the engine can kill and replace.
 
 Each worker receives the replicate function once, through the pool's
 initializer: forked workers inherit it, others unpickle it once. Tasks carry
@@ -112,12 +112,12 @@ def _watch_parent(parent: int) -> None:
 NATIVE_POOL_MODULES = ("numpy", "scipy", "torch", "sklearn", "tensorflow", "jax", "mkl")
 
 
-#: ``len(sys.modules)`` when :data:`_controller` looked for native pools.
+#: ``len(sys.modules)`` when ``_controller`` looked for native pools.
 _controller_modules = 0
 
 
 def _find_native_pools() -> None:
-    """Have :data:`_controller` know this process's native thread pools, looking
+    """Have ``_controller`` know this process's native thread pools, looking
     again only if modules were imported since (libraries are loaded by imports):
     looking costs a run of tiny replicates milliseconds."""
     global _controller, _controller_modules

@@ -43,7 +43,7 @@ class RayExecution:
     strategy never shuts down a cluster it did not start; a local instance it
     started is reused by later runs in this process and shut down at exit.
     An address where no cluster answers within ``connect_timeout`` seconds
-    stops the run with :class:`~crystallize_core.StrategyUnavailableError`
+    stops the run with [`StrategyUnavailableError`][crystallize_core.StrategyUnavailableError]
     naming it: a strategy chosen to run on a cluster never hands the run to
     another.
 

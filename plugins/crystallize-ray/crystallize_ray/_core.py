@@ -38,7 +38,7 @@ def connect(address: str | None, runtime_env: dict | None, timeout: float) -> bo
     """Connect to ``address``, ``RAY_ADDRESS``, or a local instance started here.
 
     An address where nothing answers within ``timeout`` seconds raises
-    :class:`~crystallize_core.StrategyUnavailableError` naming it.
+    [`StrategyUnavailableError`][crystallize_core.StrategyUnavailableError] naming it.
 
     ``runtime_env`` becomes the job's, which is what lets Ray upload local
     folders (``working_dir``, ``py_modules``). An existing connection in this
