@@ -184,6 +184,10 @@ def _public_objects_named(guide: Path, packages) -> dict[str, list]:
             spans.append(name)
     tops = [packages[name] for name in PACKAGES]
     scopes, parameters = list(tops), set()
+    hooks = packages["crystallize_core"]["hookspecs"]
+    for member in hooks.members.values():  # a hook's arguments (``experiment``) are documented with the hook
+        if not member.is_alias and member.is_function:
+            parameters.update(parameter.name for parameter in member.parameters)
     for name in spans:  # the modules and classes of what is named in full or exported
         for found in [_find(packages, name), *(_find(packages, f"{top.path}.{name}") for top in tops)]:
             if found is None:

@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_MAX_CONCURRENCY", "DEFAULT_MAX_WORKERS", "AsyncExecution", "
 #: client neither queues on the pool nor opens more connections than a client
 #: would by default.
 DEFAULT_MAX_WORKERS = 100
-#: The former name of [`DEFAULT_MAX_WORKERS`][].
+#: The former name of ``DEFAULT_MAX_WORKERS``.
 DEFAULT_MAX_CONCURRENCY = DEFAULT_MAX_WORKERS
 
 
@@ -43,7 +43,7 @@ class AsyncExecution:
     runs no other replicate advances.
 
     - ``max_workers``: at most this many replicates in flight at once
-      (None: [`DEFAULT_MAX_WORKERS`][], 100). ``max_concurrency`` is its
+      (None: ``DEFAULT_MAX_WORKERS``, 100). ``max_concurrency`` is its
       former name, deprecated.
     - ``rate_limit``: at most this many replicate *starts* per second, spaced
       evenly (``1 / rate_limit`` seconds apart), for services that throttle;
