@@ -425,7 +425,7 @@ def bench_asyncio(report: Report, sizes: Sizes, ml: Path | None) -> None:
         f"ThreadPoolExecutor.map {k} threads": Contender(thread_map(w.io_raw, n, k), "ideal"),
         f"crystallize threads, {k} workers": Contender(ours(w.io_source, w.overhead_step, n, our_threads), "ideal"),
         "crystallize async": Contender(
-            ours(w.async_io_source, w.overhead_step, n, AsyncExecution(max_concurrency=k)), "ideal"
+            ours(w.async_io_source, w.overhead_step, n, AsyncExecution(max_workers=k)), "ideal"
         ),
     }
     measure(report, "asyncio", contenders, expected, n, sizes.repeat)

@@ -74,3 +74,13 @@ def test_shared_options_have_one_name_and_one_default_everywhere(strategy):
     for name, default in expected.items():
         assert options.get(name) == default, f"{strategy}: {name} should default to {default}"
     assert "n_workers" not in options or strategy == "dask", "n_workers is dask's own name"
+
+
+def test_the_versions_the_command_line_guide_shows_are_the_packages_own():
+    listing = (ROOT / "docs" / "cli.md").read_text()
+    shown = re.findall(r"^(\w+)(?: \(fallback\))?\s+(crystallize-\w+)\s+(\d+\.\d+\.\d+)\s", listing, re.MULTILINE)
+    assert shown, "docs/cli.md shows no strategy listing"
+    for _name, distribution, version in shown:
+        source = ROOT / "plugins" / distribution / distribution.replace("-", "_") / "__init__.py"
+        declared = re.search(r'^__version__ = "([^"]+)"', source.read_text(), re.MULTILINE).group(1)
+        assert version == declared, f"docs/cli.md shows {distribution} {version}, the package is {declared}"

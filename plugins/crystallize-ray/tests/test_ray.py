@@ -1,9 +1,7 @@
-import itertools
 import os
 import re
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -13,7 +11,15 @@ import ray
 
 import crystallize_ray._core as core
 from crystallize_core import ConfigurationError, Experiment, SeedPlugin, Treatment, WorkerSetupError, load_strategy
-from crystallize_core.testing import FailOn, StrategyConformance, UnpicklesOnlyIn, numbers, record
+from crystallize_core.testing import (
+    FailOn,
+    RecordRuns,
+    SleepEach,
+    StrategyConformance,
+    UnpicklesOnlyIn,
+    numbers,
+    record,
+)
 from crystallize_ray import RayExecution
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.py"
@@ -234,16 +240,11 @@ def test_resource_requests_reach_every_task():
         Experiment(numbers, [record], plugins=[RayExecution(num_cpus=3)]).run(replicates=2)
 
 
-def timed(data, ctx):
-    ctx.metrics.add("began", time.time())
-    time.sleep(0.2)
-    ctx.metrics.add("ended", time.time())
-    return data
-
-
-def test_max_workers_caps_the_replicates_running_at_once():
-    strategy = RayExecution(max_workers=1, batch_size=1)
-    result = Experiment(numbers, [timed]).run(replicates=6, strategy=strategy)
-    spans = sorted(zip(result.metrics["baseline"]["began"], result.metrics["baseline"]["ended"]))
-    assert result.strategy == "ray" and len(spans) == 6
-    assert all(ended <= began for (_, ended), (began, _) in itertools.pairwise(spans)), "two replicates ran at once"
+def test_max_workers_caps_the_replicates_running_at_once(tmp_path):
+    # Each replicate writes its line as it begins and as it ends: one at a time, the two lines are neighbours.
+    log = tmp_path / "runs"
+    steps = [RecordRuns(str(log)), SleepEach(0.2), RecordRuns(str(log))]
+    result = Experiment(numbers, steps).run(replicates=6, strategy=RayExecution(max_workers=1, batch_size=1))
+    lines = log.read_text().splitlines()
+    assert result.strategy == "ray" and len(lines) == 12
+    assert all(lines[i] == lines[i + 1] for i in range(0, 12, 2)), f"two replicates ran at once: {lines}"
