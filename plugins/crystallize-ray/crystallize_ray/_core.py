@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import socket
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,11 @@ import ray
 from crystallize_core import Capabilities, ConfigurationError, StrategyUnavailableError, WorkerSetupError
 from crystallize_core.engine import Backend, run_shipped_span, run_span, user_code_paths
 
+#: What a client sends first on an HTTP/2 connection, and the (empty) settings frame that must follow.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+#: The frame type of the settings frame a gRPC server answers with.
+HTTP2_SETTINGS_FRAME = 0x4
 TARGET_TASK_SECONDS = 0.1  # Ray's per-task cost is about a millisecond
 #: A pickled replicate function up to this size goes with every task; a
 #: larger one is put in the object store once per run.
@@ -84,13 +90,28 @@ def _check_reachable(address: str, timeout: float) -> None:
         host = port = None
     if not host or not port:
         raise ConfigurationError(f"Ray address {address!r} must look like host:port or ray://host:port")
+    deadline = time.monotonic() + timeout
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            # Ray's own connection retries for minutes where something listens
+            # but does not answer: ask for the HTTP/2 greeting every gRPC
+            # server (a Ray head's, a Ray client server's) sends at once.
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS server answers a handshake, not a greeting
+            connection.settimeout(max(0.001, deadline - time.monotonic()))
+            connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
+            header = connection.recv(9)
     except OSError as exc:
         raise StrategyUnavailableError(
             f"the 'ray' strategy cannot reach the Ray cluster at {address!r} within {timeout:g} s: "
-            f"{exc.strerror or exc}. Is the head node running (`ray start --head`) and the address right?"
+            f"{exc.strerror or exc or type(exc).__name__}. Is the head node running (`ray start --head`) and the "
+            "address right?"
         ) from None
+    if len(header) < 4 or header[3] != HTTP2_SETTINGS_FRAME:
+        raise StrategyUnavailableError(
+            f"the 'ray' strategy reached {address!r}, but what answers there is not a Ray cluster (no gRPC "
+            "greeting). Is the address the head node's GCS port (6379 by default) or its client port (10001)?"
+        )
 
 
 # --- in a Ray worker ----------------------------------------------------------

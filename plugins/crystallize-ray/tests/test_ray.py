@@ -145,6 +145,28 @@ def test_an_unreachable_address_is_named_within_its_connect_timeout():
     assert "the 'ray' strategy cannot reach the Ray cluster at '127.0.0.1:1' within 3 s" in done.stdout
 
 
+def test_an_address_that_accepts_connections_but_never_answers_is_given_up_within_the_connect_timeout():
+    # Ray's own connection retries for minutes there; the strategy gives up after connect_timeout.
+    code = (
+        "import socket\n"
+        "from crystallize_core import Experiment, StrategyUnavailableError\n"
+        "from crystallize_core.testing import numbers, record\n"
+        "from crystallize_ray import RayExecution\n"
+        "silent = socket.socket()\n"
+        "silent.bind(('127.0.0.1', 0))\n"
+        "silent.listen()\n"
+        "address = f'127.0.0.1:{silent.getsockname()[1]}'\n"
+        "try:\n"
+        "    strategy = RayExecution(address=address, connect_timeout=1)\n"
+        "    Experiment(numbers, [record]).run(replicates=2, strategy=strategy)\n"
+        "except StrategyUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = ray_subprocess("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert "cannot reach the Ray cluster at '127.0.0.1:" in done.stdout and "within 1 s: timed out" in done.stdout
+
+
 def test_the_command_line_runs_the_example_on_the_cluster_in_ray_address(local_ray, tmp_path):
     output = tmp_path / "ray.json"
     done = ray_subprocess(
