@@ -153,6 +153,21 @@ def test_every_shipped_strategy_takes_progress_by_name(name, text, value):
 
 
 @pytest.mark.parametrize("name", ["serial", "parallel", "async"])
+def test_every_shipped_strategy_takes_max_workers_by_name(name):
+    from crystallize_core.discovery import parse_strategy_spec
+
+    name, options = parse_strategy_spec(f"{name}:max_workers=1")
+    assert load_strategy(name, **options).max_workers == 1
+
+
+def test_serial_refuses_more_than_one_worker_naming_the_fix():
+    from crystallize_core import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"one replicate at a time.*choose 'parallel'"):
+        SerialExecution(max_workers=4)
+
+
+@pytest.mark.parametrize("name", ["serial", "parallel", "async"])
 def test_progress_must_be_a_flag(name):
     from crystallize_core import ConfigurationError
 

@@ -67,8 +67,7 @@ def test_the_table_lists_each_option_with_its_default_in_signature_order(strateg
 def test_shared_options_have_one_name_and_one_default_everywhere(strategy):
     options = dict(signature(strategy))
     expected = dict(SHARED)
-    if strategy != "serial":
-        expected.update(SHARED_BY_CONCURRENT)
+    expected.update(SHARED_BY_CONCURRENT)
     if strategy in ("parallel", "ray", "dask"):
         expected.update(SHARED_BY_RETRYING)
     for name, default in expected.items():

@@ -18,10 +18,15 @@ hookimpl = pluggy.HookimplMarker("crystallize")
 
 
 try:  # the core's checks, for the same messages as every strategy; not a dependency (the core depends on us)
-    from crystallize_core.options import check_progress, strategy_options
+    from crystallize_core.errors import ConfigurationError
+    from crystallize_core.options import check_max_workers, check_progress, strategy_options
 except ImportError:  # without the core nothing calls this strategy, so nothing needs checking
+    ConfigurationError = ValueError  # type: ignore[misc]
 
     def check_progress(value: object) -> Any:  # type: ignore[misc]
+        return value
+
+    def check_max_workers(value: object) -> Any:  # type: ignore[misc]
         return value
 
     def strategy_options(cls: Any) -> Any:  # type: ignore[misc]
@@ -36,7 +41,8 @@ class SerialExecution:
     shows it also where standard error is not a terminal (as plain lines),
     False never, None (the default) on a terminal only. A run's own
     ``progress`` (``Experiment.run(progress=...)``, ``crystallize run
-    --progress``) wins over it.
+    --progress``) wins over it. ``max_workers``, the option every strategy
+    shares, can only be 1 (or None) here: one replicate runs at a time.
 
     It returns a lazy iterator over the results, which the core consumes, so
     the strategy itself holds none: the core keeps each result, compactly, as
@@ -46,12 +52,18 @@ class SerialExecution:
     Progress and captured errors are shown by the core as replicates finish.
     """
 
-    def __init__(self, progress: bool | None = None) -> None:
+    def __init__(self, progress: bool | None = None, max_workers: int | None = None) -> None:
+        if check_max_workers(max_workers) not in (None, 1):
+            raise ConfigurationError(
+                f"the serial strategy runs one replicate at a time: max_workers must be 1 or None, got "
+                f"{max_workers!r}; choose 'parallel' to run several at once"
+            )
         self.progress = check_progress(progress)
+        self.max_workers = max_workers
 
     @hookimpl
     def run_experiment_loop(self, experiment: Any, replicate_fn: Callable[[int], Any]) -> Iterator[Any]:
         return map(replicate_fn, range(experiment.replicates))
 
     def __repr__(self) -> str:
-        return "SerialExecution()" if self.progress is None else f"SerialExecution(progress={self.progress!r})"
+        return f"SerialExecution(progress={self.progress!r}, max_workers={self.max_workers!r})"

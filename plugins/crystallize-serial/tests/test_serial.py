@@ -43,8 +43,11 @@ def test_no_progress_for_a_single_replicate(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_progress_is_its_only_option():
+def test_its_options_are_progress_and_max_workers_of_one():
     assert SerialExecution().progress is None and SerialExecution(progress=False).progress is False
+    assert SerialExecution(max_workers=1).max_workers == 1
+    with pytest.raises(ValueError, match="one replicate at a time"):
+        SerialExecution(max_workers=2)
     with pytest.raises(TypeError, match="did you mean 'progress'"):
         SerialExecution(progres=True)
     with pytest.raises(ValueError, match="progress must be True, False or None"):
