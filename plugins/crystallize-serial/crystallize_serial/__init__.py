@@ -21,7 +21,7 @@ try:  # the core's checks, for the same messages as every strategy; not a depend
     from crystallize_core.errors import ConfigurationError
     from crystallize_core.options import check_max_workers, check_progress, strategy_options
 except ImportError:  # without the core nothing calls this strategy, so nothing needs checking
-    ConfigurationError = ValueError  # type: ignore[misc]
+    ConfigurationError = ValueError  # type: ignore[misc,assignment]
 
     def check_progress(value: object) -> Any:  # type: ignore[misc]
         return value
