@@ -52,6 +52,13 @@ def check_progress(value: object) -> bool | None:
     return value
 
 
+def check_connect_timeout(value: object) -> float:
+    """``connect_timeout``: the seconds a cluster strategy waits for its cluster to answer, a positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigurationError(f"connect_timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 def unknown_options_message(owner: str, unknown: Iterable[str], valid: Iterable[str]) -> str:
     """``owner has no option 'x'; did you mean 'y'? (valid options: ...)``."""
     import difflib  # only on an error path

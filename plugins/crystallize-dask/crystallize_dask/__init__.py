@@ -16,6 +16,7 @@ from typing import Any
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
 from crystallize_core.options import (
     check_batch_size,
+    check_connect_timeout,
     check_max_retries,
     check_max_workers,
     check_progress,
@@ -96,17 +97,11 @@ class DaskExecution:
             )
         if n_workers is not None and not whole_number(n_workers, minimum=1):
             raise ConfigurationError(f"n_workers must be a positive integer or None, got {n_workers!r}")
-        if (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, (int, float))
-            or not 0 < connect_timeout < float("inf")
-        ):
-            raise ConfigurationError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
         self.address = address.strip() if address is not None else None
         self.n_workers = n_workers
         self.max_retries = check_max_retries(max_retries)
         self.batch_size = check_batch_size(batch_size)
-        self.connect_timeout = float(connect_timeout)
+        self.connect_timeout = check_connect_timeout(connect_timeout)
         self.max_workers = check_max_workers(max_workers)
         self.progress = check_progress(progress)
 

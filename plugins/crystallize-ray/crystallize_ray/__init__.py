@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from crystallize_core import Capabilities, ConfigurationError, hookimpl
 from crystallize_core.options import (
     check_batch_size,
+    check_connect_timeout,
     check_max_retries,
     check_max_workers,
     check_progress,
@@ -108,12 +109,6 @@ class RayExecution:
             raise ConfigurationError(f"runtime_env must be a mapping, got {runtime_env!r}")
         if not whole_number(task_retries, minimum=0):
             raise ConfigurationError(f"task_retries must be a non-negative integer, got {task_retries!r}")
-        if (
-            isinstance(connect_timeout, bool)
-            or not isinstance(connect_timeout, (int, float))
-            or not 0 < connect_timeout < float("inf")
-        ):
-            raise ConfigurationError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -123,7 +118,7 @@ class RayExecution:
         self.runtime_env = dict(runtime_env) if runtime_env else None
         self.max_workers = check_max_workers(max_workers)
         self.task_retries = task_retries
-        self.connect_timeout = float(connect_timeout)
+        self.connect_timeout = check_connect_timeout(connect_timeout)
         self.progress = check_progress(progress)
 
     @hookimpl
