@@ -19,6 +19,7 @@ from crystallize_core._values import (
     MISSING,
     NAN,
     NON_NUMERIC,
+    any_int_digits,
     classify,
     mean_and_std,
     plain,
@@ -480,8 +481,16 @@ class Result:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``).
+
+        An int of any length is written exactly, also beyond Python's limit on
+        converting ints to text (``sys.get_int_max_str_digits()``); reading
+        such a number back with [`json.loads`][] needs that limit lifted
+        (``sys.set_int_max_str_digits(0)``).
+        """
+        document = self.to_dict()
+        with any_int_digits:
+            return json.dumps(document, indent=indent, allow_nan=False)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the result to ``path`` in the format its extension names.
@@ -490,8 +499,11 @@ class Result:
         one JSON object per line, the rows of [`to_records`][]. ``.csv``: the
         same rows as CSV with a header; non-finite floats are written ``nan``,
         ``inf`` and ``-inf``, sequences and mappings as JSON, None as an empty
-        field. ``"-"`` writes JSON to standard output. Any other extension is a
-        [`ConfigurationError`][], raised before writing.
+        field, and text that a spreadsheet would run as a formula with a
+        quote in front (see ``csv_text_cell``).
+        Ints of any length are written exactly. ``"-"`` writes JSON to
+        standard output. Any other extension is a [`ConfigurationError`][],
+        raised before writing.
         """
         chosen = output_format(path)
         if str(path) == "-":
@@ -500,10 +512,13 @@ class Result:
             return
         if chosen == "json":
             text = self.to_json() + "\n"
-        elif chosen == "jsonl":
-            text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in plain_rows(self.to_records()))
         else:
-            text = _csv_text(self.to_records())
+            records = self.to_records()
+            with any_int_digits:
+                if chosen == "jsonl":
+                    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in plain_rows(records))
+                else:
+                    text = _csv_text(records)
         with open(path, "w", encoding="utf-8", newline="") as file:
             file.write(text)
 
@@ -589,10 +604,37 @@ def _csv_text(records: list[dict[str, Any]]) -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # The writer quotes a cell holding "\n" but not one holding a lone "\r",
+    # which readers take for the end of a line: such rows are quoted whole.
+    quoting_all = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(RECORD_FIELDS)
     for row in records:
-        writer.writerow([row["replicate"], row["seed"], row["condition"], row["metric"], _csv_value(row["value"])])
+        cells = [
+            row["replicate"],
+            row["seed"],
+            csv_text_cell(str(row["condition"])),
+            csv_text_cell(str(row["metric"])),
+            _csv_value(row["value"]),
+        ]
+        (quoting_all if any("\r" in str(cell) for cell in cells[2:]) else writer).writerow(cells)
     return buffer.getvalue()
+
+
+#: What a spreadsheet may read as the start of a formula (OWASP's list), and
+#: the quote that neutralises it, which is itself escaped so that it reads back.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_text_cell(text: str) -> str:
+    """``text`` as a CSV cell that no spreadsheet runs as a formula.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
+    gets a single quote in front, as OWASP recommends against CSV injection;
+    so does text starting with a quote, so that dropping the first character
+    of any text cell starting with ``'`` gives back what was recorded. Numbers
+    are never passed here: ``-1.5`` stays a number.
+    """
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _csv_value(value: Any) -> str:
@@ -604,9 +646,11 @@ def _csv_value(value: Any) -> str:
         return "nan"
     if kind == INF and isinstance(made, str):  # a float infinity, not a huge integer
         return "-inf" if made.startswith("-") else "inf"
+    if kind != NON_NUMERIC:  # a number, written as one
+        return str(made)
     if isinstance(made, (list, dict)):
         return json.dumps(made, allow_nan=False)
-    return str(made)
+    return csv_text_cell(str(made))
 
 
 def _iso(seconds: float | None) -> str | None:
