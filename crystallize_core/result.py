@@ -451,6 +451,7 @@ class Result:
         lists, other objects their ``repr``. Times are ISO 8601 in UTC.
         """
         import crystallize_core
+        from crystallize_core._secrets import masked
 
         summary = {
             condition: {name: _summary_dict(s) for name, s in by_name.items()}
@@ -465,7 +466,7 @@ class Result:
             "base_seed": self.base_seed,
             "strategy": self.strategy,
             "strategy_version": self.strategy_version,
-            "strategy_options": plain(self.strategy_options),
+            "strategy_options": masked(plain(self.strategy_options)),  # reprs of objects may show secrets
             "crystallize_core_version": crystallize_core.__version__,
             "versions": installed_versions(),
             "started_at": _iso(self.started_at),

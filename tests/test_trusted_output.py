@@ -134,3 +134,108 @@ def test_saving_a_huge_int_leaves_the_limit_as_it_was(tmp_path):
         result.save(tmp_path / name)
     assert len(result.to_json()) > 5000
     assert sys.get_int_max_str_digits() == before
+
+
+# --- no secrets in what a run records --------------------------------------------------------
+
+PASSWORD, TOKEN = "pw-9f3e", "abc-51d7"
+
+STRATEGY = f'''
+from crystallize_core import Experiment, hookimpl
+
+
+class Connection:
+    def __init__(self, url):
+        self.url = url
+
+    def __repr__(self):
+        return f"Connection({{self.url!r}})"
+
+
+class QueueExecution:
+    """A third party's strategy: runs replicates in a loop, configured with a queue's credentials."""
+
+    def __init__(self, url, token, connection=None, workers=2):
+        self.url = url
+        self.token = token
+        self.connection = connection
+        self.workers = workers
+
+    @hookimpl
+    def run_experiment_loop(self, experiment, replicate_fn):
+        return [replicate_fn(i) for i in range(experiment.replicates)]
+
+
+def measure(data, ctx):
+    ctx.metrics.add("value", data)
+    return data
+
+
+def build():
+    strategy = QueueExecution(
+        url="redis://:{PASSWORD}@host:6379/0",
+        token="{TOKEN}",
+        connection=Connection("tcp://user:{PASSWORD}@host:1"),
+    )
+    return Experiment(lambda ctx: 1, [measure], plugins=[strategy], replicates=2)
+'''
+
+
+def test_a_strategys_credentials_are_masked_in_the_result_summary_and_log(tmp_path, monkeypatch, caplog):
+    (tmp_path / "queue_study.py").write_text(STRATEGY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import queue_study
+
+    with caplog.at_level("DEBUG", logger="crystallize"):
+        result = queue_study.build().run()
+    assert result.strategy_options["url"] == "redis://:***@host:6379/0"
+    assert result.strategy_options["token"] == "***" and result.strategy_options["workers"] == 2
+    path = tmp_path / "result.json"
+    result.save(path)
+    document = json.loads(path.read_text())
+    assert document["strategy_options"]["url"] == "redis://:***@host:6379/0"
+    assert document["strategy_options"]["connection"] == "Connection('tcp://user:***@host:1')"
+    recorded = [path.read_text(), result.format_summary(), repr(result), caplog.text]
+    for text in recorded:
+        assert PASSWORD not in text and TOKEN not in text, text
+
+
+def test_the_command_line_records_no_credentials(tmp_path):
+    (tmp_path / "queue_study.py").write_text(STRATEGY)
+    for output in ("out.json", "-"):
+        done = crystallize(tmp_path, "queue_study.py:build", "--output", output)
+        assert done.returncode == 0, done.stderr
+        document = json.loads(done.stdout if output == "-" else (tmp_path / output).read_text())
+        assert document["strategy_options"]["token"] == "***"
+        for text in (done.stdout, done.stderr, json.dumps(document)):
+            assert PASSWORD not in text and TOKEN not in text, text
+
+
+@pytest.mark.parametrize(
+    "options, recorded",
+    [
+        ({"url": "redis://:pw@host:6379/0"}, {"url": "redis://:***@host:6379/0"}),
+        ({"broker": "tcp://user:pass@host:1"}, {"broker": "tcp://user:***@host:1"}),
+        ({"repo": "https://ghp_TOKEN@github.com/x"}, {"repo": "https://***@github.com/x"}),
+        ({"endpoint": "https://h/api?region=eu&api_key=K1"}, {"endpoint": "https://h/api?region=eu&api_key=***"}),
+        (
+            {"password": "p", "token": "t", "api_key": "k", "apiKey": "k", "secret": 1, "auth": ("u", "p")},
+            {"password": "***", "token": "***", "api_key": "***", "apiKey": "***", "secret": "***", "auth": "***"},
+        ),
+        ({"credentials": {"user": "u"}, "db_pass": "p", "X-Auth-Token": "t"}, None),
+        ({"token": None, "password": ""}, {"token": None, "password": ""}),
+        ({"servers": [{"url": "redis://:pw@a"}]}, {"servers": [{"url": "redis://:***@a"}]}),
+        (
+            {"max_workers": 4, "sort_key": "name", "author": "me", "url": "http://host/path", "progress": None},
+            {"max_workers": 4, "sort_key": "name", "author": "me", "url": "http://host/path", "progress": None},
+        ),
+    ],
+)
+def test_what_counts_as_a_secret(options, recorded):
+    from crystallize_core._secrets import masked
+
+    made = masked(options)
+    if recorded is None:
+        assert set(made.values()) == {"***"}
+    else:
+        assert made == recorded
