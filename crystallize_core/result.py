@@ -23,7 +23,6 @@ from crystallize_core._values import (
     classify,
     mean_and_std,
     plain,
-    plain_rows,
     t_quantile,
 )
 
@@ -473,13 +472,26 @@ class Result:
             "finished_at": _iso(self.finished_at),
             "seeds": self.seeds,
             "durations": self.durations,
-            "metrics": {
-                str(condition): {str(name): [plain(value) for value in values] for name, values in by_name.items()}
-                for condition, by_name in self._metric_values().items()
-            },
+            "metrics": self._plain_metrics(),
             "summary": summary,
             "errors": [e._asdict() for e in self.errors],
         }
+
+    def _plain_metrics(self) -> dict[str, dict[str, list[Any]]]:
+        unwritable = _Unwritable()
+        indices = self.replicate_indices
+        metrics = {
+            str(condition): {
+                str(name): [
+                    unwritable.convert(plain, value, indices[position], condition, name)
+                    for position, value in enumerate(values)
+                ]
+                for name, values in by_name.items()
+            }
+            for condition, by_name in self._metric_values().items()
+        }
+        unwritable.report()
+        return metrics
 
     def to_json(self, indent: int | None = 2) -> str:
         """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``).
@@ -517,7 +529,7 @@ class Result:
             records = self.to_records()
             with any_int_digits:
                 if chosen == "jsonl":
-                    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in plain_rows(records))
+                    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in _plain_rows(records))
                 else:
                     text = _csv_text(records)
         with open(path, "w", encoding="utf-8", newline="") as file:
@@ -609,16 +621,55 @@ def _csv_text(records: list[dict[str, Any]]) -> str:
     # which readers take for the end of a line: such rows are quoted whole.
     quoting_all = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(RECORD_FIELDS)
+    unwritable = _Unwritable()
     for row in records:
         cells = [
             row["replicate"],
             row["seed"],
             csv_text_cell(str(row["condition"])),
             csv_text_cell(str(row["metric"])),
-            _csv_value(row["value"]),
+            unwritable.convert(_csv_value, row["value"], row["replicate"], row["condition"], row["metric"]),
         ]
         (quoting_all if any("\r" in str(cell) for cell in cells[2:]) else writer).writerow(cells)
+    unwritable.report()
     return buffer.getvalue()
+
+
+def _plain_rows(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    unwritable = _Unwritable()
+    for row in records:
+        value = unwritable.convert(plain, row["value"], row["replicate"], row["condition"], row["metric"])
+        yield {**{key: plain(item) for key, item in row.items() if key != "value"}, "value": value}
+    unwritable.report()
+
+
+class _Unwritable:
+    """Metric values that cannot be written (a ``repr`` that raises, a list
+    holding itself): each costs only itself, written as null, and one warning
+    names them, rather than the whole output failing."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def convert(self, convert: Callable[[Any], Any], value: Any, replicate: int, condition: str, name: str) -> Any:
+        try:
+            return convert(value)
+        except Exception as exc:  # RecursionError and MemoryError included: the value, not the run
+            self.failures.append(
+                f"metric {name!r} of replicate {replicate}, condition {condition!r} ({type(exc).__name__}: {exc})"
+            )
+            return None
+
+    def report(self) -> None:
+        failures = self.failures
+        if failures:
+            from crystallize_core.errors import logger
+
+            shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
+            logger().warning(
+                "%d metric value(s) cannot be written and are left out (empty) of the output: %s", len(failures), shown
+            )
+            self.failures = []
 
 
 #: What a spreadsheet may read as the start of a formula (OWASP's list), and

@@ -239,3 +239,44 @@ def test_what_counts_as_a_secret(options, recorded):
         assert set(made.values()) == {"***"}
     else:
         assert made == recorded
+
+
+UNWRITABLE = """
+from crystallize_core import Experiment
+
+
+class NoRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+def measure(data, ctx):
+    loop = []
+    loop.append(loop)
+    ctx.metrics.add("bad", NoRepr() if ctx.replicate == 0 else 1)
+    ctx.metrics.add("loop", loop if ctx.replicate == 1 else 2)
+    ctx.metrics.add("ok", 3)
+    return data
+
+
+experiment = Experiment(lambda ctx: 1, [measure], replicates=2)
+"""
+
+
+@pytest.mark.parametrize("name", ["out.json", "out.jsonl", "out.csv"])
+def test_a_value_that_cannot_be_written_costs_only_itself_and_is_named(tmp_path, name):
+    (tmp_path / "unwritable.py").write_text(UNWRITABLE)
+    done = crystallize(tmp_path, "unwritable.py:experiment", "--output", name)
+    assert done.returncode == 0, done.stderr
+    assert "metric 'bad' of replicate 0, condition 'baseline' (RuntimeError: no repr)" in done.stderr
+    assert "metric 'loop' of replicate 1, condition 'baseline' (RecursionError" in done.stderr
+    text = (tmp_path / name).read_text()
+    if name == "out.json":
+        metrics = json.loads(text)["metrics"]["baseline"]
+        assert metrics == {"bad": [None, 1], "loop": [2, None], "ok": [3, 3]}
+    elif name == "out.jsonl":
+        values = [(row["metric"], row["value"]) for row in map(json.loads, text.splitlines())]
+        assert values == [("bad", None), ("loop", 2), ("ok", 3), ("bad", 1), ("loop", None), ("ok", 3)]
+    else:
+        values = [(row["metric"], row["value"]) for row in csv.DictReader(text.splitlines())]
+        assert values == [("bad", ""), ("loop", "2"), ("ok", "3"), ("bad", "1"), ("loop", ""), ("ok", "3")]
