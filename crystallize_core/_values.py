@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from _thread import allocate_lock  # not threading: importing this module must stay cheap
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -226,3 +227,43 @@ def plain_rows(rows: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
     """Each row with its values made ``plain``."""
     for row in rows:
         yield {key: plain(value) for key, value in row.items()}
+
+
+class _AnyIntDigits:
+    """While entered, ints of any length convert to and from decimal text.
+
+    Python refuses to write an int of more than ``sys.get_int_max_str_digits()``
+    digits (4300 by default) as text, which would lose a finished run's output
+    to one huge metric; JSON and CSV hold such an int exactly, so exports lift
+    the limit around their writing. The limit is one setting for the whole
+    interpreter: entries from several threads at once share one lift, and
+    the last to leave puts the previous limit back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = allocate_lock()
+        self._entered = 0
+        self._before = 0
+
+    def __enter__(self) -> None:
+        setter = getattr(sys, "set_int_max_str_digits", None)
+        if setter is None:  # a Python without the limit
+            return
+        with self._lock:
+            if self._entered == 0:
+                self._before = sys.get_int_max_str_digits()
+                setter(0)
+            self._entered += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        setter = getattr(sys, "set_int_max_str_digits", None)
+        if setter is None:
+            return
+        with self._lock:
+            self._entered -= 1
+            if self._entered == 0:
+                setter(self._before)
+
+
+#: ``with any_int_digits:`` lifts Python's int-to-text limit for an export.
+any_int_digits = _AnyIntDigits()

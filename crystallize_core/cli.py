@@ -293,6 +293,17 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    added = _treatments_from_options(args.sweeps, args.treatments)  # checked before any import
+    _check_output(args.output)
+    document = _set_stdout_aside() if args.output == "-" else None
+    try:
+        return _run(args, added, document)
+    finally:
+        if document is not None:
+            os.close(document)
+
+
+def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> int:
     from crystallize_core.errors import (
         CrystallizeError,
         ExperimentInterrupted,
@@ -300,8 +311,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         StrategyContractError,
     )
 
-    added = _treatments_from_options(args.sweeps, args.treatments)  # checked before any import
-    _check_output(args.output)
     experiment = load_target(args.target)
     try:
         strategy = _chosen_strategy(args)
@@ -340,35 +349,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         partial = interrupted.partial_result
         print(f"\ninterrupted: {partial.replicates if partial else 0} replicate(s) finished", file=sys.stderr)
         if partial is not None:
-            _report(partial, args.output)
+            _report(partial, args.output, document)
         return EXIT_INTERRUPTED
     except StrategyContractError as exc:
         raise RunError(str(exc)) from exc
     except CrystallizeError as exc:  # bad input, refused before any replicate started
         raise UsageError(str(exc)) from exc
-    _report(result, args.output)
+    _report(result, args.output, document)
     return 0
 
 
 def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -> list[Any]:
     """The treatments that ``--sweep`` and ``--treatment`` add, or a UsageError naming the malformed one."""
-    from crystallize_core.discovery import parse_value, split_top_level
+    from crystallize_core.discovery import split_top_level
     from crystallize_core.errors import ConfigurationError
     from crystallize_core.experiment import Treatment
     from crystallize_core.result import BASELINE
 
     grid: dict[str, list[Any]] = {}
     for item in sweeps:
-        key, sep, rest = item.partition("=")
-        key = key.strip()
-        values = split_top_level(rest)
-        if not sep or not key or "," in key or not rest.strip():
-            raise UsageError(f"malformed --sweep {item!r}: expected KEY=VALUE,VALUE,..., e.g. --sweep C=0.01,0.1,1")
-        if any(not value.strip() for value in values):
-            raise UsageError(f"malformed --sweep {item!r}: a value is empty (two commas in a row, or one at an end)")
+        key, values = _key_and_values("--sweep", item, item, "expected KEY=VALUE,VALUE,..., e.g. --sweep C=0.01,0.1,1")
         if key in grid:
             raise UsageError(f"--sweep {key}=... is given twice; list every value in one --sweep {key}=V1,V2")
-        grid[key] = [parse_value(value.strip()) for value in values]
+        grid[key] = values
     added: list[Any] = []
     if grid:
         from crystallize_core.sweep import treatment_grid
@@ -380,8 +383,8 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
     for item in treatments:
         name, sep, rest = item.partition(":")
         name = name.strip()
-        pairs = [pair for pair in split_top_level(rest) if pair.strip()]
-        if not sep or not name or "=" in name or not pairs:
+        pairs = split_top_level(rest)
+        if not sep or not name or "=" in name or not rest.strip():
             raise UsageError(
                 f"malformed --treatment {item!r}: expected NAME:KEY=VALUE,KEY=VALUE, e.g. --treatment big:factor=10"
             )
@@ -389,11 +392,14 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
             raise UsageError(f"--treatment {name!r}: {BASELINE!r} names the untreated condition; choose another name")
         given: dict[str, Any] = {}
         for pair in pairs:
-            key, sep, value = pair.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise UsageError(f"malformed --treatment {item!r}: {pair.strip()!r} is not KEY=VALUE")
-            given[key] = parse_value(value.strip())
+            if not pair.strip():
+                raise UsageError(
+                    f"malformed --treatment {item!r}: a KEY=VALUE is empty (two commas in a row, or one at an end)"
+                )
+            key, (value,) = _key_and_values("--treatment", item, pair, f"{pair.strip()!r} is not KEY=VALUE")
+            if key in given:
+                raise UsageError(f"malformed --treatment {item!r}: {key!r} is given twice; give each key once")
+            given[key] = value
         added.append(Treatment(name, given))
     seen: set[str] = set()
     for treatment in added:
@@ -401,6 +407,28 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
             raise UsageError(f"two treatments given on the command line are named {treatment.name!r}")
         seen.add(treatment.name)
     return added
+
+
+def _key_and_values(flag: str, item: str, text: str, expected: str) -> tuple[str, list[Any]]:
+    """``KEY=VALUE,VALUE,...`` as ``--sweep`` and ``--treatment`` both read it:
+    the key and the values, each read as a Python literal where it is one, or a
+    UsageError naming ``flag`` and ``item`` (``expected`` says what was expected).
+
+    ``--treatment`` passes one ``KEY=VALUE`` at a time: its commas separate
+    keys, which ``split_top_level`` has already done.
+    """
+    from crystallize_core.discovery import parse_value, split_top_level
+
+    key, sep, rest = text.partition("=")
+    key = key.strip()
+    if not sep or not key or "," in key:
+        raise UsageError(f"malformed {flag} {item!r}: {expected}")
+    values = split_top_level(rest)
+    if not rest.strip():
+        raise UsageError(f"malformed {flag} {item!r}: {key!r} has no value")
+    if any(not value.strip() for value in values):
+        raise UsageError(f"malformed {flag} {item!r}: a value is empty (two commas in a row, or one at an end)")
+    return key, [parse_value(value.strip()) for value in values]
 
 
 def _check_output(output: str | None) -> None:
@@ -426,8 +454,49 @@ def _check_output(output: str | None) -> None:
         raise UsageError(f"cannot write --output {output!r}: permission denied")
 
 
-def _report(result: Any, output: str | None) -> None:
-    # With JSON on standard output, the human summary goes to standard error.
+def _set_stdout_aside() -> int:
+    """For ``--output -``: point file descriptor 1 at standard error and return
+    a private descriptor of the real standard output, for the document alone.
+
+    At the descriptor level, so that what the user's code prints reaches
+    standard error whoever writes it: ``print``, ``os.write(1, ...)``, C code,
+    and worker processes, which inherit descriptor 1. Descriptor 1 stays on
+    standard error until the process ends, so that nothing written later (an
+    ``atexit`` handler, a thread still running) lands after the document. The
+    private descriptor is not inherited by child processes.
+    """
+    try:
+        sys.stdout.flush()
+        document = os.dup(1)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--output -: standard output cannot be written ({exc}); name a file instead") from None
+    try:
+        os.dup2(2, 1)
+    except OSError as exc:
+        os.close(document)
+        raise UsageError(f"--output -: cannot send printed output to standard error ({exc.strerror})") from None
+    try:  # now a line on standard error: show it as it is printed, not in blocks
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass
+    return document
+
+
+def _write_document(document: int, text: str) -> None:
+    """Write ``text`` to ``document`` whole; a reader gone raises [`BrokenPipeError`][].
+
+    Written with [`os.write`][] until done: a buffered file that has written
+    part of it when the pipe closes reports no error and drops the rest.
+    """
+    data = memoryview(text.encode("utf-8"))
+    while data:
+        data = data[os.write(document, data) :]
+
+
+def _report(result: Any, output: str | None, document: int | None = None) -> None:
+    # With JSON on standard output, the human summary goes to standard error,
+    # after what the user's code printed there.
+    sys.stdout.flush()
     shown = sys.stderr if output == "-" else sys.stdout
     print(f"strategy: {result.strategy} {result.strategy_version or ''}".rstrip(), file=shown)
     print(f"replicates: {result.replicates}", file=shown)
@@ -436,9 +505,13 @@ def _report(result: Any, output: str | None) -> None:
         print(f"  {error}", file=shown)
     if len(result.errors) > 5:
         print(f"  ... and {len(result.errors) - 5} more (see --output)", file=shown)
-    if output:
+    if output == "-" and document is not None:
+        _write_document(document, result.to_json() + "\n")
+    elif output:
         try:
             result.save(output)
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             raise UsageError(f"cannot write --output {output!r}: {exc.strerror or exc}") from None
         if output != "-":
@@ -525,6 +598,11 @@ def load_target(target: str) -> Any:
             pass
         try:
             value = value()
+        except SystemExit as exc:
+            raise UsageError(
+                f"building the experiment with {target} failed: {_exit_called(exc)} while building it; "
+                "return the Experiment instead of ending the program"
+            ) from None
         except Exception as exc:
             raise UsageError(f"building the experiment with {target} failed: {_one_line(exc)}") from exc
     if not isinstance(value, Experiment):
@@ -563,5 +641,23 @@ def _import_module(name: str, shown: str | None = None):
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise UsageError(f"cannot import {shown!r}: no module named {exc.name!r}") from None
         raise UsageError(f"importing {shown} failed: {_one_line(exc)}") from exc
+    except SystemExit as exc:
+        raise UsageError(
+            f"importing {shown} failed: {_exit_called(exc)} while being loaded; "
+            "put the code that ends the program under `if __name__ == '__main__':`"
+        ) from None
     except Exception as exc:
         raise UsageError(f"importing {shown} failed: {_one_line(exc)}") from exc
+
+
+def _exit_called(exc: SystemExit) -> str:
+    """``file:line: the target called sys.exit(CODE)``, the location being the user's code.
+
+    A target that ends the program has run nothing: that is never success,
+    nor a status of the target's own choosing.
+    """
+    from crystallize_core._usercode import shown_path, user_location
+
+    location = user_location(exc.__traceback__)
+    where = f"{shown_path(location[0])}:{location[1]}: " if location else ""
+    return f"{where}the target called sys.exit({exc.code!r})"

@@ -352,8 +352,15 @@ def _identity_of(strategy: object) -> Callable[[], tuple[str, str | None]]:
 
 
 def _strategy_options(strategy: object) -> dict[str, Any]:
-    """What a strategy was configured with: what its ``options()`` method returns,
-    else its ``__init__`` parameters read back from attributes of the same name."""
+    """What a strategy was configured with, its secrets masked (see ``_secrets.masked``)."""
+    from crystallize_core._secrets import masked
+
+    return masked(_configured_options(strategy))
+
+
+def _configured_options(strategy: object) -> dict[str, Any]:
+    """What its ``options()`` method returns, else its ``__init__`` parameters
+    read back from attributes of the same name."""
     options = getattr(strategy, "options", None)
     if callable(options):
         try:

@@ -19,10 +19,10 @@ from crystallize_core._values import (
     MISSING,
     NAN,
     NON_NUMERIC,
+    any_int_digits,
     classify,
     mean_and_std,
     plain,
-    plain_rows,
     t_quantile,
 )
 
@@ -450,6 +450,7 @@ class Result:
         lists, other objects their ``repr``. Times are ISO 8601 in UTC.
         """
         import crystallize_core
+        from crystallize_core._secrets import masked
 
         summary = {
             condition: {name: _summary_dict(s) for name, s in by_name.items()}
@@ -464,24 +465,45 @@ class Result:
             "base_seed": self.base_seed,
             "strategy": self.strategy,
             "strategy_version": self.strategy_version,
-            "strategy_options": plain(self.strategy_options),
+            "strategy_options": masked(plain(self.strategy_options)),  # reprs of objects may show secrets
             "crystallize_core_version": crystallize_core.__version__,
             "versions": installed_versions(),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "seeds": self.seeds,
             "durations": self.durations,
-            "metrics": {
-                str(condition): {str(name): [plain(value) for value in values] for name, values in by_name.items()}
-                for condition, by_name in self._metric_values().items()
-            },
+            "metrics": self._plain_metrics(),
             "summary": summary,
             "errors": [e._asdict() for e in self.errors],
         }
 
+    def _plain_metrics(self) -> dict[str, dict[str, list[Any]]]:
+        unwritable = _Unwritable()
+        indices = self.replicate_indices
+        metrics = {
+            str(condition): {
+                str(name): [
+                    unwritable.convert(plain, value, indices[position], condition, name)
+                    for position, value in enumerate(values)
+                ]
+                for name, values in by_name.items()
+            }
+            for condition, by_name in self._metric_values().items()
+        }
+        unwritable.report()
+        return metrics
+
     def to_json(self, indent: int | None = 2) -> str:
-        """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``)."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``).
+
+        An int of any length is written exactly, also beyond Python's limit on
+        converting ints to text (``sys.get_int_max_str_digits()``); reading
+        such a number back with [`json.loads`][] needs that limit lifted
+        (``sys.set_int_max_str_digits(0)``).
+        """
+        document = self.to_dict()
+        with any_int_digits:
+            return json.dumps(document, indent=indent, allow_nan=False)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the result to ``path`` in the format its extension names.
@@ -490,8 +512,11 @@ class Result:
         one JSON object per line, the rows of [`to_records`][]. ``.csv``: the
         same rows as CSV with a header; non-finite floats are written ``nan``,
         ``inf`` and ``-inf``, sequences and mappings as JSON, None as an empty
-        field. ``"-"`` writes JSON to standard output. Any other extension is a
-        [`ConfigurationError`][], raised before writing.
+        field, and text that a spreadsheet would run as a formula with a
+        quote in front (see ``csv_text_cell``).
+        Ints of any length are written exactly. ``"-"`` writes JSON to
+        standard output. Any other extension is a [`ConfigurationError`][],
+        raised before writing.
         """
         chosen = output_format(path)
         if str(path) == "-":
@@ -500,10 +525,13 @@ class Result:
             return
         if chosen == "json":
             text = self.to_json() + "\n"
-        elif chosen == "jsonl":
-            text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in plain_rows(self.to_records()))
         else:
-            text = _csv_text(self.to_records())
+            records = self.to_records()
+            with any_int_digits:
+                if chosen == "jsonl":
+                    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in _plain_rows(records))
+                else:
+                    text = _csv_text(records)
         with open(path, "w", encoding="utf-8", newline="") as file:
             file.write(text)
 
@@ -589,10 +617,76 @@ def _csv_text(records: list[dict[str, Any]]) -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    # The writer quotes a cell holding "\n" but not one holding a lone "\r",
+    # which readers take for the end of a line: such rows are quoted whole.
+    quoting_all = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(RECORD_FIELDS)
+    unwritable = _Unwritable()
     for row in records:
-        writer.writerow([row["replicate"], row["seed"], row["condition"], row["metric"], _csv_value(row["value"])])
+        cells = [
+            row["replicate"],
+            row["seed"],
+            csv_text_cell(str(row["condition"])),
+            csv_text_cell(str(row["metric"])),
+            unwritable.convert(_csv_value, row["value"], row["replicate"], row["condition"], row["metric"]),
+        ]
+        (quoting_all if any("\r" in str(cell) for cell in cells[2:]) else writer).writerow(cells)
+    unwritable.report()
     return buffer.getvalue()
+
+
+def _plain_rows(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    unwritable = _Unwritable()
+    for row in records:
+        value = unwritable.convert(plain, row["value"], row["replicate"], row["condition"], row["metric"])
+        yield {**{key: plain(item) for key, item in row.items() if key != "value"}, "value": value}
+    unwritable.report()
+
+
+class _Unwritable:
+    """Metric values that cannot be written (a ``repr`` that raises, a list
+    holding itself): each costs only itself, written as null, and one warning
+    names them, rather than the whole output failing."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def convert(self, convert: Callable[[Any], Any], value: Any, replicate: int, condition: str, name: str) -> Any:
+        try:
+            return convert(value)
+        except Exception as exc:  # RecursionError and MemoryError included: the value, not the run
+            self.failures.append(
+                f"metric {name!r} of replicate {replicate}, condition {condition!r} ({type(exc).__name__}: {exc})"
+            )
+            return None
+
+    def report(self) -> None:
+        failures = self.failures
+        if failures:
+            from crystallize_core.errors import logger
+
+            shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
+            logger().warning(
+                "%d metric value(s) cannot be written and are left out (empty) of the output: %s", len(failures), shown
+            )
+            self.failures = []
+
+
+#: What a spreadsheet may read as the start of a formula (OWASP's list), and
+#: the quote that neutralises it, which is itself escaped so that it reads back.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_text_cell(text: str) -> str:
+    """``text`` as a CSV cell that no spreadsheet runs as a formula.
+
+    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
+    gets a single quote in front, as OWASP recommends against CSV injection;
+    so does text starting with a quote, so that dropping the first character
+    of any text cell starting with ``'`` gives back what was recorded. Numbers
+    are never passed here: ``-1.5`` stays a number.
+    """
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _csv_value(value: Any) -> str:
@@ -604,9 +698,11 @@ def _csv_value(value: Any) -> str:
         return "nan"
     if kind == INF and isinstance(made, str):  # a float infinity, not a huge integer
         return "-inf" if made.startswith("-") else "inf"
+    if kind != NON_NUMERIC:  # a number, written as one
+        return str(made)
     if isinstance(made, (list, dict)):
         return json.dumps(made, allow_nan=False)
-    return str(made)
+    return csv_text_cell(str(made))
 
 
 def _iso(seconds: float | None) -> str | None:
