@@ -355,6 +355,11 @@ class Checkpoint:
         """
         shown = repr(str(path))
         location = Path(path)
+        if location.is_symlink() and not location.exists():
+            raise CheckpointError(
+                f"checkpoint {shown} is a symbolic link to {os.readlink(location)!r}, which does not exist "
+                "(or is a loop of links); create the link's target or give another path"
+            )
         if location.is_dir():
             raise CheckpointError(f"checkpoint {shown} is a directory; give a file path")
         folder = location.parent
