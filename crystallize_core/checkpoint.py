@@ -581,6 +581,12 @@ class Checkpoint:
             ).fetchall()
         except sqlite3.Error as exc:
             connection.close()
+            if _io_failure(exc):  # the file may be sound: never advise deleting it
+                raise CheckpointError(
+                    f"checkpoint {shown} cannot be read ({exc}): the disk is full or failing, or the -wal and "
+                    "-shm files SQLite keeps beside it cannot be written; it was left untouched: free some space "
+                    "and run again"
+                ) from None
             raise CheckpointError(
                 f"checkpoint {shown} cannot be read ({exc}): it is corrupt or truncated, and was left untouched. "
                 + _START_OVER
@@ -721,13 +727,26 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+#: SQLite's primary result codes for a failing file system: SQLITE_IOERR,
+#: SQLITE_FULL and SQLITE_CANTOPEN.
+_IO_FAILURES = frozenset({10, 13, 14})
+
+
+def _io_failure(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` comes from the file system (a full disk, an I/O error), not from the file's content."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return type(code) is int and code & 0xFF in _IO_FAILURES
+
+
 def _read_meta(connection: sqlite3.Connection, shown: str) -> dict:
     corrupt = CheckpointError(
         f"checkpoint {shown} has a damaged or foreign header table; it was left untouched. " + _START_OVER
     )
     try:
         meta = dict(connection.execute("SELECT key, value FROM meta"))
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
+        if _io_failure(exc):
+            raise
         raise corrupt from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(

@@ -260,6 +260,41 @@ def test_a_full_disk_loses_nothing_computed_and_a_rerun_resumes(study):
     assert sorted(rows(checkpoint)) == list(range(8))
 
 
+RESUME_UNDER_A_TINY_LIMIT = textwrap.dedent(
+    """
+    import resource, sys
+    sys.path.insert(0, sys.argv[1])
+    from study import build
+    from crystallize_core import CheckpointError
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # too small for the -shm file SQLite needs
+    try:
+        build().run(replicates=4, checkpoint=sys.argv[2], progress=False)
+    except CheckpointError as exc:
+        print(exc)
+    """
+)
+
+
+def test_a_disk_too_full_to_open_the_checkpoint_never_calls_it_corrupt(study):
+    checkpoint, log = study / "c.sqlite", study / "runs.txt"
+    run_api(study, checkpoint, 3, limited=False)
+    before = checkpoint.read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-c", RESUME_UNDER_A_TINY_LIMIT, str(study), str(checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_environment(STUDY_LOG=str(log)),
+        preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(checkpoint) in done.stdout and "disk is full or failing" in done.stdout, done.stdout
+    assert "corrupt" not in done.stdout and "delete" not in done.stdout
+    assert checkpoint.read_bytes() == before
+    run_api(study, checkpoint, 4, limited=False)
+    assert runs_in(log) == Counter({"0": 1, "1": 1, "2": 1, "3": 1}), "the checkpoint was not resumed"
+
+
 def run_cli(study, replicates, limited):
     command = [sys.executable, "-m", "crystallize_core", "run", f"{study / 'study.py'}:build", "--no-progress"]
     command += ["--replicates", str(replicates), "--checkpoint", str(study / "c.sqlite"), "--output", "-"]
