@@ -9,8 +9,16 @@ finished since the last commit, and a rerun runs just those again.
 
 Opening a checkpoint never runs code from the file. Values are stored as
 JSON, with a small tagged encoding for what JSON lacks (tuples, NaN and the
-infinities, NumPy numbers and arrays, sets, bytes). A value that would need
-pickle is refused unless the run opts in with ``checkpoint_pickle=True``.
+infinities, integers of any size, NumPy numbers and arrays, sets, bytes). A
+value that would need pickle is refused unless the run opts in with
+``checkpoint_pickle=True``. Rows are read as data: bounded in size and depth
+before they are parsed, held to the kinds of value the encoder writes, and to
+their key (see ``OpenedCheckpoint.matching``); a row failing a check costs
+only its replicate, which runs again.
+
+A checkpoint that cannot be written (a full disk, an I/O error) does not stop
+the run: the ``Recorder`` warns once and lists the replicates it could not
+save, and the run goes on in memory.
 
 The file records what the experiment *is* (each component's fingerprint, see
 ``crystallize_core.fingerprint``), so that the same experiment resumes in a
@@ -20,6 +28,7 @@ new process, and a changed one is refused with what changed.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import os
@@ -85,13 +94,31 @@ _NUMPY_DTYPE = re.compile(r"^[<>|=]?(?:b1|[iu][1248]|f[248]|c(?:8|16))$")
 #: element the width of its longest, so a small crafted file could make
 #: reading it allocate without bound (one long string, many empty ones).
 _NUMPY_STRING = re.compile(r"^[<>|=]?U[0-9]{1,9}$")
+#: Integers from this size on are stored as ``$int`` (hexadecimal text):
+#: Python reads and writes decimal integers only up to a set number of digits
+#: (4,300 by default, 640 at the least); hexadecimal has no such limit, and
+#: converts in linear time.
+_HUGE_INT = 1 << 2000
+_HEX_INT = re.compile(r"-?0x[0-9a-f]+")
+#: The longest row, in characters, a checkpoint writes or reads; a longer one
+#: is never parsed (a crafted file must not make reading it allocate without bound).
+MAX_ROW_CHARS = 64 * 1024 * 1024
+#: The deepest nesting of JSON arrays and objects in a row (a metric value
+#: sits three levels down); deeper rows are neither written nor parsed.
+MAX_DEPTH = 100
+#: The keys of each tag object ``encode_value`` writes.
+_TAG_KEYS = {
+    "$numpy": frozenset({"$numpy", "value"}),
+    "$ndarray": frozenset({"$ndarray", "dtype", "shape"}),
+}
 
 
 def encode_value(value: Any, allow_pickle: bool = False) -> Any:
     """``value`` as JSON data that ``decode_value`` turns back into an equal value.
 
     Tags (objects with one key starting with ``$``) carry what JSON lacks:
-    ``$float`` ("nan", "inf", "-inf"), ``$tuple``, ``$set``, ``$frozenset``,
+    ``$float`` ("nan", "inf", "-inf"), ``$int`` (an integer of 2,000 bits or
+    more, as hexadecimal text), ``$tuple``, ``$set``, ``$frozenset``,
     ``$complex``, ``$bytes`` (base64), ``$dict`` (a mapping whose keys are not
     all plain strings), ``$numpy`` (a NumPy bool, int, float, complex or
     string scalar, with its dtype) and ``$ndarray`` (a NumPy array of bools,
@@ -99,6 +126,8 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
     Anything else raises unless ``allow_pickle``, when it becomes ``$pickle``.
     """
     kind = type(value)
+    if kind is int:
+        return value if -_HUGE_INT < value < _HUGE_INT else {"$int": hex(value)}
     if kind in _PLAIN:
         return value
     if kind is float:
@@ -150,7 +179,13 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
     tag = next((k for k in data if k.startswith("$")), None)
     if tag is None:
         return {k: decode_value(v, allow_pickle) for k, v in data.items()}
+    if data.keys() != (_TAG_KEYS.get(tag) or {tag}):
+        raise ValueError(f"a {tag} object with keys {sorted(data)}")
     body = data[tag]
+    if tag == "$int":
+        if type(body) is not str or _HEX_INT.fullmatch(body) is None:
+            raise ValueError(f"bad $int {body[:40] if type(body) is str else body!r}")
+        return int(body, 16)
     if tag == "$float":
         if body not in ("nan", "inf", "-inf"):
             raise ValueError(f"bad $float {body!r}")
@@ -164,9 +199,13 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
     if tag == "$dict":
         return {decode_value(k, allow_pickle): decode_value(v, allow_pickle) for k, v in _list(body)}
     if tag == "$complex":
-        real, imag = (decode_value(v) for v in _list(body))
-        return complex(real, imag)
+        parts = [decode_value(v) for v in _list(body)]
+        if len(parts) != 2 or not all(type(part) in (int, float) for part in parts):
+            raise ValueError("a $complex is two numbers")
+        return complex(*parts)
     if tag == "$bytes":
+        if type(body) is not str:
+            raise ValueError("a $bytes body is base64 text")
         return base64.b64decode(body, validate=True)
     if tag in ("$numpy", "$ndarray"):
         dtype = body if tag == "$numpy" else data.get("dtype")
@@ -177,7 +216,11 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
 
         if tag == "$numpy":
             value = decode_value(data.get("value"))
-            if string != (type(value) is str) or (("c" in dtype) != (type(value) is complex)):
+            if (
+                string != (type(value) is str)
+                or (("c" in dtype) != (type(value) is complex))
+                or type(value) not in (bool, int, float, complex, str)
+            ):
                 raise ValueError(f"a NumPy {dtype} scalar stored as {type(value).__name__}")
             return numpy.dtype(dtype).type(value)
         shape = data.get("shape")
@@ -185,6 +228,8 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
             raise ValueError(f"bad NumPy shape {shape!r}")
         return numpy.array(decode_value(body), dtype=numpy.dtype(dtype)).reshape(shape)
     if tag == "$pickle":
+        if type(body) is not str:
+            raise ValueError("a $pickle body is base64 text")
         if not allow_pickle:
             raise _PickledValue()
         import pickle
@@ -199,11 +244,24 @@ def _list(body: Any) -> list:
     return body
 
 
+class UnstorableValue(CheckpointError):
+    """A replicate's result that no checkpoint row can hold: longer than
+    ``MAX_ROW_CHARS`` or nested deeper than ``MAX_DEPTH``. Its message names
+    the metric, its condition and replicate; ``replicate`` is the index."""
+
+    def __init__(self, message: str, replicate: int, metric: tuple[str, str] | None):
+        super().__init__(message)
+        self.replicate = replicate
+        #: ``(condition, metric)`` of the value at fault, or None for the errors' text.
+        self.metric = metric
+
+
 def encode_result(result: ReplicateResult, allow_pickle: bool = False) -> str:
     """One replicate's result as the JSON text of its checkpoint row.
 
     Raises [`CheckpointError`][] naming the metric whose value needs pickle
-    (unless ``allow_pickle``).
+    (unless ``allow_pickle``), and ``UnstorableValue`` naming the metric that
+    makes the row too long or too deep to be read back.
     """
     metrics = result[2]
     # Most metrics are plain numbers and strings, which JSON holds as they are; this
@@ -215,13 +273,31 @@ def encode_result(result: ReplicateResult, allow_pickle: bool = False) -> str:
             if (kind is float and value - value != 0.0) or (kind is not float and kind not in _PLAIN):
                 plain = False
                 break
-    stored = metrics if plain else _encode_metrics(result, allow_pickle)
+    try:
+        stored = metrics if plain else _encode_metrics(result, allow_pickle)
+        try:
+            text = _row_text(result, stored)
+        except ValueError:  # an int past the digits Python writes in decimal: encode again, tagging it
+            text = _row_text(result, _encode_metrics(result, allow_pickle))
+        # A metric name starting with "$" would read back as a tag: its condition is stored as a $dict.
+        if plain and '"$' in text and any(name[:1] == "$" for values in metrics.values() for name in values):
+            text = _row_text(result, _encode_metrics(result, allow_pickle))
+    except RecursionError:  # a value nested past what Python can walk (or holding itself)
+        raise _unstorable(result, allow_pickle, deep=True) from None
+    if len(text) > MAX_ROW_CHARS:
+        raise _unstorable(result, allow_pickle, deep=False)
+    if _too_deep(text):
+        raise _unstorable(result, allow_pickle, deep=True)
+    return text
+
+
+def _row_text(result: ReplicateResult, stored: dict) -> str:
     errors = result[3]
     seed = result[1]
     duration = result[4] if len(result) > 4 else None
     return _to_json(
         [
-            seed if type(seed) is int else encode_value(seed),
+            seed if type(seed) is int and -_HUGE_INT < seed < _HUGE_INT else encode_value(seed),
             # Whole nanoseconds: writing an int costs a fraction of writing a float.
             None if duration is None else int(duration * 1e9),
             stored,
@@ -230,11 +306,55 @@ def encode_result(result: ReplicateResult, allow_pickle: bool = False) -> str:
     )
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _depth(text: str) -> int:
+    """How deep JSON ``text`` nests arrays and objects, found without parsing
+    it (parsing is what must not recurse without bound)."""
+    brackets = _JSON_BRACKET.findall(_JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether JSON ``text`` nests arrays and objects deeper than ``MAX_DEPTH``."""
+    # The common case costs two counts: too few brackets to nest that deep.
+    return text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH
+
+
+def _unstorable(result: ReplicateResult, allow_pickle: bool, deep: bool) -> UnstorableValue:
+    """Why ``result`` makes no row a checkpoint could read back, naming the
+    metric at fault: the deepest (or longest) value."""
+    worst, worst_size = None, -1
+    for condition, values in result.metrics.items():
+        for name, value in values.items():
+            try:
+                text = _to_json(encode_value(value, allow_pickle))
+                size = _depth(text) if deep else len(text)
+            except Exception:  # RecursionError: past what Python can walk
+                size = sys.maxsize
+            if size > worst_size:
+                worst, worst_size = (condition, name), size
+    limit = f"nested at most {MAX_DEPTH} deep" if deep else f"at most {MAX_ROW_CHARS:,} characters long"
+    if worst is None:
+        what = f"the errors of replicate {result.replicate}"
+    else:
+        what = f"metric {worst[1]!r} of condition {worst[0]!r} (replicate {result.replicate})"
+    return UnstorableValue(
+        f"{what} cannot be stored in a checkpoint, whose rows are {limit}: record a smaller or flatter value "
+        "(or save it to a file of your own and record its path)",
+        result.replicate,
+        worst,
+    )
+
+
 def _encode_metrics(result: ReplicateResult, allow_pickle: bool) -> dict:
     stored = {}
     for condition, values in result.metrics.items():
         try:
-            stored[condition] = {name: encode_value(v, allow_pickle) for name, v in values.items()}
+            stored[condition] = encode_value(values, allow_pickle)
         except _NeedsPickle as needs:
             name = next(n for n, v in values.items() if _needs_pickle(v))
             raise CheckpointError(
@@ -279,17 +399,49 @@ def _needs_pickle(value: Any) -> bool:
     return False
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: Strict JSON: NaN and the infinities are written as tags, never as bare words.
+_parse = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 def decode_result(replicate: int, text: str, allow_pickle: bool = False) -> ReplicateResult:
-    """The inverse of ``encode_result``; raises ``ValueError`` for a malformed row."""
-    seed, nanoseconds, stored, errors = json.loads(text)
-    if type(seed) is not int or not (nanoseconds is None or type(nanoseconds) is int):
+    """The inverse of ``encode_result``; raises ``ValueError`` for a malformed row.
+
+    The row is measured before it is parsed: one longer than ``MAX_ROW_CHARS``
+    or nested deeper than ``MAX_DEPTH`` is refused unread.
+    """
+    if len(text) > MAX_ROW_CHARS:
+        raise ValueError(f"a row of {len(text):,} characters, over the {MAX_ROW_CHARS:,} a checkpoint writes")
+    if _too_deep(text):
+        raise ValueError(f"a row nested over the {MAX_DEPTH} levels a checkpoint writes")
+    row = _parse(text)
+    if type(row) is not list or len(row) != 4:
+        raise ValueError("a row is a list of seed, duration, metrics and errors")
+    seed, nanoseconds, stored, errors = row
+    if type(seed) is dict:  # a huge seed, as $int
+        seed = decode_value(seed)
+    if type(seed) is not int or not (nanoseconds is None or (type(nanoseconds) is int and nanoseconds >= 0)):
         raise ValueError("bad seed or duration")
     duration = None if nanoseconds is None else nanoseconds / 1e9
-    if type(stored) is not dict or not all(type(v) is dict for v in stored.values()):
+    if type(stored) is not dict:
         raise ValueError("bad metrics")
-    metrics = {condition: decode_value(values, allow_pickle) for condition, values in stored.items()}
+    metrics = {}
+    for condition, values in stored.items():
+        # A condition's metrics are a mapping of names: a plain object, or a $dict where a name starts with "$".
+        decoded = decode_value(values, allow_pickle) if type(values) is dict else None
+        if type(decoded) is not dict or not all(type(name) is str and name for name in decoded):
+            raise ValueError(f"the metrics of condition {condition!r} are not a mapping of names to values")
+        metrics[condition] = decoded
+    if type(errors) is not list:
+        raise ValueError("bad error records")
     made = []
-    for condition, exc_type, message, traceback in errors:
+    for error in errors:
+        if type(error) is not list or len(error) != 4:
+            raise ValueError("bad error record")
+        condition, exc_type, message, traceback = error
         if not (condition is None or type(condition) is str) or not all(
             type(t) is str for t in (exc_type, message, traceback)
         ):
@@ -312,6 +464,45 @@ class OpenedCheckpoint:
         self.base_seed = base_seed
         #: The drawn seed of each ``SeedPlugin(seed=None)``, by plugin label.
         self.drawn_seeds: dict[str, int] = drawn
+
+    def matching(
+        self, replicates: int, conditions: Sequence[str], seed_of: Callable[[int], int]
+    ) -> dict[int, ReplicateResult]:
+        """The finished results a run of ``replicates`` replicates over
+        ``conditions`` can take, each held to its key.
+
+        A row is kept when it holds the seed its index gives (``seed_of``,
+        the run's own seed function: a row copied to another index is
+        refused), every condition it names is one of ``conditions``, and each
+        of those is there, with its metrics or its error (or the replicate
+        has an error of its own). Each row refused is named in a warning and
+        its replicate runs again; the file is not changed.
+        """
+        asked = set(conditions)
+        kept = {}
+        for replicate, result in self.finished.items():
+            if replicate >= replicates:  # a larger run's checkpoint holds more
+                continue
+            named = set(result.metrics) | {e.condition for e in result.errors}
+            stray = sorted(c for c in named if c is not None and c not in asked)
+            if stray:
+                problem = f"it holds condition(s) {', '.join(map(repr, stray))}, which this run does not have"
+            elif None not in named and not asked <= named:
+                missing = ", ".join(repr(c) for c in conditions if c not in named)
+                problem = f"it holds neither metrics nor an error for condition(s) {missing}"
+            else:
+                expected = seed_of(replicate)
+                if result.seed == expected:
+                    kept[replicate] = result
+                    continue
+                problem = f"it holds seed {result.seed}, but replicate {replicate} has seed {expected}"
+            _log.warning(
+                "checkpoint %s: the row of replicate %s does not match its key (%s); that replicate runs again",
+                repr(self.checkpoint.path),
+                replicate,
+                problem,
+            )
+        return kept
 
 
 class Checkpoint:
@@ -355,6 +546,11 @@ class Checkpoint:
         """
         shown = repr(str(path))
         location = Path(path)
+        if location.is_symlink() and not location.exists():
+            raise CheckpointError(
+                f"checkpoint {shown} is a symbolic link to {os.readlink(location)!r}, which does not exist "
+                "(or is a loop of links); create the link's target or give another path"
+            )
         if location.is_dir():
             raise CheckpointError(f"checkpoint {shown} is a directory; give a file path")
         folder = location.parent
@@ -378,9 +574,19 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {shown} cannot be opened: {exc}") from None
         try:
             stored = _read_meta(connection, shown)
-            rows = connection.execute("SELECT replicate, result FROM replicates").fetchall()
+            # A row too long to parse is measured, never fetched: see MAX_ROW_CHARS.
+            rows = connection.execute(
+                "SELECT replicate, CASE WHEN length(result) <= ? THEN result END, length(result) FROM replicates",
+                (MAX_ROW_CHARS,),
+            ).fetchall()
         except sqlite3.Error as exc:
             connection.close()
+            if _io_failure(exc):  # the file may be sound: never advise deleting it
+                raise CheckpointError(
+                    f"checkpoint {shown} cannot be read ({exc}): the disk is full or failing, or the -wal and "
+                    "-shm files SQLite keeps beside it cannot be written; it was left untouched: free some space "
+                    "and run again"
+                ) from None
             raise CheckpointError(
                 f"checkpoint {shown} cannot be read ({exc}): it is corrupt or truncated, and was left untouched. "
                 + _START_OVER
@@ -421,7 +627,10 @@ class Checkpoint:
                 connection.execute("COMMIT")
             except BaseException as exc:  # Ctrl-C too: never leave a transaction open
                 if connection.in_transaction:
-                    connection.execute("ROLLBACK")
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:  # SQLite rolled back itself (a full disk, an I/O error)
+                        pass
                 if isinstance(exc, sqlite3.Error):
                     raise CheckpointError(f"checkpoint {self.path!r}: cannot write ({exc})") from None
                 raise
@@ -518,13 +727,26 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+#: SQLite's primary result codes for a failing file system: SQLITE_IOERR,
+#: SQLITE_FULL and SQLITE_CANTOPEN.
+_IO_FAILURES = frozenset({10, 13, 14})
+
+
+def _io_failure(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` comes from the file system (a full disk, an I/O error), not from the file's content."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return type(code) is int and code & 0xFF in _IO_FAILURES
+
+
 def _read_meta(connection: sqlite3.Connection, shown: str) -> dict:
     corrupt = CheckpointError(
         f"checkpoint {shown} has a damaged or foreign header table; it was left untouched. " + _START_OVER
     )
     try:
         meta = dict(connection.execute("SELECT key, value FROM meta"))
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
+        if _io_failure(exc):
+            raise
         raise corrupt from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(
@@ -545,14 +767,18 @@ def _read_meta(connection: sqlite3.Connection, shown: str) -> dict:
 def _decode_rows(rows: list, shown: str, allow_pickle: bool, connection: sqlite3.Connection) -> dict:
     finished: dict[int, ReplicateResult] = {}
     pickled = 0
-    for replicate, text in rows:
+    for replicate, text, length in rows:
         try:
-            if type(replicate) is not int or type(text) is not str:
+            if type(replicate) is not int or replicate < 0:
+                raise ValueError("not a replicate index")
+            if text is None and type(length) is int and length > MAX_ROW_CHARS:
+                raise ValueError(f"a row of {length:,} characters, over the {MAX_ROW_CHARS:,} a checkpoint writes")
+            if type(text) is not str:
                 raise ValueError("not a replicate row")
             finished[replicate] = decode_result(replicate, text, allow_pickle)
         except _PickledValue:
             pickled += 1
-        except (ValueError, TypeError, KeyError, OverflowError, ImportError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, ImportError, RecursionError) as exc:
             _log.warning(
                 "checkpoint %s: the row of replicate %s cannot be read (%s: %s); that replicate runs again",
                 shown,
@@ -582,6 +808,12 @@ class Recorder:
     end of the run. A replicate recorded twice keeps its last result. Safe to
     call from several threads. In a process forked from the driver it does
     nothing: only the driver writes.
+
+    Nothing computed is lost to the file: when a commit fails (a full disk,
+    an I/O error) it warns once, naming the file and the error, and writes no
+    more; a result no row can hold (``UnstorableValue``) is warned of by
+    metric. Either way the run goes on, and ``unsaved`` lists the replicates
+    that have no row; what was committed stays readable.
     """
 
     def __init__(self, checkpoint: Checkpoint, every: int = 10_000, seconds: float = 1.0):
@@ -593,14 +825,31 @@ class Recorder:
         self._last_commit = time.monotonic()
         self._closed = False
         self._generation = _fork_generation
+        #: Why the file cannot be written, once a commit failed; nothing is written after.
+        self._broken: str | None = None
+        self._unsaved: set[int] = set()
+        self._unstorable_warned: set[tuple[str, str] | None] = set()
+
+    @property
+    def unsaved(self) -> list[int]:
+        """The replicates taken that have no row in the file, in index order."""
+        with self._lock:
+            return sorted(self._unsaved)
 
     def add(self, result: ReplicateResult) -> None:
         """Take one finished result; commit the batch if it is due."""
         if self._generation != _fork_generation or self._closed:
             return
-        row = (result[0], encode_result(result, self.checkpoint.allow_pickle))
+        try:
+            row = (result[0], encode_result(result, self.checkpoint.allow_pickle))
+        except UnstorableValue as refused:
+            self._refused(refused)
+            return
         with self._lock:
             if self._closed:
+                return
+            if self._broken is not None:
+                self._unsaved.add(row[0])
                 return
             pending = self._pending
             pending.append(row)
@@ -612,14 +861,36 @@ class Recorder:
         if self._generation != _fork_generation or self._closed:
             return
         allow_pickle = self.checkpoint.allow_pickle
-        rows = [(r[0], encode_result(r, allow_pickle)) for r in results]
+        rows = []
+        for result in results:
+            try:
+                rows.append((result[0], encode_result(result, allow_pickle)))
+            except UnstorableValue as refused:
+                self._refused(refused)
         with self._lock:
             if self._closed:
+                return
+            if self._broken is not None:
+                self._unsaved.update(replicate for replicate, _ in rows)
                 return
             pending = self._pending
             pending += rows
             if len(pending) >= self.every or time.monotonic() - self._last_commit >= self.seconds:
                 self._commit()
+
+    def _refused(self, refused: UnstorableValue) -> None:
+        with self._lock:
+            self._unsaved.add(refused.replicate)
+            if refused.metric in self._unstorable_warned:  # one warning per metric, not per replicate
+                return
+            self._unstorable_warned.add(refused.metric)
+        _log.warning(
+            "checkpoint %r: %s; replicate %s is kept in memory and not saved (the result lists it in "
+            "unsaved_replicates)",
+            self.checkpoint.path,
+            refused,
+            refused.replicate,
+        )
 
     def flush(self) -> None:
         """Commit what is pending now."""
@@ -644,6 +915,19 @@ class Recorder:
     def _commit(self) -> None:
         # Pending rows are dropped only once written: a commit cut short by
         # Ctrl-C is rolled back, and closing the recorder writes them again.
-        self.checkpoint.write_rows(self._pending)
+        if self._broken is not None or not self._pending:
+            return
+        try:
+            self.checkpoint.write_rows(self._pending)
+        except CheckpointError as failed:  # rolled back: what was committed before stays as it was
+            self._broken = str(failed)
+            self._unsaved.update(replicate for replicate, _ in self._pending)
+            self._pending = []
+            _log.warning(
+                "%s; the run goes on in memory, and the replicates not saved are listed in the result's "
+                "unsaved_replicates (a rerun with this checkpoint runs them again)",
+                failed,
+            )
+            return
         self._pending = []
         self._last_commit = time.monotonic()

@@ -33,7 +33,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer kille
 _EXIT_STATUS_HELP = """\
 exit status:
   0    done (errors captured inside replicates are part of the result)
-  1    the run failed: --fail-fast stopped it, or something broke while it ran
+  1    the run failed: --fail-fast stopped it, the checkpoint could not save every
+       replicate (the output still holds them), or something broke while it ran
   2    usage error: the run could not start (bad target, exception while importing
        or building the experiment, unknown strategy, bad option)
   130  interrupted by Ctrl-C
@@ -356,6 +357,14 @@ def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> in
     except CrystallizeError as exc:  # bad input, refused before any replicate started
         raise UsageError(str(exc)) from exc
     _report(result, args.output, document)
+    unsaved = result.unsaved_replicates
+    if unsaved:
+        shown = ", ".join(map(str, unsaved[:10])) + (f" and {len(unsaved) - 10} more" if len(unsaved) > 10 else "")
+        kept = "--output holds them" if args.output else "give --output to keep them"
+        raise RunError(
+            f"checkpoint {args.checkpoint!r} could not save {len(unsaved)} replicate(s) ({shown}; the warning above "
+            f"says why): {kept}, and a rerun with this checkpoint runs them again"
+        )
     return 0
 
 

@@ -14,6 +14,7 @@ from crystallize_core.replicate import (
     Condition,
     ReplicateRunner,
     ReplicateSubset,
+    derive_seed,
     is_coroutine_function,
     random_seed,
 )
@@ -152,7 +153,10 @@ class Experiment:
         Metric values are stored as JSON; a value that would need pickle is
         refused unless ``checkpoint_pickle=True``, which lets the checkpoint
         hold and read pickles: only use it for files you trust, since reading
-        a pickle can run any code.
+        a pickle can run any code. A checkpoint that cannot be written (a full
+        disk, an I/O error) does not stop the run: it goes on in memory, one
+        warning names the file and the error, and the result's
+        ``unsaved_replicates`` lists the replicates the file does not hold.
 
         The experiment itself is never changed, so one experiment may run in
         several threads at once. Raises on bad input before any replicate
@@ -193,9 +197,9 @@ class Experiment:
         recorder = None
         to_run: Sequence[int] = range(count)
         if checkpoint is not None:
-            runner, finished, recorder = _open_checkpoint(runner, checkpoint, checkpoint_pickle)
+            runner, finished, recorder = _open_checkpoint(runner, checkpoint, checkpoint_pickle, count)
             if finished:
-                columns.add_many(r for i, r in finished.items() if i < count)  # a larger run's checkpoint holds more
+                columns.add_many(finished.values())
                 to_run = columns.missing()
             del finished
         replicate_fn = runner if len(to_run) == count else ReplicateSubset(runner, to_run)
@@ -233,19 +237,23 @@ class Experiment:
                         )
                     raise
                 options = _strategy_options(winner)
+            if recorder is not None:
+                recorder.close()  # the last batch: the result says what could not be saved
+                record["unsaved_replicates"] = recorder.unsaved
             result = Result(columns, names, strategy_options=options, finished_at=time.time(), **record)
             if winner is not None:
                 result._name_strategy_later(_identity_of(winner))
             plugins.hook.after_run(experiment=view, result=result)
-        except BaseException:
+        except BaseException as failed:
             if recorder is not None:
                 _close_after_failure(recorder)
+                partial = getattr(failed, "partial_result", None)
+                if isinstance(partial, Result):
+                    partial.unsaved_replicates = recorder.unsaved
             raise
         finally:
             runner.monitor.close()
             runner.monitor = None
-        if recorder is not None:
-            recorder.close()  # the last batch
         return result
 
     async def arun(self, *args: Any, **kwargs: Any) -> Result:
@@ -272,11 +280,12 @@ class Experiment:
 
 
 def _open_checkpoint(
-    runner: ReplicateRunner, path: str | os.PathLike, allow_pickle: bool
+    runner: ReplicateRunner, path: str | os.PathLike, allow_pickle: bool, count: int
 ) -> tuple[ReplicateRunner, dict[int, ReplicateResult], Any]:
     """Open the checkpoint for ``runner``'s experiment; return the runner that
-    resumes it (with the stored seeds), the finished results and the
-    ``Recorder`` that writes the rest."""
+    resumes it (with the stored seeds), the finished results of replicates
+    below ``count`` that match their keys, and the ``Recorder`` that writes
+    the rest."""
     import copy
 
     from crystallize_core.checkpoint import Checkpoint, Recorder
@@ -301,7 +310,15 @@ def _open_checkpoint(
         base_seed=opened.base_seed,
         fail_fast=runner.fail_fast,
     )
-    return resumed, opened.finished, Recorder(opened.checkpoint)
+
+    def seed_of(replicate: int) -> int:
+        try:
+            return resumed.seed(replicate)
+        except Exception:  # a seed hook that raises: the replicate ran with the derived seed (see _begin)
+            return derive_seed(resumed.base_seed, replicate)
+
+    finished = opened.matching(count, [c.name for c in runner.conditions], seed_of)
+    return resumed, finished, Recorder(opened.checkpoint)
 
 
 def _close_after_failure(recorder: Any) -> None:

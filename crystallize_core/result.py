@@ -180,6 +180,7 @@ class Result:
         treatments: Mapping[str, Mapping[str, Any]] | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
+        unsaved_replicates: Sequence[int] = (),
     ):
         from crystallize_core._columns import ResultColumns
 
@@ -205,6 +206,10 @@ class Result:
         #: When the run started and ended, in seconds since the epoch (None if unknown).
         self.started_at = started_at
         self.finished_at = finished_at
+        #: The replicates a run with ``checkpoint=`` could not save there (a
+        #: full disk, an I/O error, a value no row can hold): they are in
+        #: this result, and a rerun with the checkpoint runs them again.
+        self.unsaved_replicates: list[int] = list(unsaved_replicates)
         self.errors: list[ReplicateError] = columns.errors()
 
     @cached_property
@@ -302,6 +307,7 @@ class Result:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
+        state.setdefault("unsaved_replicates", [])  # pickled before checkpoints said what they could not save
         if "_strategy" not in state:  # pickled before the strategy was named when first asked
             state["_strategy"] = state.pop("strategy", None)
             state["_strategy_version"] = state.pop("strategy_version", None)
@@ -475,6 +481,7 @@ class Result:
             "metrics": self._plain_metrics(),
             "summary": summary,
             "errors": [e._asdict() for e in self.errors],
+            "unsaved_replicates": list(self.unsaved_replicates),
         }
 
     def _plain_metrics(self) -> dict[str, dict[str, list[Any]]]:
