@@ -98,8 +98,7 @@ class _Asker:
             self.passed_over.append(f"{_describe(plugin)} {reason}")
             logger().info("strategy %s passed over: it %s", _describe(plugin), reason)
             return False
-        strategy_progress = getattr(plugin, "progress", None)
-        self.settle_progress(strategy_progress if isinstance(strategy_progress, bool) else None)
+        self.settle_progress(_progress_flag(plugin))
         arguments = {"experiment": run, "replicate_fn": self.replicate_fn}
         try:
             answer = function(*[arguments[argument] for argument in argnames])
@@ -127,6 +126,19 @@ class _Asker:
                 plugins.chosen_from,
                 plugins.name_of(winner),
             )
+
+
+def _progress_flag(plugin: object) -> bool | None:
+    """The strategy's own ``progress`` flag: True, False, or None where it has
+    none (an attribute of that name that is no flag means something else)."""
+    try:
+        flag = getattr(plugin, "progress", None)
+    except Exception as exc:  # a property that fails: its progress is unknown, the run goes on
+        logger().warning(
+            "strategy %s: reading its progress flag failed (%r); using the default", _describe(plugin), exc
+        )
+        return None
+    return flag if isinstance(flag, bool) else None
 
 
 def cannot_honour(plugin: object, run: RunView) -> str | None:

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from crystallize_core.context import Context
@@ -406,6 +407,38 @@ def _configured_options(strategy: object) -> dict[str, Any]:
     return found
 
 
+# A small immutable class rather than a named tuple: building one costs a
+# process's first run half a millisecond (see Capabilities).
+class RunTreatment:
+    """A treatment as a run's view holds it: its name and a read-only copy of its overrides."""
+
+    __slots__ = ("name", "overrides")
+
+    name: str
+    overrides: Mapping[str, Any] | Callable[[Context], None] | None
+
+    def __init__(self, name: str, overrides: Mapping[str, Any] | Callable[[Context], None] | None):
+        if isinstance(overrides, Mapping) and not isinstance(overrides, MappingProxyType):
+            overrides = MappingProxyType(dict(overrides))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "overrides", overrides)
+
+    @classmethod
+    def of(cls, treatment: Treatment | RunTreatment) -> RunTreatment:
+        return treatment if isinstance(treatment, RunTreatment) else cls(treatment.name, treatment.overrides)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a run's treatment cannot be changed (setting {name!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a mapping proxy does not pickle
+        overrides = self.overrides
+        return (RunTreatment, (self.name, dict(overrides) if isinstance(overrides, Mapping) else overrides))
+
+    def __repr__(self) -> str:
+        overrides = dict(self.overrides) if isinstance(self.overrides, Mapping) else self.overrides
+        return f"RunTreatment({self.name!r}, {overrides!r})"
+
+
 class ExperimentRun:
     """One run of an [`Experiment`][]: what a strategy and every run hook receive as ``experiment``.
 
@@ -429,36 +462,36 @@ class ExperimentRun:
     )
 
     replicates: int
-    treatments: tuple[Treatment, ...]
+    treatments: tuple[RunTreatment, ...]
     conditions: tuple[str, ...]
     timeout: float | None
     fail_fast: bool
     progress: bool | None
     plugins: tuple[object, ...]
     datasource: Callable[[Context], Any]
-    pipeline: Pipeline
+    pipeline: tuple[Callable[[Any, Context], Any], ...]
 
     def __init__(
         self,
         replicates: int,
-        treatments: Sequence[Treatment],
+        treatments: Sequence[Treatment | RunTreatment],
         timeout: float | None,
         fail_fast: bool,
         progress: bool | None,
         plugins: Sequence[object],
         datasource: Callable[[Context], Any],
-        pipeline: Pipeline,
+        pipeline: Iterable[Callable[[Any, Context], Any]],
     ):
         fields = {
             "replicates": replicates,
-            "treatments": tuple(treatments),
+            "treatments": tuple(RunTreatment.of(t) for t in treatments),
             "conditions": (BASELINE, *(t.name for t in treatments)),
             "timeout": timeout,
             "fail_fast": fail_fast,
             "progress": progress,
             "plugins": tuple(plugins),
             "datasource": datasource,
-            "pipeline": pipeline,
+            "pipeline": tuple(pipeline),
         }
         for name, value in fields.items():
             object.__setattr__(self, name, value)
@@ -538,19 +571,32 @@ def check_call(component: Callable[..., Any], role: str, call: str, arguments: i
     error naming the function and its file:line, before any replicate runs."""
     import inspect  # pluggy imports it wherever an experiment runs
 
-    try:
-        signature = inspect.signature(component)
-    except (TypeError, ValueError):  # a builtin or C callable without a signature: it answers when called
-        return
-    try:
-        signature.bind(*range(arguments))
-    except TypeError as exc:
-        from crystallize_core._usercode import describe_callable
+    # What a call reaches can be told several ways, and the only promise here
+    # is no false refusal: the signature a decorator's __wrapped__ shows, the
+    # wrapper's own, and for an object the bound __call__'s (inspect misreads
+    # a staticmethod __call__). Any one that takes the call is enough.
+    candidates = [component]
+    if not inspect.isroutine(component) and not isinstance(component, type):
+        candidates.append(component.__call__)
+    refusal = None
+    for candidate in candidates:
+        for follow_wrapped in (True, False):
+            try:
+                signature = inspect.signature(candidate, follow_wrapped=follow_wrapped)
+            except (TypeError, ValueError):  # a builtin or C callable without a signature: it answers when called
+                return
+            try:
+                signature.bind(*range(arguments))
+                return
+            except TypeError as exc:
+                refusal = refusal or (signature, exc)
+    from crystallize_core._usercode import describe_callable
 
-        raise ConfigurationError(
-            f"{role} {describe_callable(component)} takes {signature}, but Crystallize calls it as {call} "
-            f"({exc}); give it that signature"
-        ) from None
+    assert refusal is not None
+    raise ConfigurationError(
+        f"{role} {describe_callable(component)} takes {refusal[0]}, but Crystallize calls it as {call} "
+        f"({refusal[1]}); give it that signature"
+    )
 
 
 def _check_replicates(replicates: object) -> int:

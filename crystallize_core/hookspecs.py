@@ -171,7 +171,8 @@ class ReplicateFn(Protocol):
 
 
 class TreatmentSpec(Protocol):
-    """A treatment of a run, as [`RunView.treatments`][crystallize_core.hookspecs.RunView.treatments] holds it."""
+    """A treatment of a run, as [`RunView.treatments`][crystallize_core.hookspecs.RunView.treatments]
+    holds it: read-only, its overrides a read-only mapping or the callable."""
 
     @property
     def name(self) -> str:
@@ -239,9 +240,9 @@ class RunView(Protocol):
         ...
 
     @property
-    def pipeline(self) -> Iterable[Callable[..., Any]]:
-        """The experiment's steps, ``(data, ctx) -> data``, in order (read them;
-        the replicate function already calls them)."""
+    def pipeline(self) -> Sequence[Callable[..., Any]]:
+        """The experiment's steps, ``(data, ctx) -> data``, in order, as a tuple
+        (read them; the replicate function already calls them)."""
         ...
 
 

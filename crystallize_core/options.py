@@ -109,7 +109,8 @@ def strategy_options(cls: StrategyClass) -> StrategyClass:
             unknown = [name for name in kwargs if name not in valid]
             if not unknown:
                 raise
-            raise StrategyOptionError(unknown_options_message(f"{cls.__qualname__}()", unknown, valid)) from None
+            owner = f"{type(self).__name__}()"  # a subclass is named as the user wrote it
+            raise StrategyOptionError(unknown_options_message(owner, unknown, valid)) from None
 
     cls.__init__ = __init__  # type: ignore[misc]
     return cls

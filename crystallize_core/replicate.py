@@ -269,7 +269,7 @@ class ReplicateRunner:
                 if isinstance(exc, _UNCAPTURED):
                     raise
                 error = ReplicateError.from_exception(replicate, condition.name, exc)
-                if step is not None and data is None:
+                if step is not None and data is None and _about_none(exc):
                     error = self._given_none(error, step)
                 errors.append(self._captured(error))
                 continue
@@ -311,7 +311,7 @@ class ReplicateRunner:
                 if isinstance(exc, _UNCAPTURED) or (_is_cancellation(exc) and cancel_requested()):
                     raise
                 error = ReplicateError.from_exception(replicate, condition.name, exc)
-                if step is not None and given is None:
+                if step is not None and given is None and _about_none(exc):
                     error = self._given_none(error, step)
                 errors.append(self._captured(error))
                 continue
@@ -427,6 +427,11 @@ class ReplicateHooks:
         for plugin in reversed(plugins):  # pluggy asks the last registered first
             manager.register(plugin)
         return cls(manager)
+
+
+def _about_none(exc: BaseException) -> bool:
+    """Whether ``exc`` is what using None as data raises (``'NoneType' object is not iterable``)."""
+    return isinstance(exc, (TypeError, AttributeError)) and "NoneType" in str(exc)
 
 
 def _argnames(spec: Callable[..., Any]) -> tuple[str, ...]:

@@ -138,6 +138,20 @@ class NotAFlag:
         return [replicate_fn(i) for i in range(experiment.replicates)]
 
 
+class BrokenFlag(NotAFlag):
+    @property
+    def progress(self):
+        raise RuntimeError("no progress here")
+
+
+def test_a_progress_property_that_fails_costs_the_flag_not_the_run(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="crystallize"):
+        assert Experiment(numbers, [record], plugins=[BrokenFlag()]).run(replicates=3).strategy == "BrokenFlag"
+    assert any("BrokenFlag" in r.getMessage() and "no progress here" in r.getMessage() for r in caplog.records)
+
+
 def test_a_progress_attribute_that_is_not_a_flag_is_ignored(capsys):
     assert Experiment(numbers, [record], plugins=[NotAFlag()]).run(replicates=3).strategy == "NotAFlag"
     assert capsys.readouterr().err == ""

@@ -280,6 +280,22 @@ def test_the_run_view_forwards_nothing_and_cannot_be_changed():
         view.treatments = ()
 
 
+def test_a_run_hook_cannot_change_the_experiments_treatments_or_steps_through_the_view():
+    spy = SeesTheRun()
+    treatment = Treatment("t", {"a": 1})
+    experiment = Experiment(numbers, [record], plugins=[spy], treatments=[treatment])
+    experiment.run(replicates=1)
+    view = spy.shown["before_run"]
+    with pytest.raises(TypeError):
+        view.treatments[0].overrides["a"] = 1000
+    with pytest.raises(AttributeError, match="cannot be changed"):
+        view.treatments[0].name = "renamed"
+    with pytest.raises(AttributeError):
+        view.pipeline.steps = ()
+    assert (treatment.name, treatment.overrides) == ("t", {"a": 1})
+    assert experiment.pipeline.steps == (record,)
+
+
 class ChosenDecliner(Decliner):
     pass
 
