@@ -575,7 +575,7 @@ def check_call(component: Callable[..., Any], role: str, call: str, arguments: i
     # is no false refusal: the signature a decorator's __wrapped__ shows, the
     # wrapper's own, and for an object the bound __call__'s (inspect misreads
     # a staticmethod __call__). Any one that takes the call is enough.
-    candidates = [component]
+    candidates: list[Any] = [component]
     if not inspect.isroutine(component) and not isinstance(component, type):
         candidates.append(component.__call__)
     refusal = None
