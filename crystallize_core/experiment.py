@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 from crystallize_core.context import Context
 from crystallize_core.errors import ConfigurationError, ExperimentInterrupted, ReplicateFailed, WorkerLostError
@@ -577,7 +577,7 @@ def check_call(component: Callable[..., Any], role: str, call: str, arguments: i
     # a staticmethod __call__). Any one that takes the call is enough.
     candidates: list[Any] = [component]
     if not inspect.isroutine(component) and not isinstance(component, type):
-        candidates.append(component.__call__)
+        candidates.append(cast(Any, component).__call__)
     refusal = None
     for candidate in candidates:
         for follow_wrapped in (True, False):
