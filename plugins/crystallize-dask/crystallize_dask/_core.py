@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
@@ -109,7 +110,7 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
 
     This process's default dask client (the last ``Client`` made, as dask
     has it) is used when it is connected to ``address``: connecting costs
-    tens of milliseconds a run. Waits up to ``timeout`` seconds for the
+    tens of milliseconds a run. Waits up to ``timeout`` seconds in all for the
     scheduler to answer and for ``workers`` workers to join; with fewer, but
     some, the run goes ahead on those. ``source`` says where the address came
     from, for messages. A malformed address is a [`ConfigurationError`][];
@@ -125,12 +126,17 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
             f"{source} {address!r} is not a Dask scheduler address ({exc}); use the form 'tcp://host:8786'"
         ) from None
     where = f"the Dask scheduler at {address} ({source})" if source != "address" else f"the Dask scheduler at {address}"
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.01, deadline - time.monotonic())
+
     if endpoint is not None:
         # A plain socket fails at once on a closed port, where dask's client
         # would retry until its timeout (and an existing client may not have
         # noticed yet that its scheduler went away).
         try:
-            socket.create_connection(endpoint, timeout=timeout).close()
+            socket.create_connection(endpoint, timeout=left()).close()
         except OSError as exc:
             raise _unavailable(f"cannot reach {where} within {timeout:g} s: {exc.strerror or exc}") from None
     client = _default_client_of(address)
@@ -140,16 +146,22 @@ def connect(address: str, source: str, workers: int, timeout: float) -> tuple[Cl
         # and never answers (its own timeout does not cover the handshake):
         # ask the scheduler who it is, within the timeout, first.
         try:
-            asyncio.run(asyncio.wait_for(_identity(address, timeout), timeout))
-        except (OSError, *_TIMEOUTS) as exc:
-            raise _unavailable(f"cannot connect to {where}: it did not answer within {timeout:g} s ({exc!r})") from None
+            asyncio.run(asyncio.wait_for(_identity(address, left()), left()))
+        except _TIMEOUTS:
+            raise _unavailable(f"cannot connect to {where}: nothing answered within {timeout:g} s") from None
+        except OSError as exc:
+            raise _unavailable(f"cannot connect to {where}: {exc}") from None
+        except Exception as exc:  # a server that speaks first, or another protocol (dask reads garbage sizes)
+            raise _unavailable(
+                f"cannot connect to {where}: what answers there is not a Dask scheduler ({type(exc).__name__})"
+            ) from None
     if client is None:
         try:
-            client = Client(address, timeout=timeout, set_as_default=False)
+            client = Client(address, timeout=left(), set_as_default=False)
         except (OSError, *_TIMEOUTS) as exc:
             raise _unavailable(f"cannot connect to {where} within {timeout:g} s: {exc}") from None
     try:
-        client.wait_for_workers(workers, timeout=timeout)
+        client.wait_for_workers(workers, timeout=left())
     except _TIMEOUTS:
         joined = len(client.nthreads())
         if joined == 0:

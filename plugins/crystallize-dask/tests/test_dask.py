@@ -176,6 +176,27 @@ def test_an_address_where_nothing_answers_is_given_up_within_the_connect_timeout
         assert time.monotonic() - began < 30
 
 
+def test_a_server_of_another_kind_at_the_address_stops_the_run_naming_it():
+    # What answers first with a banner, as an SSH daemon does: dask would read it as a frame's size.
+    with socket.socket() as banner:
+        banner.bind(("127.0.0.1", 0))
+        banner.listen()
+
+        def greet():
+            connection, _ = banner.accept()
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n" * 4)
+                time.sleep(2)
+
+        threading.Thread(target=greet, daemon=True).start()
+        address = f"tcp://127.0.0.1:{banner.getsockname()[1]}"
+        # dask either waits for a frame that never comes or fails to allocate one: both name the address.
+        with pytest.raises(
+            StrategyUnavailableError, match=rf"cannot connect to the Dask scheduler at {re.escape(address)}"
+        ):
+            Experiment(numbers, [record]).run(replicates=2, strategy=DaskExecution(address=address, connect_timeout=2))
+
+
 def test_a_scheduler_without_workers_stops_the_run():
     empty = LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None)
     with empty:
