@@ -96,9 +96,10 @@ def _check_reachable(address: str, timeout: float) -> None:
             # Ray's own connection retries for minutes where something listens
             # but does not answer: ask for the HTTP/2 greeting every gRPC
             # server (a Ray head's, a Ray client server's) sends at once.
-            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
-                return  # a TLS server answers a handshake, not a greeting
             connection.settimeout(max(0.001, deadline - time.monotonic()))
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                _tls_answers(connection, host)  # a TLS server answers a handshake, not a greeting
+                return
             connection.sendall(HTTP2_PREFACE + HTTP2_EMPTY_SETTINGS)
             header = connection.recv(9)
     except OSError as exc:
@@ -112,6 +113,21 @@ def _check_reachable(address: str, timeout: float) -> None:
             f"the 'ray' strategy reached {address!r}, but what answers there is not a Ray cluster (no gRPC "
             "greeting). Is the address the head node's GCS port (6379 by default) or its client port (10001)?"
         )
+
+
+def _tls_answers(connection: socket.socket, host: str) -> None:
+    """Return once a TLS server at the other end of ``connection`` answered a
+    handshake, in whatever way (a certificate Ray's own client would check, or
+    a refusal of ours); raise the socket's timeout where nothing answers."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only whether something answers matters here
+    try:
+        context.wrap_socket(connection, server_hostname=host).close()
+    except ssl.SSLError:  # it answered, with a refusal: a server that wants a client certificate, say
+        pass
 
 
 # --- in a Ray worker ----------------------------------------------------------
