@@ -154,6 +154,10 @@ class ReplicateFn(Protocol):
       thread between them) and cancelling the awaiting task stops the
       replicate at its next ``await``; otherwise the replicate runs in a
       thread of the loop's default executor, so as not to block the loop.
+      ``acall(position, running)`` also takes a ``RunningReplicate``
+      (``crystallize_core.replicate``) of the strategy's, told which
+      component the replicate enters, to time or blame it. The tasks a
+      replicate starts and leaves running are cancelled when it ends.
     - ``replicate_fn.awaits``: whether the datasource or a step is a
       coroutine function, so that the replicate can be cancelled while it
       waits.

@@ -13,6 +13,7 @@ import os
 import pickle
 import sys
 import time
+import types
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ _new_result = tuple.__new__
 #: Exceptions from the user's code that are never captured: Ctrl-C stops the
 #: run, and GeneratorExit closes the coroutine of a replicate being torn down.
 _UNCAPTURED = (KeyboardInterrupt, GeneratorExit)
+#: What a plain component returns when it hands back a coroutine to await:
+#: an identity check costs the plain path next to nothing.
+_Coroutine = types.CoroutineType
 
 
 class _Process:
@@ -228,7 +232,7 @@ class ReplicateRunner:
             return self._report(run_coroutine(self._arun(replicate)))
         return self._report(self._run(replicate))
 
-    async def acall(self, replicate: int) -> ReplicateResult:
+    async def acall(self, replicate: int, running: RunningReplicate | None = None) -> ReplicateResult:
         """The awaitable form of ``self(replicate)``, for a strategy that runs an event loop.
 
         Where the replicate ``awaits``, its coroutine components are
@@ -237,12 +241,15 @@ class ReplicateRunner:
         awaiting task stops the replicate at its next ``await``. Otherwise the
         replicate runs in a thread of the loop's default executor (as
         [`asyncio.to_thread`][] does), so that it never blocks the loop.
+
+        ``running``, a [`RunningReplicate`][crystallize_core.replicate.RunningReplicate]
+        of the strategy's, is told which component the replicate enters.
         """
         if self._awaited is None:
             import asyncio
 
             return await asyncio.get_running_loop().run_in_executor(None, self, replicate)
-        return self._report(await self._arun(replicate))
+        return self._report(await self._arun(replicate, running))
 
     def _run(self, replicate: int) -> ReplicateResult:
         began = time.perf_counter()
@@ -263,8 +270,12 @@ class ReplicateRunner:
                 if condition.apply is not None:
                     condition.apply(ctx)
                 data = datasource(ctx)
+                if type(data) is _Coroutine:
+                    data = _await_returned(data, "datasource", datasource)
                 for step in steps:
                     data = step(data, ctx)
+                    if type(data) is _Coroutine:
+                        data = _await_returned(data, "step", step)
             except BaseException as exc:
                 if isinstance(exc, _UNCAPTURED):
                     raise
@@ -276,8 +287,23 @@ class ReplicateRunner:
             metrics[condition.name] = ctx.metrics._values
         return self._end(replicate, seed, metrics, errors, began)
 
-    async def _arun(self, replicate: int) -> ReplicateResult:
-        """``_run``, awaiting the coroutine components."""
+    async def _arun(self, replicate: int, running: RunningReplicate | None = None) -> ReplicateResult:
+        """``_run``, awaiting the coroutine components (and whatever awaitable a
+        plain one returns). The tasks the replicate starts and leaves running
+        are cancelled when it ends."""
+        from crystallize_core._aio import enter_replicate, leave_replicate
+
+        if running is None:
+            running = RunningReplicate()
+        token = enter_replicate(running)
+        try:
+            return await self._arun_conditions(replicate, running)
+        finally:
+            leave_replicate(running, token)
+
+    async def _arun_conditions(self, replicate: int, running: RunningReplicate) -> ReplicateResult:
+        from inspect import isawaitable
+
         from crystallize_core._aio import cancel_requested
 
         began = time.perf_counter()
@@ -299,13 +325,15 @@ class ReplicateRunner:
                     call(replicate, condition.name, seed)
                 if condition.apply is not None:
                     condition.apply(ctx)
+                running.enter("datasource", datasource)
                 data = datasource(ctx)
-                if source_awaited:
+                if source_awaited or isawaitable(data):
                     data = await data
                 for step, awaited in steps:
                     given = data
+                    running.enter("step", step)
                     data = step(given, ctx)
-                    if awaited:
+                    if awaited or isawaitable(data):
                         data = await data
             except BaseException as exc:
                 if isinstance(exc, _UNCAPTURED) or (_is_cancellation(exc) and cancel_requested()):
@@ -383,6 +411,49 @@ class ReplicateRunner:
 
             raise ReplicateFailed(error)
         return error
+
+
+class RunningReplicate:
+    """One replicate while its code runs on an event loop: the component it is
+    in and the tasks it started.
+
+    The replicate function keeps one per replicate it runs awaiting; a
+    strategy may pass its own (a subclass) to ``acall`` to follow the
+    replicate: ``enter`` is called as the replicate enters its datasource and
+    each step, before calling it. The tasks the replicate starts are listed
+    in ``started`` with the component that started them; those still running
+    when the replicate ends are cancelled, with a warning that names it.
+    """
+
+    __slots__ = ("component", "kind", "started")
+
+    def __init__(self) -> None:
+        #: ``"datasource"`` or ``"step"``: what ``component`` is.
+        self.kind = "datasource"
+        #: The datasource or step running now (None before the first).
+        self.component: object = None
+        #: ``(task, kind, component)`` for each task started by the replicate.
+        self.started: list[tuple[Any, str, object]] = []
+
+    def enter(self, kind: str, component: object) -> None:
+        """The replicate enters ``component`` (its datasource or a step, ``kind`` says which)."""
+        self.kind = kind
+        self.component = component
+
+
+def _await_returned(awaitable: Any, kind: str, component: object) -> Any:
+    """Drive what a plain component returned, a coroutine, to its value, on this
+    thread's event loop: a plain function returning a coroutine is awaited as
+    an ``async def`` one is."""
+    from crystallize_core._aio import await_returned, run_coroutine
+
+    running = RunningReplicate()
+    running.enter(kind, component)
+    try:
+        return run_coroutine(await_returned(running, awaitable))
+    except BaseException:
+        awaitable.close()  # never started (this thread runs a loop): no "never awaited" warning
+        raise
 
 
 class ReplicateHooks:
@@ -475,9 +546,9 @@ class ReplicateSubset:
         """See ``ReplicateRunner.awaits``."""
         return self.runner.awaits
 
-    def acall(self, position: int) -> Coroutine[Any, Any, ReplicateResult]:
+    def acall(self, position: int, running: RunningReplicate | None = None) -> Coroutine[Any, Any, ReplicateResult]:
         """The awaitable form of ``self(position)``: see ``ReplicateRunner.acall``."""
-        return self.runner.acall(self.replicates[position])
+        return self.runner.acall(self.replicates[position], running)
 
     def error_result(self, position: int, exc_type: str, message: str) -> ReplicateResult:
         return self.runner.error_result(self.replicates[position], exc_type, message)

@@ -206,3 +206,66 @@ def test_plain_pipelines_do_not_import_asyncio():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# --- a plain function returning a coroutine; tasks a replicate leaves running ---------
+
+
+def plain_scale_later(data, ctx):
+    """A plain function whose value is a coroutine: awaited as an ``async def`` one is."""
+    return async_scale(data, ctx)
+
+
+def plain_source_later(ctx):
+    return async_source(ctx)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_plain_function_returning_a_coroutine_is_awaited(strategy):
+    plain = experiment(plain_source, [plain_scale, plain_record]).run(replicates=6, strategy="serial")
+    for source, steps in [
+        (plain_source, [plain_scale_later, plain_record]),
+        (plain_source_later, [plain_scale, plain_record]),
+    ]:
+        result = experiment(source, steps).run(replicates=6, strategy=STRATEGIES[strategy]())
+        assert result.errors == []
+        assert result.metrics == plain.metrics, (source, steps)
+
+
+LINGERED: list = []
+
+
+async def linger(replicate):
+    try:
+        while True:
+            await asyncio.sleep(0)
+            LINGERED.append(f"ran on {replicate}")
+    except asyncio.CancelledError:
+        LINGERED.append(f"cancelled {replicate}")
+        raise
+
+
+async def start_linger(data, ctx):
+    if ctx.condition == "baseline":
+        asyncio.get_running_loop().create_task(linger(ctx.replicate))
+        await asyncio.sleep(0)  # it starts, and runs
+    return data
+
+
+@pytest.mark.parametrize("strategy", ["serial", "threads"])
+def test_tasks_a_replicate_leaves_running_are_cancelled_when_it_ends(strategy, caplog):
+    LINGERED.clear()
+    with pytest.warns(RuntimeWarning, match=r"step 'start_linger' .*started a task running 'linger'.*cancelled it"):
+        result = experiment(plain_source, [start_linger, plain_record]).run(
+            replicates=4, strategy=STRATEGIES[strategy]()
+        )
+    assert result.errors == []
+    assert sorted(entry for entry in LINGERED if entry.startswith("cancelled")) == [f"cancelled {i}" for i in range(4)]
+    # A later, unrelated run on the same threads' loops: nothing of the first runs on in it.
+    ran = len(LINGERED)
+    experiment(async_source, [AsyncRecord()]).run(replicates=4, strategy=STRATEGIES[strategy]())
+    assert len(LINGERED) == ran, LINGERED[ran:]
+    import gc
+
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text

@@ -108,6 +108,11 @@ class AsyncExecution:
             raise ConfigurationError(
                 f"rate_limit must be a positive number of replicate starts per second or None, got {rate_limit!r}"
             )
+        if rate_limit is not None and not _spacing_fits(rate_limit):
+            raise ConfigurationError(
+                f"rate_limit={_shown(rate_limit)} starts per second is beyond what a float can space: give a rate "
+                "between 1e-300 and 1e300, or None for no limit"
+            )
         self.max_workers: int = DEFAULT_MAX_WORKERS if checked is None else checked
         self.rate_limit = rate_limit
         self.progress = check_progress(progress)
@@ -143,3 +148,20 @@ class AsyncExecution:
 
 def _positive_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+
+
+def _spacing_fits(rate: float) -> bool:
+    """Whether ``1 / rate`` seconds is a finite float (infinity: no spacing at all)."""
+    import math
+
+    try:
+        return math.isfinite(1.0 / float(rate)) or math.isinf(rate)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _shown(rate: float) -> str:
+    """``rate`` for a message: a huge int by its size (its digits could not even be printed past 4,300)."""
+    if isinstance(rate, int) and rate.bit_length() > 64:
+        return f"<an int of about {int(rate.bit_length() * 0.30103)} digits>"
+    return repr(rate)

@@ -5,16 +5,26 @@ iterator until none is left, so a run holds that many tasks however many
 replicates it has. Each worker awaits ``replicate_fn.acall(i)``, the
 replicate function's awaitable form, or runs a replicate function without
 one in a thread ([`asyncio.to_thread`][]).
+
+With a timeout, each replicate runs in a task of its own whose every turn on
+the loop is timed: a replicate's time is what it ran and waited, less the time
+other replicates held the loop meanwhile. So a replicate that blocks the loop
+(a plain ``time.sleep`` in a step) is the one timed out, with the step named,
+and the replicates it kept waiting are not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from time import perf_counter
 from typing import Any
+
+from crystallize_core.replicate import RunningReplicate
 
 
 def run_on_event_loop(
@@ -84,6 +94,12 @@ class _LoopRun:
         self.stopping = False
         #: The workers whose replicate is running in a thread, which cannot be stopped.
         self.in_threads: dict[asyncio.Future, Future] = in_threads
+        #: Seconds that the replicates of this run have held the loop, in all (timed runs only).
+        self.held = 0.0
+        #: Positions are replicate indices unless the run resumes (a subset of them).
+        self.indices = getattr(replicate_fn, "replicates", None)
+        #: Whether ``acall`` reports the components a replicate enters (the core's do).
+        self.followed = self.acall is not None and "running" in inspect.signature(self.acall).parameters
 
     def finished(self) -> list:
         return [result for result in self.results if result is not None]
@@ -128,30 +144,202 @@ class _LoopRun:
 
     async def one(self, replicate: int) -> Any:
         acall = self.acall
+        if self.timeout is not None and acall is not None:
+            return await self.timed(replicate)
         call = acall(replicate) if acall is not None else asyncio.to_thread(self.replicate_fn, replicate)
         try:
             if self.timeout is None:
                 return await call
             return await asyncio.wait_for(call, self.timeout)
         except asyncio.TimeoutError:
-            result = self.replicate_fn.error_result(
-                replicate,
-                "ReplicateTimeout",
-                f"replicate {replicate} ran longer than the timeout of {self.timeout} s; its task was cancelled",
-            )
-            if self.fail_fast:  # a timeout stops a fail-fast run, as under every strategy
-                from crystallize_core import ReplicateFailed
-
-                raise ReplicateFailed(result.errors[0]) from None
-            return result
+            return self.timed_out(replicate, None)
         except asyncio.CancelledError:
             if self.stopping:
                 raise
-            # Not cancelled by this run: the replicate raised CancelledError
-            # itself (only seen on Python 3.10, where acall cannot tell).
-            return self.replicate_fn.error_result(
-                replicate, "asyncio.CancelledError", f"replicate {replicate} raised CancelledError"
+            return self.cancelled_itself(replicate)
+
+    async def timed(self, replicate: int) -> Any:
+        """Run ``replicate`` in a task of its own, timed by a ``_Watch``."""
+        assert self.timeout is not None and self.acall is not None
+        watch = _Watch(self, self.timeout)
+        call = self.acall(replicate, watch) if self.followed else self.acall(replicate)
+        loop = asyncio.get_running_loop()
+        task = watch.task = loop.create_task(_timed(watch, call))
+        watch.arm(loop)
+        try:
+            result = await task  # cancelling this worker (Ctrl-C, fail-fast) cancels the task
+        except asyncio.CancelledError:
+            if self.stopping:
+                raise
+            if not watch.timed_out:
+                return self.cancelled_itself(replicate)
+        finally:
+            watch.disarm()
+        # A replicate past its time is timed out even if it ended (it blocked the
+        # loop to its end, or caught the cancellation): others waited on it.
+        return self.timed_out(replicate, watch) if watch.timed_out else result
+
+    def timed_out(self, replicate: int, watch: _Watch | None) -> Any:
+        index = replicate if self.indices is None else self.indices[replicate]
+        message = f"replicate {index} ran longer than the timeout of {self.timeout} s; its task was cancelled"
+        if watch is not None and watch.blocker is not None:
+            kind, component, seconds = watch.blocker
+            what = f"{kind} {_name(component)}" if component is not None else "its code"
+            message = (
+                f"replicate {index} ran longer than the timeout of {self.timeout} s: {what} blocked the event loop "
+                f"for {seconds:.2f} s without awaiting, and no other replicate could run meanwhile; await in it "
+                "(asyncio.to_thread for a blocking call)"
             )
+        result = self.replicate_fn.error_result(replicate, "ReplicateTimeout", message)
+        if self.fail_fast:  # a timeout stops a fail-fast run, as under every strategy
+            from crystallize_core import ReplicateFailed
+
+            raise ReplicateFailed(result.errors[0]) from None
+        return result
+
+    def cancelled_itself(self, replicate: int) -> Any:
+        # Not cancelled by this run: the replicate raised CancelledError
+        # itself (only seen on Python 3.10, where acall cannot tell).
+        index = replicate if self.indices is None else self.indices[replicate]
+        return self.replicate_fn.error_result(
+            replicate, "asyncio.CancelledError", f"replicate {index} raised CancelledError"
+        )
+
+
+class _Watch(RunningReplicate):
+    """The clock of one replicate under a timeout.
+
+    Its time is the time since it started less the time that other
+    replicates held the loop since then: what it held the loop itself and
+    what it waited. It is timed out once that passes the timeout, checked
+    each time it gives the loop back and by a timer, which re-arms for what
+    is left when others held the loop meanwhile. A component that holds the
+    loop longer than the timeout without giving it back is the ``blocker``.
+    """
+
+    __slots__ = (
+        "before",
+        "began",
+        "blocker",
+        "held",
+        "mark",
+        "resumed_at",
+        "run",
+        "task",
+        "timed_out",
+        "timeout",
+        "timer",
+    )
+
+    def __init__(self, run: _LoopRun, timeout: float):
+        super().__init__()
+        self.run = run
+        self.timeout = timeout
+        self.began = perf_counter()
+        self.before = run.held  # the loop time held by replicates before this one began
+        self.held = 0.0
+        self.resumed_at = 0.0
+        #: When the component running now last took the loop; None while the replicate waits.
+        self.mark: float | None = None
+        self.blocker: tuple[str, object, float] | None = None
+        self.timed_out = False
+        self.task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def enter(self, kind: str, component: object) -> None:
+        self._segment(perf_counter())
+        self.kind = kind
+        self.component = component
+
+    def _segment(self, now: float) -> None:
+        """The running component's hold on the loop ends at ``now``."""
+        mark = self.mark
+        if mark is not None:
+            if now - mark > self.timeout and self.blocker is None:
+                self.blocker = (self.kind, self.component, now - mark)
+            self.mark = now
+
+    def elapsed(self, now: float) -> float:
+        return now - self.began - (self.run.held - self.before - self.held)
+
+    def resumed(self) -> None:
+        self.resumed_at = self.mark = perf_counter()
+
+    def suspended(self, ended: bool) -> None:
+        now = perf_counter()
+        self._segment(now)
+        self.mark = None
+        spent = now - self.resumed_at
+        self.held += spent
+        self.run.held += spent
+        if not self.timed_out and self.elapsed(now) > self.timeout:
+            self.timed_out = True
+        if not ended and (self.timed_out or self.run.stopping):
+            # Lands at the await it gave the loop back at; again at every
+            # later one, should a step catch the cancellation and go on.
+            assert self.task is not None
+            self.task.cancel()
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = loop.call_later(self.timeout, self.check, loop)
+
+    def check(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.task is not None
+        if self.task.done():
+            return
+        left = self.timeout - self.elapsed(perf_counter())
+        if left > 0:  # others held the loop meanwhile: that time was not this replicate's
+            self.timer = loop.call_later(left, self.check, loop)
+        else:
+            self.timed_out = True
+            self.task.cancel()
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+async def _timed(watch: _Watch, call: Any) -> Any:
+    return await _Turns(watch, call)
+
+
+class _Turns:
+    """Awaits ``call``, telling ``watch`` each time it takes and gives back the loop."""
+
+    __slots__ = ("call", "watch")
+
+    def __init__(self, watch: _Watch, call: Any):
+        self.watch = watch
+        self.call = call
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        watch = self.watch
+        steps = self.call.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            watch.resumed()
+            try:
+                yielded = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as ended:
+                watch.suspended(True)
+                return ended.value
+            except BaseException:
+                watch.suspended(True)
+                raise
+            watch.suspended(False)
+            error = None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                steps.close()
+                raise
+            except BaseException as thrown:
+                value, error = None, thrown
+
+
+def _name(component: object) -> str:
+    return repr(getattr(component, "__qualname__", None) or type(component).__qualname__)
 
 
 class _StartSpacing:

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from importlib import metadata
 
@@ -297,16 +298,152 @@ def test_a_replicate_function_without_acall_runs_in_threads():
 
 
 def test_a_step_that_starts_tasks_leaves_nothing_pending(caplog):
+    log = []
+
+    async def linger(replicate):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            log.append(f"cancelled {replicate}")
+            raise
+
     async def forget(data, ctx):
-        asyncio.get_running_loop().create_task(asyncio.sleep(60))
+        log.append(f"started {ctx.replicate}")
+        asyncio.get_running_loop().create_task(linger(ctx.replicate))
         return data
 
-    result = experiment(waiting_source, [forget, record]).run(replicates=3, strategy=AsyncExecution())
+    with pytest.warns(RuntimeWarning, match=r"step 'test_a_step.*forget'.*started a task running .*linger.*cancelled"):
+        result = experiment(waiting_source, [forget, record]).run(replicates=3, strategy=AsyncExecution(max_workers=1))
     assert result.errors == []
+    # Cancelled when its replicate ends (before the next one starts), not when the run ends.
+    # (The task of its treatment is cancelled before it ever ran, so logs nothing.)
+    assert "cancelled 0" in log[: log.index("started 1")], log
+    assert "cancelled 1" in log[: log.index("started 2")] and "cancelled 2" in log, log
     import gc
 
     gc.collect()
     assert "Task was destroyed" not in caplog.text
+
+
+# --- timeouts measured per replicate --------------------------------------------------
+
+
+class BlockOn:
+    """Holds the loop for ``seconds`` (a plain ``time.sleep``) in the given replicates;
+    the others wait 0.01 s on the loop."""
+
+    def __init__(self, replicates, seconds: float):
+        self.replicates = frozenset(replicates)
+        self.seconds = seconds
+
+    async def __call__(self, data, ctx):
+        if ctx.replicate in self.replicates:
+            time.sleep(self.seconds)
+        await asyncio.sleep(0.01)
+        return data
+
+
+def block_plainly(data, ctx):
+    time.sleep(1.5)
+    return data
+
+
+def test_the_replicate_that_blocks_the_loop_is_the_one_timed_out():
+    steps = [BlockOn({0}, 1.5), record]
+    result = experiment(waiting_source, steps).run(replicates=4, strategy=AsyncExecution(), timeout=0.5)
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(0, "ReplicateTimeout")]
+    assert "step 'BlockOn' blocked the event loop" in result.errors[0].message
+    assert "asyncio.to_thread" in result.errors[0].message
+    assert result.metrics["baseline"]["replicate"] == [None, 1, 2, 3]
+
+
+def test_a_lone_replicate_blocking_the_loop_in_a_plain_step_is_timed_out():
+    result = experiment(waiting_source, [block_plainly, record]).run(
+        replicates=1, strategy=AsyncExecution(), timeout=0.5
+    )
+    ((replicate, exc_type, message),) = [(e.replicate, e.exc_type, e.message) for e in result.errors]
+    assert (replicate, exc_type) == (0, "ReplicateTimeout")
+    assert "step 'block_plainly' blocked the event loop" in message
+    assert result.metrics["baseline"] == {}  # its metrics were dropped with it
+
+
+def test_under_fail_fast_a_step_blocking_the_loop_stops_the_run():
+    with pytest.raises(ReplicateFailed, match=r"replicate 2 .*'BlockOn' blocked the event loop"):
+        experiment(waiting_source, [BlockOn({2}, 1.0), record], fail_fast=True).run(
+            replicates=4, strategy=AsyncExecution(), timeout=0.3
+        )
+
+
+class SwallowCancel:
+    """Catches the cancellation of its first wait and waits again, in the given replicate."""
+
+    def __init__(self, replicate: int):
+        self.replicate = replicate
+
+    async def __call__(self, data, ctx):
+        if ctx.replicate == self.replicate:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass
+            await asyncio.sleep(60)
+        return data
+
+
+def test_a_step_that_catches_the_cancellation_is_still_timed_out():
+    result = experiment(waiting_source, [SwallowCancel(1), record]).run(
+        replicates=3, strategy=AsyncExecution(), timeout=0.5
+    )
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(1, "ReplicateTimeout")]
+    assert "timeout of 0.5 s; its task was cancelled" in result.errors[0].message
+    assert result.metrics["baseline"]["replicate"] == [0, None, 2]
+
+
+def test_a_resumed_run_names_the_real_replicate_that_timed_out(tmp_path):
+    checkpoint = tmp_path / "run.db"
+    steps = [AsyncSleepOn({3}, 60.0), record]
+    experiment(waiting_source, steps).run(replicates=2, strategy=AsyncExecution(), checkpoint=checkpoint)
+    # Replicates 0 and 1 come from the checkpoint: replicate 3 runs at position 1.
+    resumed = experiment(waiting_source, steps).run(
+        replicates=4, strategy=AsyncExecution(), timeout=0.5, checkpoint=checkpoint
+    )
+    ((error,),) = [resumed.errors]
+    assert (error.replicate, error.exc_type) == (3, "ReplicateTimeout")
+    assert error.message.startswith("replicate 3 ran longer"), error.message
+
+
+@pytest.mark.parametrize("rate", [10**400, 10**5000, 1e-320], ids=["10**400", "10**5000", "1e-320"])
+def test_a_rate_limit_no_float_can_space_is_refused(rate):
+    with pytest.raises(ConfigurationError, match=r"^rate_limit=.* beyond what a float can space") as refused:
+        AsyncExecution(rate_limit=rate)
+    assert "\n" not in str(refused.value)
+
+
+# --- a plain function that returns a coroutine ----------------------------------------
+
+
+async def recorded_later(data, ctx):
+    await asyncio.sleep(0)
+    ctx.metrics.add("later", data)
+    return data
+
+
+def returns_a_coroutine(data, ctx):
+    return recorded_later(data, ctx)
+
+
+def source_returning_a_coroutine(ctx):
+    return recorded_later(ctx.replicate, ctx)
+
+
+@pytest.mark.parametrize("source", [numbers, waiting_source])
+def test_a_plain_step_returning_a_coroutine_is_awaited(source):
+    # numbers: a plain pipeline (replicates in threads); waiting_source: on the loop.
+    result = experiment(source, [returns_a_coroutine]).run(replicates=3, strategy=AsyncExecution())
+    assert result.errors == []
+    assert len(result.metrics["baseline"]["later"]) == 3 and None not in result.metrics["treated"]["later"]
+    sourced = experiment(source_returning_a_coroutine, []).run(replicates=3, strategy=AsyncExecution())
+    assert sourced.errors == [] and sourced.metrics["baseline"]["later"] == [0, 1, 2]
 
 
 def test_arun_from_a_running_loop_with_the_async_strategy():
