@@ -165,7 +165,7 @@ def _unwind_leftovers(loop: asyncio.AbstractEventLoop) -> None:
     of grace; one that outlives both is left, with a warning, and cancelled
     again when the next replicate driven here ends.
     """
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    pending = {task for task in asyncio.all_tasks(loop) if not task.done()}
     if not pending:
         return
     for task in pending:
