@@ -730,12 +730,16 @@ def _sync_folder(folder: Path) -> None:
 #: SQLite's primary result codes for a failing file system: SQLITE_IOERR,
 #: SQLITE_FULL and SQLITE_CANTOPEN.
 _IO_FAILURES = frozenset({10, 13, 14})
+#: SQLite's own messages for those codes, for Python 3.10, whose errors carry no code.
+_IO_FAILURE_MESSAGES = ("disk I/O error", "database or disk is full", "unable to open database file")
 
 
 def _io_failure(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` comes from the file system (a full disk, an I/O error), not from the file's content."""
     code = getattr(exc, "sqlite_errorcode", None)
-    return type(code) is int and code & 0xFF in _IO_FAILURES
+    if type(code) is int:
+        return code & 0xFF in _IO_FAILURES
+    return str(exc).startswith(_IO_FAILURE_MESSAGES)
 
 
 def _read_meta(connection: sqlite3.Connection, shown: str) -> dict:

@@ -158,6 +158,20 @@ def _run_span(start: int, stop: int) -> tuple[list | bytes, float]:
 # --- in the driver -------------------------------------------------------------
 
 
+def _flush_c_stdio() -> None:
+    """Write out what C code left in this process's stdio buffers: forked
+    workers inherit the buffers and would write it again when they flush
+    theirs (multiprocessing flushes Python's own streams before forking)."""
+    if sys.platform == "win32":  # no fork there
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to ask: nothing of it is buffered
+        pass
+
+
 class ProcessBackend(Backend):
     """``workers`` processes started by ``start_method`` (None: the platform's default),
     each with its native thread pools capped at ``inner_threads`` (None: not capped)."""
@@ -194,6 +208,8 @@ class ProcessBackend(Backend):
         return self.workers
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        if self.context.get_start_method() == "fork":
+            _flush_c_stdio()
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=self.context,
