@@ -261,26 +261,29 @@ def test_the_copy_builds(copy):
     assert finished.returncode == 0, finished.stdout + finished.stderr
 
 
-def test_a_broken_cross_reference_in_a_docstring_fails_the_build(copy):
-    _replace(
-        copy / "crystallize_core" / "engine.py",
-        "Run every replicate of ``run`` on ``backend``",
-        "Run every replicate of ``run`` on [`no_such_backend`][]",
-    )
+@pytest.mark.parametrize(
+    "where, old, new, named",
+    [
+        (
+            "crystallize_core/engine.py",
+            "Run every replicate of ``run`` on ``backend``",
+            "Run every replicate of ``run`` on [`no_such_backend`][]",
+            "no_such_backend",
+        ),
+        (
+            "docs/writing-a-strategy.md",
+            "(`crystallize_core.engine.drive`)",
+            "([`drive`][crystallize_core.engine.no_such_function])",
+            "crystallize_core.engine.no_such_function",
+        ),
+    ],
+    ids=["in a docstring", "in a guide"],
+)
+def test_a_broken_cross_reference_fails_the_build(copy, where, old, new, named):
+    _replace(copy / where, old, new)
     finished = _build(copy / "mkdocs.yml", copy / "site")
     assert finished.returncode != 0
-    assert "no_such_backend" in finished.stdout + finished.stderr
-
-
-def test_a_broken_cross_reference_in_a_guide_fails_the_build(copy):
-    _replace(
-        copy / "docs" / "writing-a-strategy.md",
-        "(`crystallize_core.engine.drive`)",
-        "([`drive`][crystallize_core.engine.no_such_function])",
-    )
-    finished = _build(copy / "mkdocs.yml", copy / "site")
-    assert finished.returncode != 0
-    assert "crystallize_core.engine.no_such_function" in finished.stdout + finished.stderr
+    assert named in finished.stdout + finished.stderr
 
 
 def test_a_sphinx_role_in_a_docstring_fails_the_site_check(copy):
