@@ -28,10 +28,10 @@ new process, and a changed one is refused with what changed.
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import logging
 import os
+import pickle
 import re
 import sqlite3
 import sys
@@ -158,8 +158,6 @@ def encode_value(value: Any, allow_pickle: bool = False) -> Any:
             elif kind is numpy.ndarray and _NUMPY_DTYPE.match(dtype.str):
                 return {"$ndarray": encode_value(value.tolist()), "dtype": dtype.str, "shape": list(value.shape)}
     if allow_pickle:
-        import pickle
-
         return {"$pickle": base64.b64encode(pickle.dumps(value, protocol=4)).decode("ascii")}
     raise _NeedsPickle(value)
 
@@ -232,7 +230,6 @@ def decode_value(data: Any, allow_pickle: bool = False) -> Any:
             raise ValueError("a $pickle body is base64 text")
         if not allow_pickle:
             raise _PickledValue()
-        import pickle
 
         return pickle.loads(base64.b64decode(body, validate=True))
     raise ValueError(f"unknown tag {tag!r}")
@@ -270,7 +267,13 @@ def encode_result(result: ReplicateResult, allow_pickle: bool = False) -> str:
     for values in metrics.values():
         for value in values.values():
             kind = type(value)
-            if (kind is float and value - value != 0.0) or (kind is not float and kind not in _PLAIN):
+            if (
+                (kind is float and value - value != 0.0)
+                or (kind is not float and kind not in _PLAIN)
+                # Written as decimal only where any reader can parse it back: not
+                # while another thread lifted the int-to-text limit for an export.
+                or (kind is int and not -_HUGE_INT < value < _HUGE_INT)
+            ):
                 plain = False
                 break
     try:
@@ -306,16 +309,27 @@ def _row_text(result: ReplicateResult, stored: dict) -> str:
     )
 
 
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
-_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+#: What the nesting of JSON text depends on: escapes (skipped), quotes and brackets.
+_JSON_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
 def _depth(text: str) -> int:
     """How deep JSON ``text`` nests arrays and objects, found without parsing
-    it (parsing is what must not recurse without bound)."""
-    brackets = _JSON_BRACKET.findall(_JSON_STRING.sub("", text))
-    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+    it (parsing is what must not recurse without bound), in one linear pass:
+    a crafted row must not make the check itself slow."""
+    depth = deepest = 0
+    in_string = False
+    for token in _JSON_TOKEN.findall(text):
+        if token == '"':
+            in_string = not in_string
+        elif in_string or token[0] == "\\":
+            continue
+        elif token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 def _too_deep(text: str) -> bool:
@@ -782,7 +796,16 @@ def _decode_rows(rows: list, shown: str, allow_pickle: bool, connection: sqlite3
             finished[replicate] = decode_result(replicate, text, allow_pickle)
         except _PickledValue:
             pickled += 1
-        except (ValueError, TypeError, KeyError, OverflowError, ImportError, RecursionError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            OverflowError,
+            ImportError,
+            RecursionError,
+            pickle.UnpicklingError,
+            EOFError,
+        ) as exc:
             _log.warning(
                 "checkpoint %s: the row of replicate %s cannot be read (%s: %s); that replicate runs again",
                 shown,

@@ -498,3 +498,23 @@ def test_a_dangling_symlink_is_named_in_one_line(tmp_path):
     assert str(link) in message and str(target) in message and "does not exist" in message and "\n" not in message
     assert link.is_symlink() and not target.parent.exists()
     assert not list(tmp_path.glob(".c.sqlite.*")), "a temporary file was left behind"
+
+
+def test_the_depth_check_of_a_crafted_row_takes_one_pass():
+    from crystallize_core.checkpoint import _depth
+
+    crafted = "[" * 101 + '"' + '\\"' * 1_000_000  # an unterminated string of escaped quotes: quadratic for a regex
+    assert _depth(crafted) == 101
+    assert _depth('[[1, {"a": "[[[[\\"]]"}]]') == 3
+
+
+def test_a_corrupt_pickle_costs_only_its_replicate_where_pickles_are_allowed(tmp_path, caplog):
+    import base64
+
+    path, log, experiment, first = crafted_study(tmp_path)
+    garbage = base64.b64encode(b"\x80\x04not a pickle").decode("ascii")
+    write_row(path, 1, f'[{seed(1)}, 1, {{"baseline": {{"x": {{"$pickle": "{garbage}"}}}}, "treated": {{}}}}, []]')
+    caplog.set_level(logging.WARNING, logger="crystallize")
+    again = experiment().run(replicates=4, checkpoint=path, checkpoint_pickle=True)
+    assert again.metrics == first.metrics and not again.errors
+    assert runs_in(log)["1"] == 4, "only the replicate of the corrupt row ran again"
