@@ -73,16 +73,29 @@ def masked_text(text: str) -> str:
     return _QUERY_PARAMETER.sub(parameter, _URL_USERINFO.sub(userinfo, text))
 
 
+#: Names under which even a number is a secret (a numeric password or token).
+_NUMERIC_SECRETS = frozenset({"password", "passwd", "pass", "secret", "token", "key", "apikey", "api_key"})
+
+
+def _count_or_flag(name: str, value: Any) -> bool:
+    """Whether ``value`` is a flag, or a number under a name that only mentions
+    a secret (``max_tokens=100``, ``use_auth=True``, ``auth_timeout=5``)."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (int, float)) and name.lower().replace("-", "_") not in _NUMERIC_SECRETS
+
+
 def masked(value: Any, name: str | None = None) -> Any:
     """``value`` as it may be recorded: secrets replaced by ``"***"``.
 
-    A value under a name that ``is_secret_name`` accepts (other than None or
-    empty) is masked whole; text has the credentials of
+    A value under a name that ``is_secret_name`` accepts is masked whole,
+    unless it is None, empty, a flag, or a number under a name that only
+    mentions a secret (``max_tokens``); text has the credentials of
     its URLs masked; mappings, lists and tuples are masked item by item (a
     mapping's keys name its items). Anything else is returned as it is: make
     it text first (its ``repr``) to mask what it shows.
     """
-    if name is not None and is_secret_name(name) and value is not None and value != "":
+    if name is not None and is_secret_name(name) and value not in (None, "") and not _count_or_flag(name, value):
         return MASK
     if isinstance(value, str):
         return masked_text(value)

@@ -539,8 +539,12 @@ class Result:
                     text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in _plain_rows(records))
                 else:
                     text = _csv_text(records)
-        with open(path, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
+        try:  # a file name Python decoded with surrogateescape goes back to its bytes
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # another lone surrogate: written as its escape, never losing the output
+            data = text.encode("utf-8", "backslashreplace")
+        with open(path, "wb") as file:
+            file.write(data)
 
     def __repr__(self) -> str:
         return (

@@ -229,6 +229,10 @@ def test_the_command_line_records_no_credentials(tmp_path):
             {"max_workers": 4, "sort_key": "name", "author": "me", "url": "http://host/path", "progress": None},
             {"max_workers": 4, "sort_key": "name", "author": "me", "url": "http://host/path", "progress": None},
         ),
+        (
+            {"max_tokens": 100, "auth_timeout": 5.0, "use_auth": True, "password": 1234, "token": 99},
+            {"max_tokens": 100, "auth_timeout": 5.0, "use_auth": True, "password": "***", "token": "***"},
+        ),
     ],
 )
 def test_what_counts_as_a_secret(options, recorded):
@@ -280,3 +284,21 @@ def test_a_value_that_cannot_be_written_costs_only_itself_and_is_named(tmp_path,
     else:
         values = [(row["metric"], row["value"]) for row in csv.DictReader(text.splitlines())]
         assert values == [("bad", ""), ("loop", "2"), ("ok", "3"), ("bad", "1"), ("loop", ""), ("ok", "3")]
+
+
+def record_file_name(data, ctx):
+    ctx.metrics.add("name", b"caf\xe9.csv".decode("utf-8", "surrogateescape"))  # as os.listdir gives it
+    ctx.metrics.add("n", 1)
+    return data
+
+
+def test_a_string_python_could_not_decode_never_costs_the_csv(tmp_path):
+    from crystallize_core import Experiment
+    from crystallize_core.testing import numbers
+
+    path = tmp_path / "out.csv"
+    path.write_text("what was there before\n")
+    Experiment(numbers, [record_file_name]).run(replicates=2).save(path)
+    written = path.read_bytes()
+    assert b"caf\xe9.csv" in written, "the file name goes back to its own bytes"
+    assert written.count(b"\n") >= 5 and b"what was there before" not in written
