@@ -147,8 +147,10 @@ def _track_tasks(loop: asyncio.AbstractEventLoop) -> None:
         return
 
     def tracking_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
-        task = previous(loop, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=loop, **kwargs)
         running = _running.get()
+        if running is not None:
+            coro = running.follow(coro)
+        task = previous(loop, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=loop, **kwargs)
         if running is not None:
             running.started.append((task, running.kind, running.component))
         return task

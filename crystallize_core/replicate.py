@@ -440,6 +440,12 @@ class RunningReplicate:
         self.kind = kind
         self.component = component
 
+    def follow(self, coro: Any) -> Any:
+        """The coroutine to run in a task the replicate starts, in place of
+        ``coro``: ``coro`` itself, unless a strategy follows those tasks too
+        (its time on the loop is the replicate's)."""
+        return coro
+
 
 def _await_returned(awaitable: Any, kind: str, component: object) -> Any:
     """Drive what a plain component returned, a coroutine, to its value, on this

@@ -280,6 +280,13 @@ class _Watch(RunningReplicate):
             assert self.task is not None
             self.task.cancel()
 
+    def follow(self, coro: Any) -> Any:
+        """A task the replicate starts (``gather``, ``create_task``, ``wait_for``)
+        holds the loop on the replicate's account, not on the others'."""
+        followed: Any = _timed(self, coro)
+        followed.__qualname__ = getattr(coro, "__qualname__", followed.__qualname__)  # leftover warnings name it
+        return followed
+
     def arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self.timer = loop.call_later(self.timeout, self.check, loop)
 

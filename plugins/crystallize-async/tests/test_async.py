@@ -357,6 +357,30 @@ def test_the_replicate_that_blocks_the_loop_is_the_one_timed_out():
     assert result.metrics["baseline"]["replicate"] == [None, 1, 2, 3]
 
 
+class BlockInATaskOn(BlockOn):
+    """Holds the loop as ``BlockOn`` does, but from a task the step starts (``how``)."""
+
+    def __init__(self, replicates, seconds: float, how: str):
+        super().__init__(replicates, seconds)
+        self.how = how
+
+    async def __call__(self, data, ctx):
+        blocking = super().__call__(data, ctx)
+        if self.how == "gather":
+            (data,) = await asyncio.gather(blocking)
+        else:
+            data = await asyncio.get_running_loop().create_task(blocking)
+        return data
+
+
+@pytest.mark.parametrize("how", ["gather", "create_task"])
+def test_the_replicate_whose_task_blocks_the_loop_is_the_one_timed_out(how):
+    steps = [BlockInATaskOn({0}, 1.5, how), record]
+    result = experiment(waiting_source, steps).run(replicates=4, strategy=AsyncExecution(), timeout=0.5)
+    assert [(e.replicate, e.exc_type) for e in result.errors] == [(0, "ReplicateTimeout")]
+    assert result.metrics["baseline"]["replicate"] == [None, 1, 2, 3]
+
+
 def test_a_lone_replicate_blocking_the_loop_in_a_plain_step_is_timed_out():
     result = experiment(waiting_source, [block_plainly, record]).run(
         replicates=1, strategy=AsyncExecution(), timeout=0.5
