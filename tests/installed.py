@@ -3,8 +3,18 @@ METADATA and entry_points.txt beside a module, on a sys.path entry."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_version(distribution: str) -> str:
+    """The ``__version__`` a plugin's source declares (hatch builds its wheel's version from it)."""
+    package = distribution.replace("-", "_")
+    text = (ROOT / "plugins" / distribution / package / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE).group(1)
 
 
 def install_distribution(site: Path, name: str, version: str, strategies: dict[str, str], modules: dict[str, str]):

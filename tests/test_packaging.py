@@ -5,7 +5,6 @@ Everything here runs inside that environment, never against this checkout.
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from installed import source_version
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTIONS = {
@@ -158,13 +158,6 @@ def test_every_strategy_is_discovered_with_its_version(env):
         "serial": ("crystallize-serial", source_version("crystallize-serial"), "ok"),
         "shuffled": ("crystallize-shuffled", "0.1.0", "ok"),
     }
-
-
-def source_version(distribution: str) -> str:
-    """The ``__version__`` a plugin's source declares (hatch builds its wheel's version from it)."""
-    package = distribution.replace("-", "_")
-    text = (ROOT / "plugins" / distribution / package / "__init__.py").read_text()
-    return re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE).group(1)
 
 
 def test_a_strategy_whose_engine_is_missing_says_what_to_install(env):

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from installed import source_version
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = re.compile(r"<!-- strategy-options: begin -->\n(.*?)<!-- strategy-options: end -->", re.DOTALL)
@@ -80,6 +81,5 @@ def test_the_versions_the_command_line_guide_shows_are_the_packages_own():
     shown = re.findall(r"^(\w+)(?: \(fallback\))?\s+(crystallize-\w+)\s+(\d+\.\d+\.\d+)\s", listing, re.MULTILINE)
     assert shown, "docs/cli.md shows no strategy listing"
     for _name, distribution, version in shown:
-        source = ROOT / "plugins" / distribution / distribution.replace("-", "_") / "__init__.py"
-        declared = re.search(r'^__version__ = "([^"]+)"', source.read_text(), re.MULTILINE).group(1)
+        declared = source_version(distribution)
         assert version == declared, f"docs/cli.md shows {distribution} {version}, the package is {declared}"
