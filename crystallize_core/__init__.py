@@ -10,9 +10,8 @@ from __future__ import annotations
 # module's import time. Type checkers recognise the name.
 TYPE_CHECKING = False
 
-__version__ = "0.4.0"
-
 _EXPORTS = {
+    "__version__": "crystallize_core._version",
     "Experiment": "crystallize_core.experiment",
     "Pipeline": "crystallize_core.experiment",
     "Treatment": "crystallize_core.experiment",
@@ -20,8 +19,8 @@ _EXPORTS = {
     "Context": "crystallize_core.context",
     "ContextKeyError": "crystallize_core.context",
     "Result": "crystallize_core.result",
-    "ReplicateResult": "crystallize_core.result",
-    "ReplicateError": "crystallize_core.result",
+    "ReplicateResult": "crystallize_core.records",
+    "ReplicateError": "crystallize_core.records",
     "MetricSummary": "crystallize_core.result",
     "PairedDifference": "crystallize_core.result",
     "SeedPlugin": "crystallize_core.seed",
@@ -60,7 +59,7 @@ _EXPORTS = {
     "warn_at_user_code": "crystallize_core.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [*_EXPORTS]
 
 
 def __getattr__(name: str) -> object:
@@ -79,6 +78,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from crystallize_core._version import __version__
     from crystallize_core.context import Context, ContextKeyError
     from crystallize_core.discovery import StrategyInfo, available_strategies, load_strategy
     from crystallize_core.engine import ExecutorStrategy
@@ -107,7 +107,8 @@ if TYPE_CHECKING:
     )
     from crystallize_core.experiment import Experiment, Pipeline, Treatment
     from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, TreatmentSpec, hookimpl, hookspec
+    from crystallize_core.records import ReplicateError, ReplicateResult
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
-    from crystallize_core.result import MetricSummary, PairedDifference, ReplicateError, ReplicateResult, Result
+    from crystallize_core.result import MetricSummary, PairedDifference, Result
     from crystallize_core.seed import SeedPlugin
     from crystallize_core.sweep import treatment_grid

@@ -23,7 +23,7 @@ from crystallize_core.errors import (
     logger,
 )
 from crystallize_core.hookspecs import ReplicateFn, RunView, capabilities_of
-from crystallize_core.result import ReplicateResult
+from crystallize_core.records import ReplicateResult
 
 
 def call_strategies(

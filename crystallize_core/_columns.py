@@ -24,7 +24,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from crystallize_core.result import ReplicateResult
+from crystallize_core.records import ReplicateResult
 
 _new_result = tuple.__new__
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from crystallize_core.errors import CheckpointError, CheckpointMismatchError, CheckpointPermissionError
 from crystallize_core.fingerprint import differences
-from crystallize_core.result import ReplicateError, ReplicateResult
+from crystallize_core.records import ReplicateError, ReplicateResult
 
 FORMAT = "crystallize-checkpoint-2"
 #: Stored in the SQLite header (``PRAGMA application_id``): "CRYS".

@@ -242,10 +242,10 @@ examples:
 
 
 def _versions() -> str:
-    import crystallize_core
+    from crystallize_core._version import __version__
     from crystallize_core.discovery import available_strategies
 
-    lines = [f"crystallize-core {crystallize_core.__version__}"]
+    lines = [f"crystallize-core {__version__}"]
     for info in available_strategies():
         lines.append(f"  {info.name}: {info.distribution or '?'} {info.version or '?'}")
     return "\n".join(lines)
@@ -373,7 +373,7 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
     from crystallize_core.discovery import split_top_level
     from crystallize_core.errors import ConfigurationError
     from crystallize_core.experiment import Treatment
-    from crystallize_core.result import BASELINE
+    from crystallize_core.records import BASELINE
 
     grid: dict[str, list[Any]] = {}
     for item in sweeps:

@@ -51,8 +51,8 @@ from crystallize_core.options import (
     check_progress,
     strategy_options,
 )
+from crystallize_core.records import ReplicateResult, pack_results, unpack_results
 from crystallize_core.replicate import check_picklable, dumps_replicate_fn
-from crystallize_core.result import ReplicateResult, pack_results, unpack_results
 
 logger = logging.getLogger("crystallize")
 
@@ -183,7 +183,7 @@ def _sendable(result: ReplicateResult) -> ReplicateResult:
     except Exception:
         pass
     from crystallize_core.context import unpicklable_message
-    from crystallize_core.result import ReplicateError
+    from crystallize_core.records import ReplicateError
 
     metrics, errors = {}, list(result.errors)
     for condition, values in result.metrics.items():

@@ -17,7 +17,7 @@ from typing import Any
 
 from crystallize_core._columns import ResultColumns
 from crystallize_core.progress import Progress
-from crystallize_core.result import ReplicateResult
+from crystallize_core.records import ReplicateResult
 
 #: Errors the driver records for faults outside the user's code: a rerun
 #: should try these replicates again, so they are never checkpointed.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from crystallize_core.context import Context
 from crystallize_core.errors import NotPicklableError
-from crystallize_core.result import ReplicateError, ReplicateResult
+from crystallize_core.records import ReplicateError, ReplicateResult
 
 if TYPE_CHECKING:
     from crystallize_core.monitor import Monitor
@@ -481,7 +481,7 @@ class ReplicateHooks:
     after_replicate: tuple[Callable[..., Any], ...]
 
     def __init__(self, manager: Any):
-        from crystallize_core import hookspecs
+        from crystallize_core import hookspecs  # with pluggy, only where a replicate plugin takes part
 
         for name in REPLICATE_HOOKS:
             caller = getattr(manager.hook, name)
@@ -498,7 +498,9 @@ class ReplicateHooks:
         """The hooks of ``plugins`` (registered as a run registers them), or None without plugins."""
         if not plugins:
             return None
-        from crystallize_core._manager import new_plugin_manager
+        # pluggy is loaded only where a replicate plugin takes part: a worker
+        # process that runs a plain pipeline starts without it.
+        from crystallize_core._plugin_manager import new_plugin_manager
 
         manager = new_plugin_manager()
         for plugin in reversed(plugins):  # pluggy asks the last registered first

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import sys
-import traceback as _traceback
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
@@ -25,66 +24,8 @@ from crystallize_core._values import (
     plain,
     t_quantile,
 )
-
-BASELINE = "baseline"
-
-
-class ReplicateError(NamedTuple):
-    """An exception captured while running one condition of one replicate.
-
-    Only text travels, so an exception class that cannot be pickled still
-    reaches the result. ``condition`` is ``None`` when the error belongs to
-    the replicate as a whole (a plugin hook, a worker that died).
-    """
-
-    replicate: int
-    condition: str | None
-    exc_type: str
-    message: str
-    traceback: str
-
-    @classmethod
-    def from_exception(cls, replicate: int, condition: str | None, exc: BaseException) -> ReplicateError:
-        kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-        try:
-            message = str(exc)
-        except Exception as str_failed:  # a broken __str__ must not lose the error
-            message = f"<str() failed: {str_failed!r}>"
-        text = "".join(_traceback.format_exception(kind, exc, exc.__traceback__))
-        return cls(replicate, condition, name, message, text)
-
-    def __str__(self) -> str:
-        where = f"replicate {self.replicate}" + (f", condition {self.condition!r}" if self.condition else "")
-        return f"{where}: {self.exc_type}: {self.message}"
-
-
-class ReplicateResult(NamedTuple):
-    """The outcome of one replicate: its seed, the metrics of each condition
-    that finished, the errors of those that did not, and how long it took
-    (seconds where it ran; None when unknown, as for a worker that died)."""
-
-    replicate: int
-    seed: int
-    metrics: dict[str, dict[str, Any]]
-    errors: tuple[ReplicateError, ...] = ()
-    duration: float | None = None
-
-
-def pack_results(results: Iterable[ReplicateResult]) -> list[tuple]:
-    """Replicate results as plain tuples, for sending to another process.
-
-    Plain tuples pickle about three times faster than named tuples; a strategy
-    that ships results between processes packs them where replicates run and
-    calls ``unpack_results`` where the run is driven.
-    """
-    return [tuple(result) for result in results]
-
-
-def unpack_results(rows: Iterable[tuple]) -> list[ReplicateResult]:
-    """The inverse of ``pack_results``."""
-    make = tuple.__new__
-    return [make(ReplicateResult, row) for row in rows]
+from crystallize_core.records import BASELINE, ReplicateError
+from crystallize_core.records import ReplicateResult as ReplicateResult  # where it was first defined
 
 
 class PairedDifference(NamedTuple):
@@ -455,8 +396,8 @@ class Result:
         ``"Infinity"`` and ``"-Infinity"``, NumPy values Python numbers and
         lists, other objects their ``repr``. Times are ISO 8601 in UTC.
         """
-        import crystallize_core
-        from crystallize_core._secrets import masked
+        from crystallize_core._secrets import masked  # only a run that saves reads secrets' names
+        from crystallize_core._version import __version__
 
         summary = {
             condition: {name: _summary_dict(s) for name, s in by_name.items()}
@@ -472,7 +413,7 @@ class Result:
             "strategy": self.strategy,
             "strategy_version": self.strategy_version,
             "strategy_options": masked(plain(self.strategy_options)),  # reprs of objects may show secrets
-            "crystallize_core_version": crystallize_core.__version__,
+            "crystallize_core_version": __version__,
             "versions": installed_versions(),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
@@ -730,9 +671,9 @@ def installed_versions() -> dict[str, str]:
     import platform
     from importlib import metadata
 
-    import crystallize_core
+    from crystallize_core._version import __version__
 
-    versions = {"python": platform.python_version(), "crystallize-core": crystallize_core.__version__}
+    versions = {"python": platform.python_version(), "crystallize-core": __version__}
     for entry_point in metadata.entry_points(group="crystallize.strategies"):
         distribution = getattr(entry_point, "dist", None)
         if distribution is not None:

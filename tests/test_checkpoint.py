@@ -298,7 +298,7 @@ def test_a_checkpoint_of_the_old_pickled_format_is_refused_unread(tmp_path):
 
 def test_rows_encode_and_decode_back_to_equal_results():
     original = ReplicateResult(3, 2**70, {"a": {"t": (1, 2)}, "b": {}}, (), 1.25)  # durations: whole ns
-    from crystallize_core.result import ReplicateError
+    from crystallize_core.records import ReplicateError
 
     failed = original._replace(errors=(ReplicateError(3, "b", "ValueError", "no", "Traceback ..."),))
     for item in (original, failed):

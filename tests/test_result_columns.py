@@ -393,7 +393,7 @@ def _batch(start, count, metrics=lambda i: {"baseline": {"x": i * 0.5, "n": i, "
 @pytest.mark.parametrize("timed", [True, False])
 def test_a_column_packed_batch_reads_back_as_its_rows_with_their_types(timed):
     from crystallize_core._columns import ResultColumns, pack_columns, unpack_columns
-    from crystallize_core.result import pack_results
+    from crystallize_core.records import pack_results
 
     rows = _batch(3, 5, timed=timed)
     batch = pickle.loads(pickle.dumps(pack_columns(rows)))
@@ -432,7 +432,7 @@ def test_only_uniform_batches_of_plain_numbers_are_packed_in_columns(rows):
 
 def test_a_batch_with_an_error_is_sent_as_rows():
     from crystallize_core._columns import pack_columns
-    from crystallize_core.result import ReplicateError
+    from crystallize_core.records import ReplicateError
 
     rows = _batch(0, 3)
     rows[1] = rows[1]._replace(errors=(ReplicateError(1, "baseline", "ValueError", "no", ""),))

@@ -28,7 +28,7 @@ from crystallize_core import (
     derive_seed,
 )
 from crystallize_core._values import t_quantile
-from crystallize_core.result import pack_results, unpack_results
+from crystallize_core.records import pack_results, unpack_results
 
 
 def strict_json(text):
