@@ -117,7 +117,7 @@ def leave_replicate(running: Any, token: contextvars.Token) -> None:
         return
     for task, _, _ in left:
         task.cancel()
-    from crystallize_core._usercode import describe_callable
+    from crystallize_core._usercode import describe_callable  # sysconfig: only to name leftover tasks
 
     task, kind, component = left[0]
     what = f"{kind} {describe_callable(component)}" if component is not None else "the replicate"

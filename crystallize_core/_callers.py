@@ -54,7 +54,7 @@ def call_strategies(
             _log_unasked(plugins, impl.plugin)
             ask.log_fall_through(impl.plugin)
             return impl.plugin
-    from crystallize_core.discovery import FALLBACK_STRATEGY, load_strategy
+    from crystallize_core.discovery import FALLBACK_STRATEGY, load_strategy  # entry points: only for the fallback
 
     try:
         fallback = load_strategy(FALLBACK_STRATEGY)

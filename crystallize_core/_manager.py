@@ -52,14 +52,14 @@ class RunPlugins:
         try:
             self.manager.check_pending()
         except pluggy.PluginValidationError as exc:
-            from crystallize_core.discovery import describe
+            from crystallize_core.discovery import describe  # package metadata: on refusals only
 
             raise ConfigurationError(
                 f"plugin {describe(exc.plugin)} implements a hook Crystallize does not define: {exc}. "
                 "The hooks are listed in crystallize_core.hookspecs."
             ) from exc
         if self.chosen is not None and not self.implements(self.chosen, "run_experiment_loop"):
-            from crystallize_core.discovery import describe
+            from crystallize_core.discovery import describe  # package metadata: on refusals only
 
             raise ConfigurationError(
                 f"{describe(self.chosen)}, chosen as the strategy by {self.chosen_from}, implements no "
@@ -77,12 +77,12 @@ class RunPlugins:
         try:
             self.manager.register(plugin, name=unique)
         except (ValueError, pluggy.PluginValidationError) as exc:
-            from crystallize_core.discovery import describe
+            from crystallize_core.discovery import describe  # package metadata: on refusals only
 
             raise ConfigurationError(f"plugin {describe(plugin)} cannot be registered: {exc}") from exc
         for impl in self.manager.hook.run_experiment_loop.get_hookimpls():
             if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
-                from crystallize_core.discovery import describe
+                from crystallize_core.discovery import describe  # package metadata: on refusals only
 
                 self.manager.unregister(plugin)
                 raise ConfigurationError(
@@ -100,7 +100,7 @@ class RunPlugins:
         class name it is registered under."""
         name = self._names.get(id(plugin))
         if name is None:
-            from crystallize_core.discovery import identify
+            from crystallize_core.discovery import identify  # package metadata: when a name is asked
 
             name = self._names[id(plugin)] = identify(plugin)[0]
         return name

@@ -25,6 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crystallize_core._version import __version__
+from crystallize_core.errors import (
+    ConfigurationError,
+    CrystallizeError,
+    ExperimentInterrupted,
+    ReplicateFailed,
+    StrategyContractError,
+)
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -97,8 +106,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _print_error(exc: Exception, show_traceback: bool) -> None:
-    from crystallize_core.errors import CrystallizeError
-
     cause = exc.__cause__
     captured = exc.traceback_text if isinstance(exc, RunError) else None
     if show_traceback:
@@ -126,6 +133,7 @@ def _discard_stdout() -> None:
 
 def _one_line(exc: BaseException) -> str:
     """``file:line: Type: first line of the message``, the location being the user's code."""
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core._usercode import shown_path, user_location
 
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
@@ -242,7 +250,7 @@ examples:
 
 
 def _versions() -> str:
-    from crystallize_core._version import __version__
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.discovery import available_strategies
 
     lines = [f"crystallize-core {__version__}"]
@@ -255,6 +263,7 @@ def _versions() -> str:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.discovery import ENV_BLOCK, ENV_DISABLE_AUTOLOAD, FALLBACK_STRATEGY, available_strategies
 
     infos = available_strategies(load=not args.no_load)
@@ -305,12 +314,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> int:
-    from crystallize_core.errors import (
-        CrystallizeError,
-        ExperimentInterrupted,
-        ReplicateFailed,
-        StrategyContractError,
-    )
 
     experiment = load_target(args.target)
     try:
@@ -321,6 +324,7 @@ def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> in
     except Exception as exc:  # a strategy that raised something of its own while being built
         raise UsageError(f"building the strategy failed: {_one_line(exc)}") from exc
 
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.experiment import Experiment
 
     replaced = {t.name for t in added}
@@ -341,6 +345,7 @@ def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> in
             progress=args.progress,
         )
     except ReplicateFailed as failed:
+        # Loaded by the command that uses it: the CLI starts quickly.
         from crystallize_core._usercode import located, user_location_in_text
 
         error = failed.error
@@ -370,8 +375,8 @@ def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> in
 
 def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -> list[Any]:
     """The treatments that ``--sweep`` and ``--treatment`` add, or a UsageError naming the malformed one."""
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.discovery import split_top_level
-    from crystallize_core.errors import ConfigurationError
     from crystallize_core.experiment import Treatment
     from crystallize_core.records import BASELINE
 
@@ -383,6 +388,7 @@ def _treatments_from_options(sweeps: Sequence[str], treatments: Sequence[str]) -
         grid[key] = values
     added: list[Any] = []
     if grid:
+        # Loaded by the command that uses it: the CLI starts quickly.
         from crystallize_core.sweep import treatment_grid
 
         try:
@@ -426,6 +432,7 @@ def _key_and_values(flag: str, item: str, text: str, expected: str) -> tuple[str
     ``--treatment`` passes one ``KEY=VALUE`` at a time: its commas separate
     keys, which ``split_top_level`` has already done.
     """
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.discovery import parse_value, split_top_level
 
     key, sep, rest = text.partition("=")
@@ -444,7 +451,7 @@ def _check_output(output: str | None) -> None:
     """Refuse, before any replicate runs, an --output the run could not write."""
     if output is None:
         return
-    from crystallize_core.errors import ConfigurationError
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.result import output_format
 
     if output != "-" and Path(output).is_dir():
@@ -528,6 +535,8 @@ def _report(result: Any, output: str | None, document: int | None = None) -> Non
 
 
 def _chosen_strategy(args: argparse.Namespace) -> object | None:
+    # Loaded by the command that uses it: the CLI starts quickly.
+    from crystallize_core._run import ENV_STRATEGY
     from crystallize_core.discovery import (
         FALLBACK_STRATEGY,
         load_strategy,
@@ -535,7 +544,6 @@ def _chosen_strategy(args: argparse.Namespace) -> object | None:
         parse_strategy_spec,
         parse_value,
     )
-    from crystallize_core.experiment import ENV_STRATEGY
 
     extra: dict[str, Any] = {}
     for item in args.options:
@@ -561,6 +569,7 @@ def _chosen_strategy(args: argparse.Namespace) -> object | None:
 def _plugins_with_seed(plugins: Sequence[object], seed: int | None) -> list[object]:
     if seed is None:
         return list(plugins)
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.seed import SeedPlugin
 
     kept = [p for p in plugins if not isinstance(p, SeedPlugin)]
@@ -582,6 +591,7 @@ def load_target(target: str) -> Any:
     while importing the module or building the experiment becomes a
     ``UsageError`` naming the file and line in the user's code.
     """
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core.experiment import Experiment
 
     location, sep, attribute = target.rpartition(":")
@@ -665,6 +675,7 @@ def _exit_called(exc: SystemExit) -> str:
     A target that ends the program has run nothing: that is never success,
     nor a status of the target's own choosing.
     """
+    # Loaded by the command that uses it: the CLI starts quickly.
     from crystallize_core._usercode import shown_path, user_location
 
     location = user_location(exc.__traceback__)

@@ -6,6 +6,8 @@ import random
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from crystallize_core.errors import NotPicklableError
+
 _MISSING = object()
 
 
@@ -41,8 +43,6 @@ def _check_picklable(name: str, value: Any) -> None:
     try:
         pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        from crystallize_core.errors import NotPicklableError
-
         raise NotPicklableError(unpicklable_message(name, exc)) from None
 
 

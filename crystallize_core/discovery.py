@@ -35,6 +35,7 @@ from crystallize_core.errors import (
     StrategyOptionError,
     StrategySpecError,
 )
+from crystallize_core.options import unknown_options_message
 
 if TYPE_CHECKING:
     from importlib import metadata
@@ -268,8 +269,6 @@ def check_options(name: str, cls: type, options: dict[str, Any]) -> None:
     valid = [p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [key for key in options if key not in valid]
     if unknown:
-        from crystallize_core.options import unknown_options_message
-
         raise StrategyOptionError(unknown_options_message(f"strategy {name!r}", unknown, valid))
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from crystallize_core._columns import pack_columns, unpack_columns
 from crystallize_core.batching import BatchSizer
+from crystallize_core.context import unpicklable_message
 from crystallize_core.errors import (
     ConfigurationError,
     ReplicateFailed,
@@ -51,8 +52,9 @@ from crystallize_core.options import (
     check_progress,
     strategy_options,
 )
-from crystallize_core.records import ReplicateResult, pack_results, unpack_results
+from crystallize_core.records import ReplicateError, ReplicateResult, pack_results, unpack_results
 from crystallize_core.replicate import check_picklable, dumps_replicate_fn
+from crystallize_core.seed import warn_if_seeding_globally
 
 logger = logging.getLogger("crystallize")
 
@@ -182,9 +184,6 @@ def _sendable(result: ReplicateResult) -> ReplicateResult:
         return result
     except Exception:
         pass
-    from crystallize_core.context import unpicklable_message
-    from crystallize_core.records import ReplicateError
-
     metrics, errors = {}, list(result.errors)
     for condition, values in result.metrics.items():
         kept = {}
@@ -875,8 +874,6 @@ class ExecutorStrategy:
     @hookimpl
     def run_experiment_loop(self, experiment: RunView, replicate_fn: ReplicateFn) -> Sequence[ReplicateResult]:
         if not self.capabilities.ships_work:
-            from crystallize_core.seed import warn_if_seeding_globally
-
             warn_if_seeding_globally(experiment.plugins, "a thread pool")
         backend = ExecutorBackend(self.executor, self.workers, self.capabilities.ships_work)
         return drive(experiment, replicate_fn, backend, max_retries=self.max_retries)

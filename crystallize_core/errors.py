@@ -160,7 +160,7 @@ def warn_at_user_code(message: str, category: type[Warning] = ReproducibilityWar
     """
     import warnings
 
-    from crystallize_core._usercode import user_frame
+    from crystallize_core._usercode import user_frame  # sysconfig: paid by the first warning only
 
     _, skipped = user_frame(sys._getframe(1))
     warnings.warn(message, category, stacklevel=2 + skipped)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import pluggy
 
 if TYPE_CHECKING:
-    from crystallize_core.result import ReplicateResult, Result
+    from crystallize_core.records import ReplicateResult
 
 PROJECT_NAME = "crystallize"
 
@@ -173,6 +173,85 @@ class ReplicateFn(Protocol):
         died (``"WorkerDied"``) or it ran past its timeout (``"ReplicateTimeout"``)."""
         ...
 
+    def record(self, results: Sequence[ReplicateResult], /) -> None:
+        """Report ``results``, which finished in another process or machine, to
+        the run's [`ResultSink`][crystallize_core.hookspecs.ResultSink], from
+        any thread of the process that drives the run (elsewhere it does
+        nothing). Calls of the replicate function in that process report
+        themselves; [`drive`][crystallize_core.engine.drive] reports what
+        comes back to it. A strategy that ships work without the engine
+        calls it as results arrive: what it never reported is lost from the
+        partial result if the run stops."""
+        ...
+
+
+class RunResult(Protocol):
+    """What the ``after_run`` hook reads of the run's result: a
+    [`Result`][crystallize_core.Result], which offers much more (statistics,
+    export), described here without reaching up to the model."""
+
+    #: The baseline's name first, then each treatment's.
+    conditions: tuple[str, ...]
+    #: False for the partial result of a stopped run.
+    complete: bool
+
+    @property
+    def replicate_results(self) -> list[ReplicateResult]:
+        """Each replicate's record, in position order."""
+        ...
+
+    @property
+    def metrics(self) -> dict[str, dict[str, list[Any]]]:
+        """``metrics[condition][name]``: one value per replicate, None where missing."""
+        ...
+
+    @property
+    def seeds(self) -> list[int]:
+        """Each replicate's seed, in position order."""
+        ...
+
+    @property
+    def strategy(self) -> str | None:
+        """The name of the strategy that ran the replicates."""
+        ...
+
+
+class ResultSink(Protocol):
+    """Where the finished replicates of one run go, in the process that drives it.
+
+    The run owns one, and every result takes one path into it: the replicate
+    function reports each replicate it finishes when called in this process,
+    [`ReplicateFn.record`][crystallize_core.hookspecs.ReplicateFn.record]
+    (which the dispatch engine calls) reports those that finished elsewhere,
+    and a strategy's answer supplies only the replicates the sink lacks,
+    checked, never stored twice. The run's result and the partial result of
+    a stopped run (Ctrl-C, fail-fast, a lost worker) are read from the sink
+    alone. Each method may be called from any thread of the driver; a copy
+    of the sink inherited by a forked worker is never called there (the
+    replicate function compares ``pid``).
+    """
+
+    #: The process id of the process that drives the run.
+    pid: int
+
+    def finished(self, results: Sequence[ReplicateResult]) -> None:
+        """Keep ``results``, advance progress by as many, log their errors."""
+        ...
+
+    def finished_one(self, result: ReplicateResult) -> None:
+        """``finished`` for one result: the replicate function's hot path."""
+        ...
+
+    def finished_columns(self, batch: tuple) -> bool:
+        """Keep a batch packed column by column in another process (it holds
+        no errors); False, having kept nothing, where rows are needed."""
+        ...
+
+    def recorded(self, replicates: Sequence[int]) -> Sequence[ReplicateResult] | None:
+        """A sequence that reads the results of ``replicates`` from the sink as
+        they arrive, or None where the sink keeps no results to read back."""
+        ...
+
 
 class TreatmentSpec(Protocol):
     """A treatment of a run, as [`RunView.treatments`][crystallize_core.hookspecs.RunView.treatments]
@@ -289,11 +368,11 @@ def run_experiment_loop(experiment: RunView, replicate_fn: ReplicateFn) -> Itera
     A strategy that runs replicates anywhere but the calling thread should
     hand them to [`crystallize_core.engine.drive`][] with a backend, which
     owns batching, order, progress, faults, timeouts, fail-fast and Ctrl-C.
-    One that loops itself must, on Ctrl-C, stop promptly, leave no worker
-    behind and re-raise the ``KeyboardInterrupt``, with in its
-    ``completed`` attribute the finished results that did not come from
-    calling ``replicate_fn`` in this process (those the core has); and let
-    ``ReplicateFailed`` propagate.
+    One that loops itself must report each result that comes back from
+    elsewhere with ``replicate_fn.record`` as it arrives (the partial result
+    of a stopped run holds what the run's sink holds, and nothing else); on
+    Ctrl-C stop promptly, leave no worker behind and re-raise the
+    ``KeyboardInterrupt``; and let ``ReplicateFailed`` propagate.
     """
 
 
@@ -306,9 +385,9 @@ def before_run(experiment: RunView) -> None:
 
 
 @hookspec
-def after_run(experiment: RunView, result: Result) -> None:
+def after_run(experiment: RunView, result: RunResult) -> None:
     """Called in the calling process with the finished
-    [`Result`][], after the strategy returned."""
+    [`Result`][crystallize_core.Result], after the strategy returned."""
 
 
 @hookspec(firstresult=True)

@@ -1,4 +1,4 @@
-"""The driver's side of a run: every finished replicate passes here exactly once.
+"""The run's result sink: every finished replicate passes here exactly once.
 
 A replicate function called in the driver process (by an in-process strategy,
 or on the engine's threads) reports each result itself; results that come
@@ -25,7 +25,8 @@ FAULTS = frozenset({"WorkerDied", "ReplicateTimeout", "UnpicklingError"})
 
 
 class Monitor:
-    """Receives the finished replicates of one run, in the process that drives it."""
+    """The run's [`ResultSink`][crystallize_core.hookspecs.ResultSink]: receives
+    the finished replicates of one run, in the process that drives it."""
 
     def __init__(
         self, total: int, progress: bool | None = None, checkpoint: Any = None, columns: ResultColumns | None = None
@@ -78,6 +79,10 @@ class Monitor:
             self.columns.add(result)
         if self.checkpoint is not None:  # no error, so no fault to leave out
             self.checkpoint.add(result)
+
+    def recorded(self, replicates: Sequence[int]) -> Sequence[ReplicateResult] | None:
+        """The results of ``replicates`` read from the columns as they arrive (None without columns)."""
+        return self.columns.recorded(replicates) if self.columns is not None else None
 
     def close(self) -> None:
         """End of the run, finished or not."""

@@ -102,7 +102,7 @@ class Progress:
                     self.unreported_errors += 1
                     continue
                 self.reported_errors += 1
-            from crystallize_core._usercode import located, user_location_in_text
+            from crystallize_core._usercode import located, user_location_in_text  # sysconfig: on errors only
 
             traceback = getattr(error, "traceback", None)
             logger().warning("%s%s", error, located(user_location_in_text(traceback)) if traceback else "")

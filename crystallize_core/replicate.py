@@ -18,11 +18,11 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from crystallize_core.context import Context
-from crystallize_core.errors import NotPicklableError
+from crystallize_core.errors import NotPicklableError, ReplicateFailed
 from crystallize_core.records import ReplicateError, ReplicateResult
 
 if TYPE_CHECKING:
-    from crystallize_core.monitor import Monitor
+    from crystallize_core.hookspecs import ResultSink
 
 _MASK64 = (1 << 64) - 1
 # NamedTuple's generated __new__ is Python code; tuple.__new__ skips it on the hot path.
@@ -103,6 +103,15 @@ class Condition:
         self.name, self.values, self.apply = state
 
 
+def condition_of(treatment: Any) -> Condition:
+    """The condition that applies ``treatment`` (a name and its overrides: a
+    mapping of context values, a callable ``(ctx) -> None``, or None)."""
+    overrides = treatment.overrides
+    if isinstance(overrides, Mapping):
+        return Condition(treatment.name, dict(overrides), None)
+    return Condition(treatment.name, None, overrides)
+
+
 class ReplicateRunner:
     """Runs replicate ``i`` for every condition and returns its [`ReplicateResult`][].
 
@@ -135,10 +144,10 @@ class ReplicateRunner:
         self.base_seed = base_seed
         #: Raise [`ReplicateFailed`][] at the first captured error instead of continuing.
         self.fail_fast = fail_fast
-        #: The driver's ``Monitor``, told of each
+        #: The run's [`ResultSink`][crystallize_core.hookspecs.ResultSink], told of each
         #: replicate this function finishes in the driver process. It stays
         #: behind when the function is pickled, and is silent in forked workers.
-        self.monitor: Monitor | None = None
+        self.sink: ResultSink | None = None
         self._hooks = ReplicateHooks.of(self.plugins)
         self._awaited = _awaited(self.datasource, self.steps)
 
@@ -147,7 +156,7 @@ class ReplicateRunner:
 
     def __setstate__(self, state):
         self.datasource, self.steps, self.conditions, self.plugins, self.base_seed, self.fail_fast = state
-        self.monitor = None
+        self.sink = None
         self._hooks = ReplicateHooks.of(self.plugins)
         self._awaited = _awaited(self.datasource, self.steps)
 
@@ -195,39 +204,39 @@ class ReplicateRunner:
         The dispatch engine calls this with each batch that comes back; results
         of calls made in the driver process are recorded by the call itself.
         """
-        monitor = self.monitor
-        if monitor is not None and monitor.pid == _Process.pid:
-            monitor.finished(results)
+        sink = self.sink
+        if sink is not None and sink.pid == _Process.pid:
+            sink.finished(results)
 
     def record_columns(self, batch: tuple) -> bool:
         """``record`` for a batch packed column by column in another
         process; False when it must be recorded as rows instead (the driver
         keeps no columns here, or writes a checkpoint, which takes rows)."""
-        monitor = self.monitor
-        return monitor is not None and monitor.pid == _Process.pid and monitor.finished_columns(batch)
+        sink = self.sink
+        return sink is not None and sink.pid == _Process.pid and sink.finished_columns(batch)
 
     def recorded(self, count: int) -> Sequence[ReplicateResult] | None:
         """The results of positions ``0 .. count - 1``, read from the driver's
-        monitor, when every result of this function reaches it (calls in this
+        sink, when every result of this function reaches it (calls in this
         process report themselves, results from elsewhere go to ``record``);
         else None. A loop that reports every result need then keep none."""
         return self._recorded(range(count))
 
     def _recorded(self, replicates: Sequence[int]) -> Sequence[ReplicateResult] | None:
-        monitor = self.monitor
-        if monitor is None or monitor.pid != _Process.pid or monitor.columns is None:
+        sink = self.sink
+        if sink is None or sink.pid != _Process.pid:
             return None
-        return monitor.columns.recorded(replicates)
+        return sink.recorded(replicates)
 
     def _report(self, result: ReplicateResult) -> ReplicateResult:
-        monitor = self.monitor
-        if monitor is not None and monitor.pid == _Process.pid:
-            monitor.finished_one(result)
+        sink = self.sink
+        if sink is not None and sink.pid == _Process.pid:
+            sink.finished_one(result)
         return result
 
     def __call__(self, replicate: int) -> ReplicateResult:
         if self._awaited is not None:
-            from crystallize_core._aio import run_coroutine
+            from crystallize_core._aio import run_coroutine  # asyncio loads for coroutine steps only
 
             return self._report(run_coroutine(self._arun(replicate)))
         return self._report(self._run(replicate))
@@ -291,7 +300,7 @@ class ReplicateRunner:
         """``_run``, awaiting the coroutine components (and whatever awaitable a
         plain one returns). The tasks the replicate starts and leaves running
         are cancelled when it ends."""
-        from crystallize_core._aio import enter_replicate, leave_replicate
+        from crystallize_core._aio import enter_replicate, leave_replicate  # asyncio: for event loops only
 
         if running is None:
             running = RunningReplicate()
@@ -304,7 +313,7 @@ class ReplicateRunner:
     async def _arun_conditions(self, replicate: int, running: RunningReplicate) -> ReplicateResult:
         from inspect import isawaitable
 
-        from crystallize_core._aio import cancel_requested
+        from crystallize_core._aio import cancel_requested  # asyncio: for event loops only
 
         began = time.perf_counter()
         seed, failed = self._begin(replicate, began)
@@ -390,7 +399,7 @@ class ReplicateRunner:
         """``error``, raised by ``step`` on the None it was given, with the
         component that returned that None named: most often a step that
         forgot to ``return``."""
-        from crystallize_core._usercode import describe_callable
+        from crystallize_core._usercode import describe_callable  # sysconfig: to word an error only
 
         steps = self.steps
         if sum(s is step for s in steps) != 1:  # which occurrence failed is unknown
@@ -407,8 +416,6 @@ class ReplicateRunner:
     def _captured(self, error: ReplicateError) -> ReplicateError:
         """With fail_fast, stop the run at a captured error."""
         if self.fail_fast:
-            from crystallize_core.errors import ReplicateFailed
-
             raise ReplicateFailed(error)
         return error
 
@@ -451,7 +458,7 @@ def _await_returned(awaitable: Any, kind: str, component: object) -> Any:
     """Drive what a plain component returned, a coroutine, to its value, on this
     thread's event loop: a plain function returning a coroutine is awaited as
     an ``async def`` one is."""
-    from crystallize_core._aio import await_returned, run_coroutine
+    from crystallize_core._aio import await_returned, run_coroutine  # asyncio: for coroutine steps only
 
     running = RunningReplicate()
     running.enter(kind, component)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from crystallize_core._columns import ResultColumns
 from crystallize_core._values import (
     FINITE,
     INF,
@@ -24,6 +25,8 @@ from crystallize_core._values import (
     plain,
     t_quantile,
 )
+from crystallize_core._version import __version__
+from crystallize_core.errors import ConfigurationError, logger
 from crystallize_core.records import BASELINE, ReplicateError
 from crystallize_core.records import ReplicateResult as ReplicateResult  # where it was first defined
 
@@ -83,8 +86,6 @@ def output_format(path: str | os.PathLike) -> str:
     suffix = os.path.splitext(str(path))[1].lower()
     found = OUTPUT_FORMATS.get(suffix)
     if found is None:
-        from crystallize_core.errors import ConfigurationError
-
         raise ConfigurationError(
             f"cannot tell the output format of {str(path)!r}: name the file with one of "
             f"{', '.join(OUTPUT_FORMATS)} (JSON, JSON lines, CSV), or '-' for JSON on standard output"
@@ -122,9 +123,8 @@ class Result:
         started_at: float | None = None,
         finished_at: float | None = None,
         unsaved_replicates: Sequence[int] = (),
+        identify_strategy: Callable[[], tuple[str, str | None]] | None = None,
     ):
-        from crystallize_core._columns import ResultColumns
-
         if isinstance(replicates, ResultColumns):
             columns = replicates.finish()
         else:
@@ -135,7 +135,10 @@ class Result:
         self.conditions: tuple[str, ...] = tuple(conditions)
         self._strategy = strategy
         self._strategy_version = strategy_version
-        self._identify_strategy: Callable[[], tuple[str, str | None]] | None = None
+        # Finding which entry point names a strategy object reads package
+        # metadata, which a run need not wait for: the run may pass
+        # ``identify_strategy``, asked for the name and version when first read.
+        self._identify_strategy = identify_strategy
         #: The options the strategy was configured with, as far as it tells (see [`to_dict`][]).
         self.strategy_options: dict[str, Any] = dict(strategy_options or {})
         #: False for the partial result carried by [`ExperimentInterrupted`][].
@@ -202,12 +205,6 @@ class Result:
         self._identified()
         self._strategy_version = version
 
-    def _name_strategy_later(self, identify: Callable[[], tuple[str, str | None]]) -> None:
-        """Take the strategy's name and version from ``identify()`` when first asked:
-        finding which entry point names a strategy object reads package metadata,
-        which a run need not wait for."""
-        self._identify_strategy = identify
-
     def _identified(self) -> None:
         identify = self._identify_strategy
         if identify is not None:
@@ -255,8 +252,6 @@ class Result:
             state["_identify_strategy"] = None
         self.__dict__.update(state)
         if "_columns" not in state:  # pickled before results were kept in columns
-            from crystallize_core._columns import ResultColumns
-
             self._columns = ResultColumns.of(self.replicate_results)
 
     # --- statistics -------------------------------------------------------------------
@@ -397,7 +392,6 @@ class Result:
         lists, other objects their ``repr``. Times are ISO 8601 in UTC.
         """
         from crystallize_core._secrets import masked  # only a run that saves reads secrets' names
-        from crystallize_core._version import __version__
 
         summary = {
             condition: {name: _summary_dict(s) for name, s in by_name.items()}
@@ -615,8 +609,6 @@ class _Unwritable:
     def report(self) -> None:
         failures = self.failures
         if failures:
-            from crystallize_core.errors import logger
-
             shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
             logger().warning(
                 "%d metric value(s) cannot be written and are left out (empty) of the output: %s", len(failures), shown
@@ -670,8 +662,6 @@ def installed_versions() -> dict[str, str]:
     (the core and each distribution that provides a strategy)."""
     import platform
     from importlib import metadata
-
-    from crystallize_core._version import __version__
 
     versions = {"python": platform.python_version(), "crystallize-core": __version__}
     for entry_point in metadata.entry_points(group="crystallize.strategies"):

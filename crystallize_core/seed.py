@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from crystallize_core.errors import ConfigurationError
+from crystallize_core.errors import ConfigurationError, ReproducibilityWarning, warn_at_user_code
 from crystallize_core.hookspecs import hookimpl
 from crystallize_core.replicate import derive_seed, random_seed
 
@@ -160,8 +160,6 @@ def warn_if_seeding_globally(plugins: Iterable[object], where: str, instead: str
     seeding = [plugin for plugin in plugins if getattr(plugin, "seeds_global_state", False)]
     if not seeding:
         return
-    from crystallize_core.errors import ReproducibilityWarning, warn_at_user_code
-
     warn_at_user_code(
         f"{type(seeding[0]).__name__} seeds the global random state, which replicates running at once under "
         f"{where} share, so results are not reproducible. Draw random numbers from ctx.rng (or ctx.numpy_rng) "

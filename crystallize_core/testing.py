@@ -368,7 +368,7 @@ class _KeepAnswer:
     """Wraps a strategy to keep a reference to what it returned."""
 
     def __init__(self, strategy: object):
-        from crystallize_core._manager import new_plugin_manager
+        from crystallize_core._plugin_manager import new_plugin_manager  # pluggy: for this wrapper only
 
         self.manager = new_plugin_manager()
         self.manager.register(strategy)
@@ -440,7 +440,7 @@ class StrategyConformance:
     def label(self) -> str:
         """The name the strategy under test runs under: [`strategy_name`][],
         or else the name the core registers it by."""
-        from crystallize_core.discovery import identify
+        from crystallize_core.discovery import identify  # package metadata: when a name is asked
 
         return self.strategy_name or identify(self.make_strategy())[0]
 

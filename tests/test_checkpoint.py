@@ -92,7 +92,7 @@ def test_the_recorder_commits_when_its_time_is_up(tmp_path):
 def runner_with_recorder(path):
     """A replicate function as a run sets it up: its driver-side monitor holds the recorder."""
     runner = ReplicateRunner(numbers, [record], [Condition("baseline", None, None)])
-    runner.monitor = Monitor(10, False, Recorder(opened(path).checkpoint, every=1, seconds=0.0))
+    runner.sink = Monitor(10, False, Recorder(opened(path).checkpoint, every=1, seconds=0.0))
     return runner
 
 
@@ -104,14 +104,14 @@ def test_a_pickled_replicate_function_never_writes(tmp_path):
     path = tmp_path / "c.sqlite"
     runner = runner_with_recorder(path)
     shipped = pickle.dumps(runner)
-    assert pickle.loads(shipped).monitor is None
+    assert pickle.loads(shipped).sink is None
     process = multiprocessing.get_context("spawn").Process(target=run_copy, args=(shipped, 4))
     process.start()
     process.join(60)
     assert process.exitcode == 0
     runner(1)
     assert sorted(rows(path)) == [1], "a copy in another process wrote to the checkpoint"
-    runner.monitor.checkpoint.close()
+    runner.sink.checkpoint.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
@@ -122,12 +122,12 @@ def test_a_forked_copy_never_writes(tmp_path):
     if pid == 0:  # the child inherits the runner, recorder and all
         try:
             runner(5)
-            runner.monitor.checkpoint.close()
+            runner.sink.checkpoint.close()
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
     runner(6)
-    runner.monitor.checkpoint.close()
+    runner.sink.checkpoint.close()
     assert sorted(rows(path)) == [6]
 
 

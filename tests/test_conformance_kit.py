@@ -51,7 +51,7 @@ BROKEN_STRATEGIES = textwrap.dedent(
                         future.cancel()
                     if isinstance(stopped, KeyboardInterrupt):
                         done = [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
-                        stopped.completed = [f.result() for f in done]
+                        replicate_fn.record([f.result() for f in done])  # the partial result is what was reported
                     raise
 
 
