@@ -28,7 +28,8 @@ from crystallize_core import (
     SeedPlugin,
     Treatment,
 )
-from crystallize_core.checkpoint import Checkpoint, Recorder, decode_result, encode_result
+from crystallize_core._codec import decode_result, encode_result
+from crystallize_core.checkpoint import Checkpoint, Recorder
 from crystallize_core.monitor import Monitor
 from crystallize_core.replicate import Condition, ReplicateRunner
 from crystallize_core.testing import FailOn, RecordRuns, numbers, record

@@ -16,7 +16,8 @@ from collections import Counter
 import pytest
 
 from crystallize_core import CheckpointError, Experiment, SeedPlugin, Treatment
-from crystallize_core.checkpoint import MAX_DEPTH, MAX_ROW_CHARS, Checkpoint
+from crystallize_core._codec import MAX_DEPTH, MAX_ROW_CHARS
+from crystallize_core.checkpoint import Checkpoint
 from crystallize_core.hookspecs import hookimpl
 from crystallize_core.replicate import derive_seed
 from crystallize_core.testing import RecordRuns, numbers, record
@@ -501,7 +502,7 @@ def test_a_dangling_symlink_is_named_in_one_line(tmp_path):
 
 
 def test_the_depth_check_of_a_crafted_row_takes_one_pass():
-    from crystallize_core.checkpoint import _depth
+    from crystallize_core._codec import _depth
 
     crafted = "[" * 101 + '"' + '\\"' * 1_000_000  # an unterminated string of escaped quotes: quadratic for a regex
     assert _depth(crafted) == 101
