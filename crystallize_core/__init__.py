@@ -21,8 +21,8 @@ _EXPORTS = {
     "Result": "crystallize_core.result",
     "ReplicateResult": "crystallize_core.records",
     "ReplicateError": "crystallize_core.records",
-    "MetricSummary": "crystallize_core.result",
-    "PairedDifference": "crystallize_core.result",
+    "MetricSummary": "crystallize_core.summaries",
+    "PairedDifference": "crystallize_core.summaries",
     "SeedPlugin": "crystallize_core.seed",
     "derive_seed": "crystallize_core.replicate",
     "dumps_replicate_fn": "crystallize_core.replicate",
@@ -109,6 +109,7 @@ if TYPE_CHECKING:
     from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, TreatmentSpec, hookimpl, hookspec
     from crystallize_core.records import ReplicateError, ReplicateResult
     from crystallize_core.replicate import derive_seed, dumps_replicate_fn
-    from crystallize_core.result import MetricSummary, PairedDifference, Result
+    from crystallize_core.result import Result
     from crystallize_core.seed import SeedPlugin
+    from crystallize_core.summaries import MetricSummary, PairedDifference
     from crystallize_core.sweep import treatment_grid

@@ -4,93 +4,30 @@ into a [`Result`][]."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import Any
 
 from crystallize_core._columns import ResultColumns
-from crystallize_core._values import (
-    FINITE,
-    INF,
-    MISSING,
-    NAN,
-    NON_NUMERIC,
-    any_int_digits,
-    classify,
-    mean_and_std,
-    plain,
-    t_quantile,
-)
+from crystallize_core._export import OUTPUT_FORMATS as OUTPUT_FORMATS
+from crystallize_core._export import RECORD_FIELDS, Unwritable, csv_text, installed_versions, iso_time, plain_rows
+from crystallize_core._export import csv_text_cell as csv_text_cell
+from crystallize_core._export import output_format as output_format
+from crystallize_core._values import any_int_digits, plain
 from crystallize_core._version import __version__
-from crystallize_core.errors import ConfigurationError, logger
 from crystallize_core.records import BASELINE, ReplicateError
 from crystallize_core.records import ReplicateResult as ReplicateResult  # where it was first defined
-
-
-class PairedDifference(NamedTuple):
-    """A treatment minus the baseline, replicate by replicate, with a confidence interval.
-
-    Only replicates where both conditions recorded a finite number count
-    (``n``). ``low`` and ``high`` bound the mean difference with Student's t
-    interval at ``confidence``; they are None below two pairs, and ``mean``
-    and ``std`` are None where undefined (no pair; fewer than two pairs).
-    """
-
-    n: int
-    mean: float | None
-    std: float | None
-    low: float | None
-    high: float | None
-    confidence: float = 0.95
-
-
-class MetricSummary(NamedTuple):
-    """One metric of one condition, over the replicates.
-
-    ``n``, ``mean`` and ``std`` (the sample standard deviation) cover the
-    finite numbers only: Python and NumPy ints, floats and bools. The rest is
-    counted, never averaged: ``nan``, ``inf`` (either sign, or an integer
-    beyond a float's range) and ``non_numeric`` (strings, sequences, arrays,
-    objects). ``mean`` is None when ``n`` is 0, ``std`` when ``n`` is below 2.
-    For a treatment, ``difference`` is its paired difference against the
-    baseline (see [`Result.paired_difference`][]); None for the baseline.
-    """
-
-    n: int
-    mean: float | None
-    std: float | None
-    nan: int = 0
-    inf: int = 0
-    non_numeric: int = 0
-    difference: PairedDifference | None = None
-
-
-#: The file formats [`Result.save`][] writes, by file name extension.
-OUTPUT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-#: The columns of [`Result.to_records`][], in order.
-RECORD_FIELDS = ("replicate", "seed", "condition", "metric", "value")
-
-
-def output_format(path: str | os.PathLike) -> str:
-    """The format [`Result.save`][] writes to ``path``: ``"json"``, ``"jsonl"`` or ``"csv"``.
-
-    ``"-"`` means JSON on standard output. Raises
-    [`ConfigurationError`][] for any other extension.
-    """
-    if str(path) == "-":
-        return "json"
-    suffix = os.path.splitext(str(path))[1].lower()
-    found = OUTPUT_FORMATS.get(suffix)
-    if found is None:
-        raise ConfigurationError(
-            f"cannot tell the output format of {str(path)!r}: name the file with one of "
-            f"{', '.join(OUTPUT_FORMATS)} (JSON, JSON lines, CSV), or '-' for JSON on standard output"
-        )
-    return found
+from crystallize_core.summaries import (  # MetricSummary and PairedDifference: where they were first defined
+    MetricSummary,
+    PairedDifference,
+    left_out_text,
+    number_text,
+    paired,
+    summarize,
+    summary_document,
+)
 
 
 class Result:
@@ -265,9 +202,9 @@ class Result:
         for condition, by_name in metrics.items():
             summaries[condition] = {}
             for name, values in by_name.items():
-                summary = _summarize(values)
+                summary = summarize(values)
                 if condition != BASELINE and name in reference:
-                    summary = summary._replace(difference=_paired(values, reference[name], 0.95))
+                    summary = summary._replace(difference=paired(values, reference[name], 0.95))
                 summaries[condition][name] = summary
         return summaries
 
@@ -283,7 +220,7 @@ class Result:
         """
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
-        return _paired(self._column(treatment, metric), self._column(baseline, metric), confidence)
+        return paired(self._column(treatment, metric), self._column(baseline, metric), confidence)
 
     def compare(self, baseline: str = BASELINE, confidence: float = 0.95) -> dict[str, dict[str, PairedDifference]]:
         """[`paired_difference`][] of every other condition against ``baseline``,
@@ -331,11 +268,11 @@ class Result:
                         condition,
                         name,
                         str(s.n),
-                        _number(s.mean),
-                        _number(s.std),
-                        "-" if d is None else _number(d.mean, sign=True),
-                        "-" if d is None or d.low is None else f"[{_number(d.low)}, {_number(d.high)}]",
-                        _left_out(s),
+                        number_text(s.mean),
+                        number_text(s.std),
+                        "-" if d is None else number_text(d.mean, sign=True),
+                        "-" if d is None or d.low is None else f"[{number_text(d.low)}, {number_text(d.high)}]",
+                        left_out_text(s),
                     )
                 )
             if not metrics:
@@ -394,7 +331,7 @@ class Result:
         from crystallize_core._secrets import masked  # only a run that saves reads secrets' names
 
         summary = {
-            condition: {name: _summary_dict(s) for name, s in by_name.items()}
+            condition: {name: summary_document(s) for name, s in by_name.items()}
             for condition, by_name in self.summary().items()
         }
         return {
@@ -409,8 +346,8 @@ class Result:
             "strategy_options": masked(plain(self.strategy_options)),  # reprs of objects may show secrets
             "crystallize_core_version": __version__,
             "versions": installed_versions(),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": iso_time(self.started_at),
+            "finished_at": iso_time(self.finished_at),
             "seeds": self.seeds,
             "durations": self.durations,
             "metrics": self._plain_metrics(),
@@ -420,7 +357,7 @@ class Result:
         }
 
     def _plain_metrics(self) -> dict[str, dict[str, list[Any]]]:
-        unwritable = _Unwritable()
+        unwritable = Unwritable()
         indices = self.replicate_indices
         metrics = {
             str(condition): {
@@ -471,9 +408,9 @@ class Result:
             records = self.to_records()
             with any_int_digits:
                 if chosen == "jsonl":
-                    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in _plain_rows(records))
+                    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in plain_rows(records))
                 else:
-                    text = _csv_text(records)
+                    text = csv_text(records)
         try:  # a file name Python decoded with surrogateescape goes back to its bytes
             data = text.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:  # another lone surrogate: written as its escape, never losing the output
@@ -503,169 +440,3 @@ class _ColumnValues:
 
     def __len__(self) -> int:
         return len(self.columns)
-
-
-def _summarize(values: Iterable[Any]) -> MetricSummary:
-    finite = array("d")  # 8 bytes a value: a million-replicate column costs no list of float objects
-    counts = [0] * 5
-    for value in values:
-        kind, number = classify(value)
-        if kind == FINITE:
-            finite.append(number)
-        else:
-            counts[kind] += 1
-    mean, std = mean_and_std(finite)
-    return MetricSummary(len(finite), mean, std, counts[NAN], counts[INF], counts[NON_NUMERIC])
-
-
-def _paired(treated: Iterable[Any], reference: Iterable[Any], confidence: float) -> PairedDifference:
-    differences = array("d")
-    for a, b in zip(treated, reference):
-        kind_a, x = classify(a)
-        kind_b, y = classify(b)
-        if kind_a == FINITE and kind_b == FINITE:
-            difference = x - y
-            if math.isfinite(difference):
-                differences.append(difference)
-    n = len(differences)
-    mean, std = mean_and_std(differences)
-    if n < 2 or mean is None or std is None:
-        return PairedDifference(n, mean, std, None, None, confidence)
-    half_width = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return PairedDifference(n, mean, std, mean - half_width, mean + half_width, confidence)
-
-
-def _number(value: float | None, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.6g}" if sign else f"{value:.6g}"
-
-
-def _left_out(summary: MetricSummary) -> str:
-    parts = [
-        f"{count} {label}"
-        for count, label in ((summary.nan, "nan"), (summary.inf, "inf"), (summary.non_numeric, "non-numeric"))
-        if count
-    ]
-    return ", ".join(parts) or "-"
-
-
-def _summary_dict(summary: MetricSummary) -> dict[str, Any]:
-    document = {key: plain(value) for key, value in summary._asdict().items() if key != "difference"}
-    difference = summary.difference
-    document["difference"] = None if difference is None else {k: plain(v) for k, v in difference._asdict().items()}
-    return document
-
-
-def _csv_text(records: list[dict[str, Any]]) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    # The writer quotes a cell holding "\n" but not one holding a lone "\r",
-    # which readers take for the end of a line: such rows are quoted whole.
-    quoting_all = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writerow(RECORD_FIELDS)
-    unwritable = _Unwritable()
-    for row in records:
-        cells = [
-            row["replicate"],
-            row["seed"],
-            csv_text_cell(str(row["condition"])),
-            csv_text_cell(str(row["metric"])),
-            unwritable.convert(_csv_value, row["value"], row["replicate"], row["condition"], row["metric"]),
-        ]
-        (quoting_all if any("\r" in str(cell) for cell in cells[2:]) else writer).writerow(cells)
-    unwritable.report()
-    return buffer.getvalue()
-
-
-def _plain_rows(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    unwritable = _Unwritable()
-    for row in records:
-        value = unwritable.convert(plain, row["value"], row["replicate"], row["condition"], row["metric"])
-        yield {**{key: plain(item) for key, item in row.items() if key != "value"}, "value": value}
-    unwritable.report()
-
-
-class _Unwritable:
-    """Metric values that cannot be written (a ``repr`` that raises, a list
-    holding itself): each costs only itself, written as null, and one warning
-    names them, rather than the whole output failing."""
-
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-
-    def convert(self, convert: Callable[[Any], Any], value: Any, replicate: int, condition: str, name: str) -> Any:
-        try:
-            return convert(value)
-        except Exception as exc:  # RecursionError and MemoryError included: the value, not the run
-            self.failures.append(
-                f"metric {name!r} of replicate {replicate}, condition {condition!r} ({type(exc).__name__}: {exc})"
-            )
-            return None
-
-    def report(self) -> None:
-        failures = self.failures
-        if failures:
-            shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
-            logger().warning(
-                "%d metric value(s) cannot be written and are left out (empty) of the output: %s", len(failures), shown
-            )
-            self.failures = []
-
-
-#: What a spreadsheet may read as the start of a formula (OWASP's list), and
-#: the quote that neutralises it, which is itself escaped so that it reads back.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
-
-
-def csv_text_cell(text: str) -> str:
-    """``text`` as a CSV cell that no spreadsheet runs as a formula.
-
-    Text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
-    gets a single quote in front, as OWASP recommends against CSV injection;
-    so does text starting with a quote, so that dropping the first character
-    of any text cell starting with ``'`` gives back what was recorded. Numbers
-    are never passed here: ``-1.5`` stays a number.
-    """
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _csv_value(value: Any) -> str:
-    kind, _ = classify(value)
-    if kind == MISSING:
-        return ""
-    made = plain(value)
-    if kind == NAN:
-        return "nan"
-    if kind == INF and isinstance(made, str):  # a float infinity, not a huge integer
-        return "-inf" if made.startswith("-") else "inf"
-    if kind != NON_NUMERIC:  # a number, written as one
-        return str(made)
-    if isinstance(made, (list, dict)):
-        return json.dumps(made, allow_nan=False)
-    return csv_text_cell(str(made))
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    import datetime
-
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).isoformat()
-
-
-def installed_versions() -> dict[str, str]:
-    """The versions of Python and of every installed Crystallize distribution
-    (the core and each distribution that provides a strategy)."""
-    import platform
-    from importlib import metadata
-
-    versions = {"python": platform.python_version(), "crystallize-core": __version__}
-    for entry_point in metadata.entry_points(group="crystallize.strategies"):
-        distribution = getattr(entry_point, "dist", None)
-        if distribution is not None:
-            versions.setdefault(distribution.metadata["Name"], distribution.version)
-    return versions
