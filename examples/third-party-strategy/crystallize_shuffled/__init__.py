@@ -42,12 +42,10 @@ class ShuffledExecution:
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
-            except BaseException as stopped:  # Ctrl-C or fail_fast: start nothing new
+            except BaseException:  # Ctrl-C or fail_fast: start nothing new
+                # Every replicate that finished on a thread of this process has
+                # reported itself to the run: the partial result has it.
                 for future in futures:
                     future.cancel()
-                if isinstance(stopped, KeyboardInterrupt):
-                    # Report every finished replicate, including those not yet collected above.
-                    finished = [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
-                    stopped.completed = [f.result() for f in finished]
                 raise
         return results
