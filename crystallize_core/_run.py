@@ -132,7 +132,7 @@ def run_experiment(
                 partial.unsaved_replicates = recorder.unsaved
         raise
     finally:
-        runner.sink.close()
+        monitor.close()
         runner.sink = None
     return result
 

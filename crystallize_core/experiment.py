@@ -8,12 +8,13 @@ from typing import Any, cast
 
 from crystallize_core.context import Context
 from crystallize_core.errors import ConfigurationError
+from crystallize_core.records import BASELINE
 from crystallize_core.replicate import (
     Condition,
     condition_of,
     is_coroutine_function,
 )
-from crystallize_core.result import BASELINE, Result
+from crystallize_core.result import Result
 
 
 class Pipeline:
