@@ -206,9 +206,19 @@ def _sandbox(tmp_path: Path, fresh_copy: bool) -> Path:
     return sandbox
 
 
-@pytest.mark.parametrize("block", [pytest.param(b, id=b.where, marks=_pending(b.page)) for b in BASH_BLOCKS])
+def _creates_venv(code: str) -> bool:
+    return re.search(r"-m venv \.venv\b", code) is not None
+
+
+def _bash_marks(block: Block) -> list:
+    # Setting up a fresh virtual environment installs packages, as the packaging
+    # tests do: run once, not on every interpreter (see the packaging marker).
+    return _pending(block.page) + ([pytest.mark.packaging] if _creates_venv(block.code) else [])
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.where, marks=_bash_marks(b)) for b in BASH_BLOCKS])
 def test_bash_examples_run_without_warnings(block, tmp_path):
-    creates_venv = re.search(r"-m venv \.venv\b", block.code) is not None
+    creates_venv = _creates_venv(block.code)
     sandbox = _sandbox(tmp_path, fresh_copy=creates_venv)
     path_entries = [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
     if not creates_venv:

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from installed import source_version
 
+#: Building wheels and a fresh environment takes half a minute and does not
+#: depend on the interpreter: CI runs these once (see pyproject's markers).
+pytestmark = pytest.mark.packaging
+
 ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTIONS = {
     "crystallize-core": ROOT,

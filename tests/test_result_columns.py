@@ -366,6 +366,7 @@ MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.scale
 @pytest.mark.parametrize("strategy", ["serial", "threads"])
 def test_two_hundred_thousand_replicates_stay_small(tmp_path, strategy):
     # Kept as objects, these results took 135 MB at peak; in columns about 32 MB, most of it the

@@ -181,20 +181,25 @@ def test_a_server_of_another_kind_at_the_address_stops_the_run_naming_it():
     with socket.socket() as banner:
         banner.bind(("127.0.0.1", 0))
         banner.listen()
+        run_ended = threading.Event()
 
         def greet():
             connection, _ = banner.accept()
             with connection:
                 connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n" * 4)
-                time.sleep(2)
+                run_ended.wait(60)  # the connection stays open until the run has given up
 
         threading.Thread(target=greet, daemon=True).start()
         address = f"tcp://127.0.0.1:{banner.getsockname()[1]}"
         # dask either waits for a frame that never comes or fails to allocate one: both name the address.
-        with pytest.raises(
-            StrategyUnavailableError, match=rf"cannot connect to the Dask scheduler at {re.escape(address)}"
-        ):
-            Experiment(numbers, [record]).run(replicates=2, strategy=DaskExecution(address=address, connect_timeout=2))
+        try:
+            with pytest.raises(
+                StrategyUnavailableError, match=rf"cannot connect to the Dask scheduler at {re.escape(address)}"
+            ):
+                strategy = DaskExecution(address=address, connect_timeout=2)
+                Experiment(numbers, [record]).run(replicates=2, strategy=strategy)
+        finally:
+            run_ended.set()
 
 
 def test_a_scheduler_without_workers_stops_the_run():

@@ -250,32 +250,67 @@ def test_a_second_ctrl_c_under_threads_keeps_what_finished(tmp_path):
     """The first Ctrl-C waits for running replicates and says so; a second stops waiting."""
     script = textwrap.dedent(
         """
-        import os, signal, threading, time
+        import logging, os, signal, sys, threading
         from crystallize_core import Experiment, ExperimentInterrupted
-        from crystallize_core.testing import SleepOn, numbers, record
+        from crystallize_core.testing import SleepOn, numbers, record, wait_until
+
+        finished = []  # replicates past their last step (the pool's threads share it)
+        waiting = threading.Event()  # the run said it waits for running replicates
+        release = threading.Event()  # replicate 0 holds its thread until the run has returned
+        zero_done = threading.Event()
+
+        class NoticeTheWait(logging.Filter):
+            def filter(self, record):
+                if record.getMessage().startswith("Ctrl-C: waiting"):
+                    waiting.set()
+                return True
+
+        logging.getLogger("crystallize").addFilter(NoticeTheWait())
+
+        def hold_replicate_zero(data, ctx):
+            if ctx.replicate == 0:
+                release.wait(60)
+                zero_done.set()
+            return data
+
+        def count(data, ctx):
+            finished.append(ctx.replicate)
+            return data
+
+        FUTURES = os.path.join("concurrent", "futures", "_base.py")
+
+        def main_thread_waits():
+            # In concurrent.futures.wait: where the run waits after the first Ctrl-C.
+            frame = sys._current_frames().get(threading.main_thread().ident)
+            while frame is not None:
+                if frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith(FUTURES):
+                    return True
+                frame = frame.f_back
+            return False
 
         def interrupt_twice():
-            time.sleep(1.5)
+            assert wait_until(lambda: len(finished) >= 150, 60), "replicates did not run"
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1.0)
+            assert wait_until(lambda: waiting.is_set() and main_thread_waits(), 60), "the run did not wait"
             os.kill(os.getpid(), signal.SIGINT)
 
-        began = time.monotonic()
         threading.Thread(target=interrupt_twice, daemon=True).start()
-        experiment = Experiment(numbers, [SleepOn(frozenset(range(2, 200)), 0.01), SleepOn(frozenset({0}), 30), record])
+        steps = [SleepOn(frozenset(range(2, 200)), 0.01), hold_replicate_zero, record, count]
         try:
-            experiment.run(replicates=400, strategy="parallel:executor_type=thread,max_workers=2")
+            Experiment(numbers, steps).run(replicates=400, strategy="parallel:executor_type=thread,max_workers=2")
         except ExperimentInterrupted as stopped:
-            print("returned after", time.monotonic() - began, "finished", stopped.partial_result.replicates)
+            print("replicate-0-still-running", not zero_done.is_set(), "finished", stopped.partial_result.replicates)
+        finally:
+            release.set()
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    _, _, seconds, _, finished = done.stdout.split()
+    _, still_running, _, finished = done.stdout.split()
     assert int(finished) > 100, done.stdout
     assert "Ctrl-C: waiting for up to" in done.stderr
-    # The replicate sleeping 30 s still runs (a thread cannot be stopped), but the run has returned.
-    assert float(seconds) < 20, "the second Ctrl-C did not stop the wait"
+    # Replicate 0 still runs (a thread cannot be stopped), but the run has returned.
+    assert still_running == "True", "the second Ctrl-C did not stop the wait"
 
 
 GIL_HOLDER = textwrap.dedent(
@@ -328,20 +363,25 @@ def test_interrupting_a_spawned_pool_leaves_nothing_behind(tmp_path):
 
 
 class IgnoreTermThenSleep:
-    """Replicate 0 ignores SIGTERM and sleeps; replicate 1 kills its worker."""
+    """Replicate 0 ignores SIGTERM and sleeps; replicate 1 kills its worker once
+    replicate 0 has said (a file in ``folder``) that it ignores SIGTERM."""
+
+    def __init__(self, folder):
+        self.ignoring = os.path.join(folder, "ignoring")
 
     def __call__(self, data, ctx):
         if ctx.replicate == 0:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            time.sleep(2)
+            open(self.ignoring, "w").close()
+            time.sleep(2)  # the survivor's work, still running when its neighbour dies
         if ctx.replicate == 1:
-            time.sleep(0.3)
+            wait_until(lambda: os.path.exists(self.ignoring), 30)
             os._exit(1)
         return data
 
 
-def test_a_survivor_that_ignores_sigterm_does_not_hang_the_recovery():
-    experiment = Experiment(numbers, [IgnoreTermThenSleep(), record])
+def test_a_survivor_that_ignores_sigterm_does_not_hang_the_recovery(tmp_path):
+    experiment = Experiment(numbers, [IgnoreTermThenSleep(str(tmp_path)), record])
     result = experiment.run(replicates=4, strategy=processes("fork", max_retries=0))
     assert [(e.replicate, e.exc_type) for e in result.errors] == [(1, "WorkerDied")]
     assert result.metrics["baseline"]["replicate"] == [0, None, 2, 3]
@@ -388,15 +428,18 @@ def test_a_dead_worker_reaped_by_the_pools_thread_still_shows_its_exit_code():
     worker = multiprocessing.get_context("fork").Process(target=_exit_with_1)
     worker.start()
 
+    reaped = threading.Event()
+
     def reap_like_the_pool_then_store_late():
         _, status = os.waitpid(worker.pid, 0)
-        time.sleep(0.3)
+        reaped.set()
+        time.sleep(0.3)  # the pool's thread is slow to store what it reaped: the case under test
         worker._popen.returncode = os.waitstatus_to_exitcode(status)
 
     reaper = threading.Thread(target=reap_like_the_pool_then_store_late)
     reaper.start()
     assert wait_until(lambda: multiprocessing.connection.wait([worker.sentinel], 0), 10)
-    time.sleep(0.05)  # the reaper has the status now
+    assert reaped.wait(10), "the reaper never reaped the worker"
     _settle_exit_codes([worker])
     assert worker.exitcode == 1
     reaper.join()

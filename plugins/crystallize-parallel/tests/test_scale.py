@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.scale
+
 MILLION = 1_000_000
 CEILING_MB = 300  # the results themselves take ~50 MB (in columns); in-flight work must add little to that
 
