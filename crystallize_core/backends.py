@@ -9,21 +9,66 @@ loky's or mpi4py's) a backend of the dispatch engine, and
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 from threading import Event
+from typing import Any
 
-from crystallize_core.dispatch import Backend, drive
+from crystallize_core.dispatch import drive
 from crystallize_core.errors import ConfigurationError, WorkerLostError
-from crystallize_core.hookspecs import Capabilities, ReplicateFn, RunView, hookimpl
-from crystallize_core.options import check_max_retries, check_progress, strategy_options
+from crystallize_core.hookspecs import Backend, Capabilities, ReplicateFn, RunView, hookimpl
+from crystallize_core.options import check_max_retries, check_progress, strategy_options, whole_number
 from crystallize_core.records import ReplicateResult
 from crystallize_core.replicate import dumps_replicate_fn
 from crystallize_core.seed import warn_if_seeding_globally
 from crystallize_core.worker import run_shipped_span, run_span
+
+#: A pickled replicate function up to this size goes with every task: a
+#: worker process that lacks it would otherwise cost a round trip to ask for
+#: it, at the start of every run on every worker. A larger one goes only to
+#: the worker processes that ask for it (the [`NEED_PAYLOAD`][crystallize_core.engine.NEED_PAYLOAD]
+#: protocol), or through a store of the backend's, so that it crosses the
+#: network once per worker, not once per task.
+INLINE_PAYLOAD_BYTES = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BoundedBuffer(io.BytesIO):
+    def write(self, data: object) -> int:
+        if self.tell() + memoryview(data).nbytes > INLINE_PAYLOAD_BYTES:  # type: ignore[arg-type]  # a PickleBuffer has no len()
+            raise _TooLarge
+        return super().write(data)  # type: ignore[arg-type]
+
+
+def inline_payload(replicate_fn: Callable[[int], Any]) -> bytes | None:
+    """``replicate_fn`` pickled, to send with every task, when it takes at most
+    [`INLINE_PAYLOAD_BYTES`][]; else None, found without pickling the rest of
+    a large one.
+
+    Most experiments pickle to a few hundred bytes. A backend sends a larger
+    one with [`resubmit_with_payload`][crystallize_core.hookspecs.Backend.resubmit_with_payload]
+    only to the worker processes that lack it, or puts it in its cluster's
+    object store once. Raises [`NotPicklableError`][crystallize_core.errors.NotPicklableError]
+    naming the component that cannot be pickled, as
+    [`dumps_replicate_fn`][crystallize_core.replicate.dumps_replicate_fn] does.
+    """
+    buffer = _BoundedBuffer()
+    try:
+        pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(replicate_fn)
+    except _TooLarge:
+        return None
+    except Exception:
+        dumps_replicate_fn(replicate_fn)  # raises the error that names the component
+        raise
+    return buffer.getvalue()
 
 
 class ExecutorBackend(Backend):
@@ -35,7 +80,9 @@ class ExecutorBackend(Backend):
     executor is shut down at the end of the run only if it was made here.
 
     With ``ships_work=False`` the replicate function runs as it is (threads
-    of this process); otherwise it is sent pickled, once per worker process.
+    of this process); otherwise it is pickled once and unpickled once per
+    worker process: with every task when small ([`inline_payload`][]), else
+    only to the processes that lack it.
     Unless given, ``ships_work`` is False for a
     [`ThreadPoolExecutor`][], its class or a
     ``functools.partial`` of it, and True for any other executor or callable
@@ -66,7 +113,7 @@ class ExecutorBackend(Backend):
             raise ConfigurationError(
                 f"an executor backend needs a concurrent.futures.Executor or a callable returning one, got {executor!r}"
             )
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        if workers is not None and not whole_number(workers, minimum=1):
             raise ConfigurationError(f"workers must be a positive integer or None, got {workers!r}")
         if ships_work is None:
             ships_work = not _makes_threads(executor)
@@ -76,6 +123,7 @@ class ExecutorBackend(Backend):
         self._workers = workers
         self._key = uuid.uuid4().hex
         self._payload = b""
+        self._inline: bytes | None = None
         self._replicate_fn: ReplicateFn | None = None
         self._stopping = Event()
 
@@ -92,7 +140,8 @@ class ExecutorBackend(Backend):
         executor = self._current()
         self._replicate_fn = replicate_fn
         if self.capabilities.ships_work:
-            self._payload = dumps_replicate_fn(replicate_fn)
+            self._inline = inline_payload(replicate_fn)
+            self._payload = self._inline if self._inline is not None else dumps_replicate_fn(replicate_fn)
         # ThreadPoolExecutor and ProcessPoolExecutor keep their size in
         # _max_workers; no public attribute says how wide an executor is.
         size = self._workers or getattr(executor, "_max_workers", None) or os.cpu_count() or 1
@@ -103,7 +152,7 @@ class ExecutorBackend(Backend):
         if not self.capabilities.ships_work:
             assert self._replicate_fn is not None, "start() comes first"
             return executor.submit(run_span, self._replicate_fn, span.start, span.stop, self._stopping)
-        return executor.submit(run_shipped_span, self._key, None, span.start, span.stop)
+        return executor.submit(run_shipped_span, self._key, self._inline, span.start, span.stop)
 
     def resubmit_with_payload(self, span: range) -> Future:
         return self._current().submit(run_shipped_span, self._key, self._payload, span.start, span.stop)

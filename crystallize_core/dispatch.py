@@ -1,12 +1,13 @@
-"""The dispatch loop: drives every replicate of a run on a [`Backend`][].
+"""The dispatch loop: drives every replicate of a run on a backend.
 
 [`drive`][] owns, once for every strategy that runs replicates anywhere but
-the calling thread: batching ([`BatchSizer`][crystallize_core.batching.BatchSizer]),
-replicate order, a bounded window of work in flight (memory flat in the
+the calling thread: batching (``BatchSizer``), replicate order, a bounded window of work in flight (memory flat in the
 replicate count), progress, fault records, rerunning alone a replicate whose
 worker died to pin the blame, per-replicate timeouts, fail-fast, Ctrl-C and
 the driver-side record of each finished replicate. A backend only starts
-workers, submits batches and tells a dead worker from an error.
+workers, submits batches and tells a dead worker from an error: the
+[`Backend`][crystallize_core.hookspecs.Backend] contract, which is all the
+loop calls.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import pickle
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
 from crystallize_core._columns import unpack_columns
 from crystallize_core.batching import BatchSizer
 from crystallize_core.errors import ReplicateFailed, StrategyCapabilityError, WorkerLostError
-from crystallize_core.hookspecs import NO_CAPABILITIES, Capabilities, ReplicateFn, RunView
+from crystallize_core.hookspecs import Backend, ReplicateFn, RunView
 from crystallize_core.options import check_batch_size, check_max_retries, check_max_workers
 from crystallize_core.records import ReplicateResult, unpack_results
 from crystallize_core.replicate import check_picklable
@@ -40,83 +41,6 @@ MAX_WAIT_SECONDS = 3600.0
 MAX_REFUSED_SUBMITS = 3
 #: How often to look for batches that started, while a timeout's clock waits for them.
 START_POLL_SECONDS = 0.05
-
-
-class Backend:
-    """The mechanism a strategy supplies to [`drive`][]: where replicates run.
-
-    Subclass it and implement [`start`][] and [`submit`][]; override the
-    rest only for what the backend can do, and declare that in
-    [`capabilities`][] (the engine refuses a run option a backend cannot
-    honour instead of faking it):
-
-    - ``Capabilities.timeout`` or ``cancellation``: [`stop_all`][] stops
-      every running replicate at once, and [`restart`][] brings the
-      workers back;
-    - ``Capabilities.retries_dead_workers``: [`worker_lost`][] recognises a
-      dead worker's exception, and the engine reruns its replicates.
-    """
-
-    #: What this backend can do; see [`Capabilities`][].
-    capabilities: Capabilities = NO_CAPABILITIES
-    #: ``"pool"`` when a dead worker fails every task in flight (a process
-    #: pool breaks as a whole), so its replicates are rerun one at a time,
-    #: alone, to find the culprit; ``"task"`` when it fails only its own tasks.
-    failure_scope: str = "task"
-    #: Seconds of work a batch should hold: enough to hide the cost of one task.
-    target_batch_seconds: float = 0.05
-
-    def start(self, run: RunView, replicate_fn: ReplicateFn) -> int:
-        """Make ``replicate_fn`` available to the workers; return how many
-        batches can run at once."""
-        raise NotImplementedError
-
-    def submit(self, span: range) -> Future:
-        """Run positions ``span`` where the workers are; return a future of
-        [`run_span`][crystallize_core.engine.run_span]'s value for them."""
-        raise NotImplementedError
-
-    def worker_lost(self, exc: BaseException) -> str | None:
-        """If ``exc`` (a failed future's exception) means the worker running
-        it died, say how in a few words; else None (the exception escaped the
-        replicate function, and stops the run)."""
-        return "the executor broke" if isinstance(exc, BrokenExecutor) else None
-
-    def escaped(self, exc: BaseException) -> BaseException:
-        """The exception to raise for ``exc``, which escaped the replicate
-        function (``ReplicateFailed``, say) and may arrive wrapped in the
-        backend's own exception type; unwrap it here."""
-        return exc
-
-    #: Whether [`started_at`][] tells when a batch starts running; if not,
-    #: timeouts count from submission (the engine then keeps no more batches
-    #: out than can run).
-    reports_starts: bool = False
-
-    def started_at(self, future: Future, span: range) -> float | None:
-        """When the batch ``span`` of ``future`` began running
-        (``time.monotonic()``), or None while it waits to start."""
-        return None
-
-    def resubmit_with_payload(self, span: range) -> Future:
-        """Submit ``span`` again with the pickled replicate function, for a
-        worker that answered [`NEED_PAYLOAD`][]."""
-        raise NotImplementedError
-
-    def request_stop(self) -> None:
-        """Ask batches running in this process to stop between replicates."""
-
-    def stop_all(self) -> None:
-        """Stop every running replicate now (a timeout, or Ctrl-C)."""
-        raise NotImplementedError
-
-    def restart(self) -> None:
-        """Bring workers back after [`stop_all`][] or a pool-wide loss."""
-        raise NotImplementedError
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Release the workers at the end of the run, finished or not; with
-        ``wait=False`` (a second Ctrl-C) do not wait for running work."""
 
 
 @dataclass
@@ -475,7 +399,7 @@ class _Dispatch:
                 self.harvest()
             return
         for future in self.in_flight:
-            future.cancel()
+            self.backend.cancel(future)
         self.backend.request_stop()
         self.harvest()
         if not self.in_flight:
@@ -507,6 +431,18 @@ def _one_by_one(positions: Iterable[int]) -> list[range]:
 def _succeeded(future: Future) -> bool:
     """Whether ``future`` holds a batch's results (never blocks)."""
     return future.done() and not future.cancelled() and future.exception() is None and future.result() != NEED_PAYLOAD
+
+
+def _check_backend(backend: object) -> None:
+    """Raise [`TypeError`][] naming what ``backend`` lacks of the
+    [`Backend`][crystallize_core.hookspecs.Backend] contract, if anything."""
+    if isinstance(backend, Backend):
+        return
+    missing = [name for name in dir(Backend) if not name.startswith("_") and not hasattr(backend, name)]
+    raise TypeError(
+        f"{type(backend).__qualname__} is not a backend of the dispatch engine: it lacks {', '.join(missing)}. "
+        "Subclass crystallize_core.engine.Backend to inherit a default for each member it does not need"
+    )
 
 
 def drive(
@@ -543,6 +479,7 @@ def drive(
     check_max_retries(max_retries)
     check_batch_size(batch_size)
     check_max_workers(max_workers)
+    _check_backend(backend)
     capabilities = backend.capabilities
     if run.timeout is not None and not capabilities.timeout:
         raise StrategyCapabilityError(
