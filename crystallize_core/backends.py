@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
@@ -121,7 +120,8 @@ class ExecutorBackend(Backend):
             ships_work=ships_work, retries_dead_workers=ships_work and self._factory is not None
         )
         self._workers = workers
-        self._key = uuid.uuid4().hex
+        # A random key without uuid: importing it (and platform) costs a run milliseconds.
+        self._key = os.urandom(16).hex()
         self._payload = b""
         self._inline: bytes | None = None
         self._replicate_fn: ReplicateFn | None = None

@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
 from typing import Any
 
 from crystallize_core._columns import unpack_columns
@@ -43,10 +42,15 @@ MAX_REFUSED_SUBMITS = 3
 START_POLL_SECONDS = 0.05
 
 
-@dataclass
 class _Task:
-    span: range
-    submitted: float
+    """A batch in flight. Not a dataclass: importing dataclasses and building
+    one cost a process's first run about a millisecond."""
+
+    __slots__ = ("span", "submitted")
+
+    def __init__(self, span: range, submitted: float):
+        self.span = span
+        self.submitted = submitted
 
 
 class _Dispatch:

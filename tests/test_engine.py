@@ -499,3 +499,36 @@ def test_a_pool_found_broken_at_submission_is_replaced_and_nothing_is_lost():
     results = drive(Run(), replicate_fn, backend)
     assert [r.replicate for r in results] == list(range(40)) and all(not r.errors for r in results)
     assert backend.restarts >= 1
+
+
+RUN_AND_LIST_MODULES = """
+import sys
+from functools import partial
+from crystallize_core import Experiment, ExecutorStrategy
+from crystallize_core.testing import numbers, record
+
+if sys.argv[1] == "threads":
+    from concurrent.futures import ThreadPoolExecutor as pool
+else:
+    from concurrent.futures import ProcessPoolExecutor as pool
+Experiment(numbers, [record]).run(replicates=20, strategy=ExecutorStrategy(partial(pool, 2)), progress=False)
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    "pool, never",
+    [
+        ("threads", {"hashlib", "_hashlib", "sqlite3", "multiprocessing", "multiprocessing.connection", "uuid"}),
+        ("processes", {"hashlib", "_hashlib", "sqlite3", "uuid", "dataclasses"}),
+    ],
+)
+def test_a_run_without_a_checkpoint_imports_only_what_it_uses(pool, never):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYSTALLIZE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES, pool], capture_output=True, text=True, env=env, check=True
+    )
+    assert not never & set(done.stdout.split()), never & set(done.stdout.split())
