@@ -32,7 +32,7 @@ _EXPORTS = {
     "ReplicateFn": "crystallize_core.hookspecs",
     "RunView": "crystallize_core.hookspecs",
     "TreatmentSpec": "crystallize_core.hookspecs",
-    "ExecutorStrategy": "crystallize_core.engine",
+    "ExecutorStrategy": "crystallize_core.backends",
     "StrategyInfo": "crystallize_core.discovery",
     "available_strategies": "crystallize_core.discovery",
     "load_strategy": "crystallize_core.discovery",
@@ -79,9 +79,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from crystallize_core._version import __version__
+    from crystallize_core.backends import ExecutorStrategy
     from crystallize_core.context import Context, ContextKeyError
     from crystallize_core.discovery import StrategyInfo, available_strategies, load_strategy
-    from crystallize_core.engine import ExecutorStrategy
     from crystallize_core.errors import (
         CheckpointError,
         CheckpointMismatchError,

@@ -1,3 +1,3 @@
 """The version of crystallize-core, in one place: the wheel is built with it."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

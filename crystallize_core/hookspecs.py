@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import pluggy
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from crystallize_core.records import ReplicateResult
 
 PROJECT_NAME = "crystallize"
@@ -429,3 +431,237 @@ def after_replicate(replicate: int, result: ReplicateResult) -> None:
 
     An exception raised here is recorded in the replicate's errors.
     """
+
+
+# --- the backend contract ------------------------------------------------------
+#
+# What a strategy that runs replicates anywhere but the calling thread supplies
+# to the dispatch engine (crystallize_core.engine.drive). Every member the
+# engine calls is here, with when it is called and what happens to the work in
+# flight; the engine calls nothing else, and looks nothing up by name.
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where a run's replicates run, as the dispatch engine
+    ([`drive`][crystallize_core.engine.drive]) drives them: joblib's split, in
+    which ``Parallel`` owns the loop and a backend only starts workers,
+    submits batches and aborts them.
+
+    Subclass it (``class QueueBackend(Backend)``) and implement [`start`][]
+    and [`submit`][]: every other member has a default here for what a
+    backend does not do. A class that does not subclass it must define every
+    member; [`drive`][crystallize_core.engine.drive] raises [`TypeError`][]
+    naming what is missing. Declare in [`capabilities`][] what the backend
+    can do: the engine refuses a run option it cannot honour instead of
+    faking it, and calls only the members the declaration needs —
+
+    - ``ships_work``: replicates run in other processes, so the engine
+      checks that the replicate function pickles before [`start`][];
+    - ``timeout``: [`stop_all`][] stops every running batch at once, then
+      [`restart`][] brings the workers back (and [`started_at`][] tells
+      when a batch began, where [`reports_starts`][] says it can);
+    - ``cancellation``: Ctrl-C calls [`stop_all`][] instead of waiting;
+    - ``retries_dead_workers``: [`worker_lost`][] tells a dead worker's
+      exception from an error, and the engine reruns its replicates.
+
+    **Threads.** The engine calls every member from the thread that called
+    ``drive`` (the strategy's hook, so most often the user's main thread),
+    one call at a time, never from a future's callback; a member never runs
+    at the same time as another of the same backend. Futures may be settled
+    from any thread of the backend's. No member may wait for user code,
+    except [`shutdown`][] with ``wait=True``.
+
+    **Futures.** Every future [`submit`][] returns must settle (a result,
+    an exception, or cancelled) unless the engine has given up on it:
+    one that stays pending for ever hangs the run. The engine gives up on
+    every future in flight when it calls [`stop_all`][], [`restart`][] or
+    [`shutdown`][] (it reads each one once, without waiting, right before
+    or after, keeps the results of those that finished, and never looks at
+    the others again), so from then on they may stay pending or fail.
+    """
+
+    #: What this backend can do; see [`Capabilities`][]. Read once, when ``drive`` is called.
+    capabilities: Capabilities = NO_CAPABILITIES
+    #: ``"pool"`` when a dead worker fails every task in flight (a process
+    #: pool breaks as a whole): the engine then reruns each lost batch alone,
+    #: halving one that breaks the pool again, to find the replicate that
+    #: kills its worker; ``"task"`` when a dead worker fails only its own tasks.
+    failure_scope: str = "task"
+    #: Seconds of work a batch should hold: enough to hide the cost of one task.
+    target_batch_seconds: float = 0.05
+    #: Whether [`started_at`][] tells when a batch starts running. If not, a
+    #: timeout counts from submission, and the engine keeps no more batches
+    #: out than [`start`][] said can run, so that none waits in a queue.
+    reports_starts: bool = False
+
+    def start(self, run: RunView, replicate_fn: ReplicateFn) -> int:
+        """Make ``replicate_fn`` available to the workers and return how many
+        batches can run at once (at least 1).
+
+        Called once per run, before anything else but [`capabilities`][],
+        after the engine checked (``ships_work``) that ``replicate_fn``
+        pickles. Pickle it here, once
+        ([`dumps_replicate_fn`][crystallize_core.replicate.dumps_replicate_fn],
+        or [`inline_payload`][crystallize_core.engine.inline_payload] for
+        what travels with every task), and start or connect to the workers.
+        The engine sizes batches and the work it keeps out by the number
+        returned (twice as many batches out, one per slot with a timeout);
+        the user's ``max_workers`` caps it. For workers of unknown number (a
+        shared queue, a cluster that scales), return how many take work now,
+        or the most that should work for this run: a number too large sends
+        few large batches out at once, for workers that are not there, and a
+        pending task costs memory; a number too small leaves workers idle
+        and can be raised by batching less (``batch_size``).
+        [`shutdown`][] is called even when this raises.
+        """
+        ...
+
+    def submit(self, span: range) -> Future:
+        """Run positions ``span.start .. span.stop - 1`` where the workers are
+        and return a [`Future`][concurrent.futures.Future] of the value of
+        [`run_span`][crystallize_core.engine.run_span] (``serialize=True`` in
+        another process) or [`run_shipped_span`][crystallize_core.engine.run_shipped_span]
+        for them.
+
+        Called after [`start`][], as the engine's window of work in flight
+        has room, so it must return without waiting for a worker. An
+        exception raised here is read by [`worker_lost`][]: a dead worker
+        (a broken pool) has the batch sent again after [`restart`][], any
+        other exception stops the run.
+        """
+        ...
+
+    def resubmit_with_payload(self, span: range) -> Future:
+        """Submit ``span`` again, this time with the pickled replicate function.
+
+        The backend resends the experiment's bytes; the engine only asks.
+        A task that calls ``run_shipped_span(key, None, ...)`` in a worker
+        process that has not unpickled that function yet returns
+        [`NEED_PAYLOAD`][crystallize_core.engine.NEED_PAYLOAD] instead of
+        results; the engine then calls this, for that batch only, so that
+        large bytes reach each worker process once instead of riding with
+        every task. Called only for a future whose value was ``NEED_PAYLOAD``;
+        a backend whose tasks always carry the bytes (or that ships the
+        function another way) never sees it, and need not implement it.
+        What it raises is read as [`submit`][]'s is.
+        """
+        backend = type(self).__qualname__  # not a bare raise: that would make the member abstract
+        raise NotImplementedError(
+            f"{backend} sent a batch without the pickled replicate function, "
+            "but does not implement resubmit_with_payload() to send it again with it"
+        )
+
+    def started_at(self, future: Future, span: range) -> float | None:
+        """When the batch ``span`` of ``future`` began running, on this
+        process's [`time.monotonic`][] clock, or None while it waits to start.
+
+        Read only when [`reports_starts`][] is True and the run has a
+        timeout: for each batch in flight, every few tens of milliseconds
+        until it started, then whenever the engine computes the next
+        deadline; so it must not block. Another machine's monotonic clock
+        means nothing here: a remote backend has the worker say that it
+        started (a shared array for local processes; a message, an actor
+        or a queue entry for a cluster) and returns this process's
+        ``time.monotonic()`` of when it heard. A backend that cannot tell
+        leaves [`reports_starts`][] False.
+        """
+        return None
+
+    def worker_lost(self, exc: BaseException) -> str | None:
+        """Whether ``exc`` means the worker running a batch died, and how.
+
+        Called for the exception of every future that failed (with
+        ``failure_scope="pool"``, every future of a broken pool fails: look
+        once and cache), and for one raised by [`submit`][]. Return a few
+        words ("killed by signal SIGKILL") when the worker died: the engine
+        reruns the batch's replicates (``retries_dead_workers``) or ends the
+        run with [`WorkerLostError`][crystallize_core.errors.WorkerLostError]
+        keeping what finished. Return None when the exception escaped the
+        replicate function itself (``ReplicateFailed`` under fail-fast): the
+        engine raises [`escaped`][]``(exc)``. Raise to end the run with an
+        error of the backend's own (a cluster left with no worker at all).
+        The default recognises a broken [`concurrent.futures`][] executor.
+        """
+        # Imported here: a run without a backend never needs concurrent.futures.
+        from concurrent.futures import BrokenExecutor
+
+        return "the executor broke" if isinstance(exc, BrokenExecutor) else None
+
+    def escaped(self, exc: BaseException) -> BaseException:
+        """The exception to raise for ``exc``, which escaped the replicate
+        function (``ReplicateFailed``, say) and may arrive wrapped in the
+        backend's own exception type; unwrap it here. Called right after
+        [`worker_lost`][] returned None for ``exc``."""
+        return exc
+
+    def cancel(self, future: Future) -> bool:
+        """Cancel the batch of ``future`` if it has not started; return
+        whether it will not run.
+
+        Called on Ctrl-C, or an exception that stops the run, for every
+        batch in flight, when the backend lacks ``cancellation``; a batch
+        that is running is left to finish (see [`request_stop`][]), and the
+        engine then waits for it. The default is ``future.cancel()``; a
+        backend whose futures only mirror remote tasks also releases the task.
+        """
+        return future.cancel()
+
+    def request_stop(self) -> None:
+        """Ask the batches running in this process to stop between replicates.
+
+        Called once, on Ctrl-C or an exception that stops the run, after
+        [`cancel`][] and when the backend lacks ``cancellation``; the engine
+        then waits for the futures in flight (a second Ctrl-C stops the
+        wait and calls ``shutdown(wait=False)``). Must return at once. For
+        in-process workers (threads) that read a flag between replicates
+        ([`run_span`][crystallize_core.engine.run_span]'s ``stopping``); the
+        default does nothing.
+        """
+        return  # a default, not an abstract member: a backend without such workers has nothing to ask
+
+    def stop_all(self) -> None:
+        """Stop every running batch now.
+
+        Called when a replicate ran out of its time (``timeout``), then
+        [`restart`][] follows; and on Ctrl-C or an exception that stops the
+        run (``cancellation``), then [`shutdown`][] follows. Kill or cancel
+        what runs (a process pool kills its workers, Ray cancels with
+        ``force=True``) and return without waiting for user code. The
+        futures in flight are given up: right after this returns the engine
+        keeps those that already hold results, records the batch that ran
+        out of time as ``ReplicateTimeout``, reruns the rest after
+        [`restart`][], and never reads them again, so they may fail, stay
+        pending or be cancelled. Needed only with ``timeout`` or ``cancellation``.
+        """
+        backend = type(self).__qualname__
+        raise NotImplementedError(f"{backend} declares timeout or cancellation but does not implement stop_all()")
+
+    def restart(self) -> None:
+        """Bring the workers back after [`stop_all`][], or after a dead
+        worker broke the pool (``failure_scope="pool"``, or [`submit`][]
+        refused a batch), before anything more is submitted.
+
+        The engine has given up on every future in flight before it calls
+        this (it keeps the results of those that finished and reruns the
+        others), so the backend may replace its workers outright. A backend
+        whose lost tasks may go on running (a cluster's) waits here until
+        they end, so that a death they cause is not blamed on a replicate
+        rerun alone.
+        """
+        backend = type(self).__qualname__
+        raise NotImplementedError(f"{backend} lost its workers but does not implement restart() to replace them")
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Release the workers at the end of the run, finished, failed or
+        interrupted: called once by ``drive``, last, whenever [`start`][] was called.
+
+        Futures still in flight are given up: cancel what has not started
+        and stop or kill what runs, with whatever the workers started, so
+        that nothing is left behind — processes, threads, and state kept
+        outside this process (a queue, keys in a store, a cluster started
+        for the run). With ``wait=False`` (a second Ctrl-C) return without
+        waiting for running work. Leave alone what the backend did not
+        start (a cluster or an executor it was given).
+        """
+        return  # a default: a backend that started nothing has nothing to release

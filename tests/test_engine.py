@@ -22,7 +22,7 @@ from crystallize_core import (
     WorkerSetupError,
 )
 from crystallize_core.batching import FIRST_BATCH_MAX, GROWTH, BatchSizer
-from crystallize_core.engine import Backend, ExecutorBackend, drive
+from crystallize_core.engine import INLINE_PAYLOAD_BYTES, Backend, ExecutorBackend, drive
 from crystallize_core.progress import MAX_REPORTED_ERRORS
 from crystallize_core.testing import (
     CountUnpickles,
@@ -35,6 +35,16 @@ from crystallize_core.testing import (
     record,
     wait_until,
 )
+
+
+class Ballast:
+    """A datasource that pickles to at least ``size`` bytes."""
+
+    def __init__(self, size):
+        self.ballast = b"x" * size
+
+    def __call__(self, ctx):
+        return numbers(ctx)
 
 
 class TestProcessPoolFactory(StrategyConformance):
@@ -168,8 +178,57 @@ def test_a_backend_that_cannot_stop_work_is_refused_a_timeout_by_the_engine():
     class Run:
         replicates, timeout, fail_fast, progress, plugins = 2, 1.0, False, None, ()
 
+    class CannotStop(Backend):
+        def start(self, run, replicate_fn):
+            return 1
+
+        def submit(self, span):
+            raise AssertionError("nothing is submitted")
+
     with pytest.raises(StrategyCapabilityError, match="cannot enforce a timeout"):
-        drive(Run(), lambda i: i, Backend())
+        drive(Run(), lambda i: i, CannotStop())
+
+
+def test_a_backend_that_does_not_subclass_the_contract_is_told_what_it_lacks():
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 2, None, False, None, ()
+
+    class HalfABackend:
+        capabilities = Capabilities()
+
+        def start(self, run, replicate_fn):
+            return 1
+
+        def submit(self, span):
+            raise AssertionError("nothing is submitted")
+
+    with pytest.raises(
+        TypeError, match=r"HalfABackend .* lacks .*request_stop.*Subclass crystallize_core\.engine\.Backend"
+    ):
+        drive(Run(), lambda i: i, HalfABackend())
+
+
+class CountsResubmits(ExecutorBackend):
+    resubmitted = 0
+
+    def resubmit_with_payload(self, span):
+        CountsResubmits.resubmitted += 1
+        return super().resubmit_with_payload(span)
+
+
+@pytest.mark.parametrize("ballast, asked", [(0, False), (2 * INLINE_PAYLOAD_BYTES, True)])
+def test_a_small_experiment_goes_with_every_task_and_a_large_one_only_where_asked(ballast, asked):
+    class Run:
+        replicates, timeout, fail_fast, progress, plugins = 8, None, False, None, ()
+
+    from crystallize_core.experiment import Condition
+    from crystallize_core.replicate import ReplicateRunner
+
+    replicate_fn = ReplicateRunner(Ballast(ballast), [record], [Condition("baseline", None, None)])
+    CountsResubmits.resubmitted = 0
+    results = drive(Run(), replicate_fn, CountsResubmits(partial(ProcessPoolExecutor, 2)), batch_size=1)
+    assert [r.replicate for r in results] == list(range(8)) and all(not r.errors for r in results)
+    assert (CountsResubmits.resubmitted > 0) is asked
 
 
 @pytest.mark.parametrize("bad", [42, "pool", None])
@@ -440,3 +499,36 @@ def test_a_pool_found_broken_at_submission_is_replaced_and_nothing_is_lost():
     results = drive(Run(), replicate_fn, backend)
     assert [r.replicate for r in results] == list(range(40)) and all(not r.errors for r in results)
     assert backend.restarts >= 1
+
+
+RUN_AND_LIST_MODULES = """
+import sys
+from functools import partial
+from crystallize_core import Experiment, ExecutorStrategy
+from crystallize_core.testing import numbers, record
+
+if sys.argv[1] == "threads":
+    from concurrent.futures import ThreadPoolExecutor as pool
+else:
+    from concurrent.futures import ProcessPoolExecutor as pool
+Experiment(numbers, [record]).run(replicates=20, strategy=ExecutorStrategy(partial(pool, 2)), progress=False)
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    "pool, never",
+    [
+        ("threads", {"hashlib", "_hashlib", "sqlite3", "multiprocessing", "multiprocessing.connection", "uuid"}),
+        ("processes", {"hashlib", "_hashlib", "sqlite3", "uuid", "dataclasses"}),
+    ],
+)
+def test_a_run_without_a_checkpoint_imports_only_what_it_uses(pool, never):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYSTALLIZE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES, pool], capture_output=True, text=True, env=env, check=True
+    )
+    assert not never & set(done.stdout.split()), never & set(done.stdout.split())

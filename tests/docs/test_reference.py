@@ -137,7 +137,9 @@ def test_the_api_page_links_the_names_authors_read(site):
         "https://docs.python.org/3/library/asyncio-task.html#asyncio.to_thread",
         "https://docs.python.org/3/library/concurrent.futures.html#concurrent.futures.Executor",
         "#crystallize_core.engine.drive",
-        "#crystallize_core.engine.Backend",
+        "#crystallize_core.hookspecs.Backend",
+        "#crystallize_core.hookspecs.Backend.resubmit_with_payload",
+        "#crystallize_core.hookspecs.Backend.stop_all",
         "#crystallize_core.engine.ExecutorBackend",
         "#crystallize_core.engine.run_span",
         "#crystallize_core.engine.run_shipped_span",
@@ -265,7 +267,7 @@ def test_the_copy_builds(copy):
     "where, old, new, named",
     [
         (
-            "crystallize_core/engine.py",
+            "crystallize_core/dispatch.py",
             "Run every replicate of ``run`` on ``backend``",
             "Run every replicate of ``run`` on [`no_such_backend`][]",
             "no_such_backend",
@@ -287,7 +289,7 @@ def test_a_broken_cross_reference_fails_the_build(copy, where, old, new, named):
 
 
 def test_a_sphinx_role_in_a_docstring_fails_the_site_check(copy):
-    _replace(copy / "crystallize_core" / "engine.py", "supplies to [`drive`][]", "supplies to :func:`drive`")
+    _replace(copy / "crystallize_core" / "engine.py", "and calls [`drive`][]", "and calls :func:`drive`")
     assert _build(copy / "mkdocs.yml", copy / "site").returncode == 0  # MkDocs itself does not notice
     checked = subprocess.run(
         [sys.executable, str(copy / "docs" / "check_site.py"), str(copy / "site")], capture_output=True, text=True

@@ -27,7 +27,7 @@ from crystallize_core.options import (
 if importlib.util.find_spec("distributed") is None:
     raise ImportError("crystallize-dask needs dask.distributed, which is not installed: pip install 'distributed'")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["ADDRESS_VARIABLE", "DaskExecution", "__version__"]
 
 #: The environment variable read for a scheduler address when none is given.

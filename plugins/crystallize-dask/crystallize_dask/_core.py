@@ -7,7 +7,7 @@ executor over the client (``TaskExecutor``) and carry a range of
 positions. The pickled replicate function travels with every task when it
 is small (most experiments: a few hundred bytes), and otherwise only to
 worker processes that ask for it (the engine's ``run_shipped_span``
-protocol); either way each worker process unpickles it once, and nothing
+protocol, with the core's inline-payload rule); either way each worker process unpickles it once, and nothing
 that a dying worker could lose is kept on the cluster between tasks.
 """
 
@@ -36,7 +36,14 @@ from distributed.comm.registry import get_backend
 from distributed.scheduler import KilledWorker, NoWorkerError
 
 from crystallize_core import Capabilities, ConfigurationError, StrategyUnavailableError, WorkerLostError
-from crystallize_core.engine import ExecutorBackend, cpu_count, drive, run_shipped_span, user_code_paths
+from crystallize_core.engine import (
+    Backend,
+    cpu_count,
+    drive,
+    inline_payload,
+    run_shipped_span,
+    user_code_paths,
+)
 from crystallize_core.replicate import dumps_replicate_fn
 from crystallize_dask import ADDRESS_VARIABLE
 
@@ -44,11 +51,6 @@ logger = logging.getLogger("crystallize")
 
 #: Address schemes that run over TCP, so that reachability can be tested with a plain socket first.
 TCP_SCHEMES = ("tcp", "tls", "ws", "wss")
-#: A pickled replicate function up to this size goes with every task: a
-#: worker process that lacks it would otherwise cost a round trip to ask for
-#: it, at the start of every run on every worker. A larger one goes only to
-#: the processes that ask, so that it crosses the scheduler once per worker.
-INLINE_PAYLOAD_BYTES = 64 * 1024
 #: Seconds a LocalCluster started here waits for a lost worker to be back
 #: before it gives up its nanny: longer than any run, so never.
 NANNY_PATIENCE_SECONDS = 7 * 24 * 3600
@@ -364,14 +366,18 @@ class _HeldConfig:
 _KEEP_NANNIES = _HeldConfig({"distributed.deploy.lost-worker-timeout": NANNY_PATIENCE_SECONDS})
 
 
-class DaskBackend(ExecutorBackend):
+class DaskBackend(Backend):
     """Replicates as tasks on a dask cluster: the given client's, or a LocalCluster started for the run.
 
-    An executor backend over a ``TaskExecutor`` of the client,
-    with a task function of its own that puts the driver's code folders on
-    the worker's import path before the replicate function is unpickled.
+    Tasks go through a ``TaskExecutor`` of the client and call a task
+    function of this module, which puts the driver's code folders on the
+    worker's import path before the replicate function is unpickled. The
+    pickled replicate function goes with every task when it is small
+    ([`inline_payload`][crystallize_core.engine.inline_payload]), otherwise
+    only to the worker processes that ask for it (``resubmit_with_payload``).
     """
 
+    capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
     # Dask's own cost per task is about a millisecond of scheduler time:
     # batches of a tenth of a second keep a large cluster's scheduler idle.
     target_batch_seconds = 0.1
@@ -382,8 +388,6 @@ class DaskBackend(ExecutorBackend):
     failure_scope = "pool"
 
     def __init__(self, client: Client | None = None, n_workers: int | None = None, owns_client: bool = True):
-        super().__init__(self._client_executor)
-        self.capabilities = Capabilities(retries_dead_workers=True, ships_work=True)
         self.client = client
         #: Whether shutdown() closes the client (a given client that someone else uses is left open).
         self.owns_client = owns_client
@@ -391,34 +395,33 @@ class DaskBackend(ExecutorBackend):
         self.cluster: LocalCluster | None = None
         self.executor: TaskExecutor | None = None
         self.key = uuid.uuid4().hex
+        #: The pickled replicate function, and what of it goes with every task (None: too large).
         self.payload = b""
+        self.inline: bytes | None = None
         self.paths: tuple[str, ...] = ()
         self._holds_nannies = False  # whether this backend holds _KEEP_NANNIES, until shutdown
 
     def start(self, run: Any, replicate_fn: Any) -> int:
-        self.payload = dumps_replicate_fn(replicate_fn)
+        self.inline = inline_payload(replicate_fn)
+        self.payload = self.inline if self.inline is not None else dumps_replicate_fn(replicate_fn)
         self.paths = tuple(user_code_paths())
         if self.client is None:
             workers = min(self.n_workers or cpu_count(), run.replicates)
             _KEEP_NANNIES.hold()
             self._holds_nannies = True
             self.cluster, self.client = start_local_cluster(workers)
-        self.executor = self._client_executor()
+        self.executor = TaskExecutor(self.client)
         return max(1, sum(self.client.nthreads().values()))
 
-    def _client_executor(self) -> TaskExecutor:
-        assert self.client is not None, "start() comes first"
-        return TaskExecutor(self.client)
-
     def submit(self, span: range) -> Future:
-        return self._submit(self.payload if len(self.payload) <= INLINE_PAYLOAD_BYTES else None, span)
+        return self._submit(self.inline, span)
 
     def resubmit_with_payload(self, span: range) -> Future:
         """Submit ``span`` again with the pickled replicate function, for a worker process that lacks it."""
         return self._submit(self.payload, span)
 
     def _submit(self, payload: bytes | None, span: range) -> Future:
-        assert self.executor is not None
+        assert self.executor is not None, "start() comes first"
         return self.executor.submit(_run_span, self.key, payload, self.paths, span.start, span.stop)
 
     def worker_lost(self, exc: BaseException) -> str | None:

@@ -29,6 +29,7 @@ from crystallize_core import (
     WorkerLostError,
     load_strategy,
 )
+from crystallize_core.engine import INLINE_PAYLOAD_BYTES
 from crystallize_core.testing import (
     CountUnpickles,
     KillWorkerOn,
@@ -41,7 +42,7 @@ from crystallize_core.testing import (
     wait_until,
 )
 from crystallize_dask import DaskExecution
-from crystallize_dask._core import INLINE_PAYLOAD_BYTES, NANNY_PATIENCE_SECONDS, DaskBackend, TaskExecutor
+from crystallize_dask._core import NANNY_PATIENCE_SECONDS, DaskBackend, TaskExecutor
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "examples" / "quickstart.py"

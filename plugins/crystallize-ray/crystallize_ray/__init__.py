@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 if importlib.util.find_spec("ray") is None:
     raise ImportError("crystallize-ray needs Ray, which is not installed: pip install 'ray'")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["RayExecution", "__version__"]
 
 

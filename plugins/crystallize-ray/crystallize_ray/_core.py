@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import atexit
-import io
 import os
-import pickle
 import socket
 import time
 import traceback
@@ -18,7 +16,7 @@ from urllib.parse import urlsplit
 import ray
 
 from crystallize_core import Capabilities, ConfigurationError, StrategyUnavailableError, WorkerSetupError
-from crystallize_core.engine import Backend, run_shipped_span, run_span, user_code_paths
+from crystallize_core.engine import Backend, inline_payload, run_shipped_span, run_span, user_code_paths
 
 #: What a client sends first on an HTTP/2 connection, and the (empty) settings frame that must follow.
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -26,9 +24,6 @@ HTTP2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 #: The frame type of the settings frame a gRPC server answers with.
 HTTP2_SETTINGS_FRAME = 0x4
 TARGET_TASK_SECONDS = 0.1  # Ray's per-task cost is about a millisecond
-#: A pickled replicate function up to this size goes with every task; a
-#: larger one is put in the object store once per run.
-INLINE_PAYLOAD_BYTES = 64 * 1024
 
 _started_here = False
 
@@ -201,7 +196,7 @@ class RayBackend(Backend):
         # arguments): no object-store round trip per run. A large one goes to
         # the object store as an object, not as bytes, so that its arrays
         # are shared by the workers of a node rather than copied into each.
-        payload = _small_pickle(replicate_fn)
+        payload = inline_payload(replicate_fn)
         self.shipped: bytes | list = payload if payload is not None else [ray.put(replicate_fn)]
         self.key = uuid.uuid4().hex
         return slots
@@ -234,28 +229,6 @@ class RayBackend(Backend):
     def shutdown(self, wait: bool = True) -> None:
         self.stop_all()
         self.running.clear()
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _BoundedBuffer(io.BytesIO):
-    def write(self, data: Any) -> int:
-        if self.tell() + memoryview(data).nbytes > INLINE_PAYLOAD_BYTES:  # a PickleBuffer has no len()
-            raise _TooLarge
-        return super().write(data)
-
-
-def _small_pickle(replicate_fn: Callable[[int], Any]) -> bytes | None:
-    """``replicate_fn`` pickled, if it takes at most INLINE_PAYLOAD_BYTES; else
-    None, found without pickling the rest of a large one."""
-    buffer = _BoundedBuffer()
-    try:
-        pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(replicate_fn)
-    except _TooLarge:
-        return None
-    return buffer.getvalue()
 
 
 def _slots(strategy: Any) -> int:
