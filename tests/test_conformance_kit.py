@@ -3,7 +3,7 @@
 import textwrap
 
 KIT_CHECKS = 23
-#: Checks that apply only to what a strategy declares it can do, skipped for Recorder.
+#: Checks that apply only to what a strategy declares it can do, skipped for LoopStrategy.
 CAPABILITY_CHECKS = 8
 
 BROKEN_STRATEGIES = textwrap.dedent(
@@ -13,7 +13,7 @@ BROKEN_STRATEGIES = textwrap.dedent(
     from concurrent.futures import ProcessPoolExecutor
 
     from crystallize_core import Capabilities, hookimpl
-    from crystallize_core.testing import Recorder, StrategyConformance
+    from crystallize_core.testing import LoopStrategy, StrategyConformance
 
 
     def in_order(replicate_fn, replicates, run_twice=False):
@@ -68,12 +68,12 @@ BROKEN_STRATEGIES = textwrap.dedent(
             return results
 
 
-    class ClaimsTimeout(Recorder):
+    class ClaimsTimeout(LoopStrategy):
         # Declares it enforces timeouts, and does not.
         capabilities = Capabilities(timeout=True)
 
 
-    class LeaksAThread(Recorder):
+    class LeaksAThread(LoopStrategy):
         @hookimpl
         def run_experiment_loop(self, experiment, replicate_fn):
             threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
@@ -159,13 +159,13 @@ def test_kit_passes_a_correct_strategy_and_skips_what_does_not_apply(pytester):
     pytester.makepyfile(
         test_good=textwrap.dedent(
             """
-            from crystallize_core.testing import Recorder, StrategyConformance
+            from crystallize_core.testing import LoopStrategy, StrategyConformance
 
-            class TestRecorder(StrategyConformance):
-                strategy_name = "Recorder"
+            class TestLoopStrategy(StrategyConformance):
+                strategy_name = "LoopStrategy"
 
                 def make_strategy(self):
-                    return Recorder()
+                    return LoopStrategy()
             """
         )
     )

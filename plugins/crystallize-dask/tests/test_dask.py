@@ -32,7 +32,7 @@ from crystallize_core import (
 from crystallize_core.testing import (
     CountUnpickles,
     KillWorkerOn,
-    Recorder,
+    LoopStrategy,
     RecordRuns,
     SleepEach,
     StrategyConformance,
@@ -145,7 +145,7 @@ def test_a_malformed_address_is_refused_naming_it(address, monkeypatch, tmp_path
 
 def test_an_unreachable_scheduler_stops_the_run_naming_the_address_within_its_timeout():
     address = closed_address()
-    after = Recorder()
+    after = LoopStrategy()
     began = time.monotonic()
     with pytest.raises(StrategyUnavailableError, match=re.escape(address)) as refused:
         Experiment(numbers, [record], plugins=[DaskExecution(address=address, connect_timeout=3), after]).run(

@@ -1,29 +1,14 @@
-"""The conformance kit: hold a strategy to the ``run_experiment_loop`` contract.
+"""The conformance kit's checks: [`StrategyConformance`][].
 
-Subclass [`StrategyConformance`][] in a test module, say how to build your
-strategy, and pytest runs every check against real experiments:
-
-    from crystallize_core.testing import StrategyConformance
-
-    class TestMyStrategy(StrategyConformance):
-        strategy_name = "mine"          # its entry point name
-
-        def make_strategy(self):
-            return MyStrategy(workers=2)
-
-Nothing is mocked: each check runs a real [`Experiment`][]
-through your strategy, with components defined in this module so that they
-can be pickled into other processes. Override
-[`make_declining_strategy`][crystallize_core.testing.StrategyConformance.make_declining_strategy]
-if your strategy can decline. Add checks of your own beside the inherited ones.
+The experiments the checks run are made of the probe components in
+``_probes``; this module holds only what is checked and how a failure is
+worded.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
-import signal
 import tempfile
 import time
 from collections import Counter
@@ -42,326 +27,27 @@ from crystallize_core.experiment import Experiment, Treatment
 from crystallize_core.hookspecs import Capabilities, capabilities_of, hookimpl
 from crystallize_core.result import Result
 from crystallize_core.seed import SeedPlugin
-
-# --- components: top-level and picklable, so they travel to any worker -----------
-
-
-def numbers(ctx) -> list[float]:
-    """A datasource: three numbers drawn from the context's private generator."""
-    return [ctx.rng.random() for _ in range(3)]
-
-
-def record(data, ctx):
-    """A step recording the replicate index, one draw from ``ctx.rng`` and the data's sum."""
-    ctx.metrics.add("replicate", ctx.replicate)
-    ctx.metrics.add("draw", ctx.rng.random())
-    ctx.metrics.add("total", sum(data) * ctx.get("factor", 1))
-    return data
-
-
-class DelayEarlyReplicates:
-    """A step that makes early replicates slow, so a concurrent strategy sees
-    them finish last and has to restore replicate order."""
-
-    def __init__(self, slow: int = 4, seconds: float = 0.05):
-        self.slow = slow
-        self.seconds = seconds
-
-    def __call__(self, data, ctx):
-        if ctx.replicate < self.slow:
-            time.sleep(self.seconds * (self.slow - ctx.replicate))
-        return data
-
-
-class RecordRuns:
-    """A step that appends ``"<replicate> <condition>"`` to a file each time it runs
-    (appends of one short line are atomic, whichever process makes them)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __call__(self, data, ctx):
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{ctx.replicate} {ctx.condition}\n".encode())
-        finally:
-            os.close(fd)
-        return data
-
-
-class UnpicklableError(Exception):
-    """An exception that cannot be pickled: it holds a lock."""
-
-    def __init__(self, message: str, *, detail: Any = None):
-        super().__init__(message)
-        import threading
-
-        self.lock = threading.Lock()
-        self.detail = detail
-
-
-class FailOn:
-    """A step that raises for the given replicates of one condition; every
-    other call passes. ``unpicklable`` raises ``UnpicklableError``."""
-
-    def __init__(self, replicates: frozenset[int], condition: str = "treated", unpicklable: bool = False):
-        self.replicates = frozenset(replicates)
-        self.condition = condition
-        self.unpicklable = unpicklable
-
-    def __call__(self, data, ctx):
-        if ctx.replicate in self.replicates and ctx.condition == self.condition:
-            if self.unpicklable:
-                raise UnpicklableError(f"cannot travel {ctx.replicate}", detail=ctx.replicate)
-            raise ValueError(f"failing on purpose in replicate {ctx.replicate}")
-        return data
-
-
-class HoldsBuffer:
-    """A datasource holding ``size`` bytes that it pickles as a
-    [`pickle.PickleBuffer`][] under protocol 5, the way a NumPy array
-    pickles its data, and whose replicates record the buffer's length."""
-
-    def __init__(self, size: int):
-        self.data = bytearray(size)
-
-    def __reduce_ex__(self, protocol):
-        if protocol >= 5:
-            return _holding, (pickle.PickleBuffer(self.data),)
-        return _holding, (bytes(self.data),)
-
-    def __call__(self, ctx):
-        ctx.metrics.add("held", len(self.data))
-        return numbers(ctx)
-
-
-def _holding(data) -> HoldsBuffer:
-    held = HoldsBuffer(0)
-    held.data = bytearray(data)
-    return held
-
-
-class UnpicklesOnlyIn:
-    """A datasource that pickles anywhere and unpickles only in process
-    ``driver``: what a worker meets when a module the experiment's code comes
-    from is not importable where it runs."""
-
-    def __init__(self, driver: int):
-        self.driver = driver
-
-    def __reduce__(self):
-        return _rebuilt_only_in, (self.driver,)
-
-    def __call__(self, ctx):
-        return numbers(ctx)
-
-
-def _rebuilt_only_in(driver: int) -> UnpicklesOnlyIn:
-    if os.getpid() != driver:
-        raise ModuleNotFoundError("No module named 'only_on_the_driver' (UnpicklesOnlyIn)")
-    return UnpicklesOnlyIn(driver)
-
-
-class CountUnpickles:
-    """A datasource that appends this process's id to a file whenever it is
-    unpickled, to count how often the experiment is shipped."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __getstate__(self):
-        return {"path": self.path}
-
-    def __setstate__(self, state):
-        self.path = state["path"]
-        with open(self.path, "a") as log:
-            log.write(f"{os.getpid()}\n")
-
-    def __call__(self, ctx):
-        return numbers(ctx)
-
-
-class SleepEach:
-    """A step that sleeps ``seconds`` in every replicate, so that runs take a while."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __call__(self, data, ctx):
-        time.sleep(self.seconds)
-        return data
-
-
-class SleepOn:
-    """A step that sleeps ``seconds`` in the given replicates only."""
-
-    def __init__(self, replicates: frozenset[int], seconds: float):
-        self.replicates = frozenset(replicates)
-        self.seconds = seconds
-
-    def __call__(self, data, ctx):
-        if ctx.replicate in self.replicates:
-            time.sleep(self.seconds)
-        return data
-
-
-class InterruptAfter:
-    """A last step that sends SIGINT to process ``pid`` (the run's caller) once
-    ``finished`` replicates have reached it in condition ``last_condition``: a
-    real Ctrl-C, from wherever the replicates run. Replicates are counted in a
-    file beside ``marker``."""
-
-    def __init__(self, finished: int, pid: int, marker: str, last_condition: str = "treated"):
-        self.finished = finished
-        self.pid = pid
-        self.marker = marker
-        self.last_condition = last_condition
-
-    def __call__(self, data, ctx):
-        if ctx.condition != self.last_condition:
-            return data
-        fd = os.open(self.marker + ".count", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, b".")
-        finally:
-            os.close(fd)
-        if os.path.getsize(self.marker + ".count") >= self.finished:
-            try:
-                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                return data  # already sent
-            os.kill(self.pid, signal.SIGINT)
-        return data
-
-
-class KillWorkerOn:
-    """A step that kills the process running it, in the given replicates:
-    ``"exit"`` calls ``os._exit(1)``, ``"kill"`` sends itself SIGKILL, and
-    ``"once"`` exits only the first time (it leaves a marker file), to test a
-    retry that succeeds. It never kills the process ``driver`` (the test's
-    own): there it raises instead, so a strategy that runs replicates in the
-    calling process fails the check rather than ending the test session."""
-
-    def __init__(self, how: dict[int, str], marker_dir: str = "", driver: int | None = None):
-        self.how = dict(how)
-        self.marker_dir = marker_dir
-        self.driver = os.getpid() if driver is None else driver
-
-    def __call__(self, data, ctx):
-        how = self.how.get(ctx.replicate)
-        if how is not None and os.getpid() == self.driver:
-            raise RuntimeError("KillWorkerOn refused to kill the driver process: the replicate ran in it")
-        if how == "exit":
-            os._exit(1)
-        if how == "kill":
-            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-        if how == "once":
-            marker = Path(self.marker_dir) / f"died-{ctx.replicate}"
-            if not marker.exists():
-                marker.touch()
-                os._exit(3)
-        return data
-
-
-#: Processes a Python interpreter starts for its own use, not a strategy's workers.
-_INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "resource_tracker")
-
-
-def peak_memory_mb() -> float:
-    """This process's peak resident memory in MB, for memory tests run in a subprocess.
-
-    Reads ``VmHWM`` where ``/proc`` has it: on Linux, ``ru_maxrss`` of a
-    child started by ``vfork`` and ``exec`` can report its parent's peak (a
-    test session's). Elsewhere, ``ru_maxrss`` (bytes on macOS, KB on Linux).
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    import sys
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-
-
-def live_child_processes() -> dict[int, int]:
-    """This process's living descendants, as process id to parent id, except
-    the helper processes ``multiprocessing`` keeps for the interpreter (psutil)."""
-    import psutil
-
-    found = {}
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            command = " ".join(child.cmdline())
-            parent = child.ppid()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if not any(helper in command for helper in _INTERPRETER_HELPERS):
-            found[child.pid] = parent
-    return found
-
-
-def processes_started_since(before: dict[int, int]) -> list[int]:
-    """Descendants started since the snapshot ``before`` by this process, or by
-    processes it started since: not those a cluster that was already running
-    starts for itself (a Ray raylet replacing its workers, say)."""
-    now = live_child_processes()
-    new = {pid for pid in now if pid not in before}
-    me = os.getpid()
-    return sorted(pid for pid in new if now[pid] == me or now[pid] in new)
-
-
-def live_threads() -> set[int]:
-    """Identifiers of this process's running threads."""
-    import threading
-
-    return {thread.ident for thread in threading.enumerate() if thread.ident is not None and thread.is_alive()}
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    """Poll ``condition`` until it holds or ``seconds`` pass; return whether it held."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-class Decliner:
-    """A strategy that always declines and remembers being asked."""
-
-    def __init__(self):
-        self.asked = 0
-
-    @hookimpl
-    def run_experiment_loop(self, experiment, replicate_fn):
-        self.asked += 1
-        return None
-
-
-class Recorder:
-    """A strategy that runs replicates in a plain loop and remembers being asked."""
-
-    def __init__(self):
-        self.asked = 0
-
-    @hookimpl
-    def run_experiment_loop(self, experiment, replicate_fn):
-        self.asked += 1
-        results = []
-        try:
-            for replicate in range(experiment.replicates):
-                results.append(replicate_fn(replicate))
-        except KeyboardInterrupt as interrupt:
-            interrupt.completed = results
-            raise
-        return results
+from crystallize_core.testing._probes import (
+    CountUnpickles,
+    Decliner,
+    DelayEarlyReplicates,
+    FailOn,
+    HoldsBuffer,
+    InterruptAfter,
+    KillWorkerOn,
+    LoopStrategy,
+    RecordRuns,
+    SleepEach,
+    SleepOn,
+    UnpicklableError,
+    UnpicklesOnlyIn,
+    live_child_processes,
+    live_threads,
+    numbers,
+    processes_started_since,
+    record,
+    wait_until,
+)
 
 
 class _KeepAnswer:
@@ -539,14 +225,14 @@ class StrategyConformance:
         self.expect(got == list(range(n)), f"{n} replicates came back as {got[:10]}...")
 
     def test_wins_after_a_declining_plugin_and_stops_the_search(self):
-        before, after = Decliner(), Recorder()
+        before, after = Decliner(), LoopStrategy()
         result = self.experiment(plugins=[before, self.make_strategy(), after]).run(replicates=3)
         self.assert_strategy_ran(result)
         self.expect(before.asked == 1, "a plugin listed before the strategy was not asked first")
         self.expect(after.asked == 0, "a plugin listed after the winning strategy was asked")
 
     def test_chosen_for_the_run_comes_before_the_experiments_plugins(self):
-        own = Recorder()
+        own = LoopStrategy()
         result = self.experiment(plugins=[own]).run(replicates=3, strategy=self.make_strategy())
         self.assert_strategy_ran(result)
         self.expect(own.asked == 0, "the experiment's own strategy was asked before the one chosen for the run")
@@ -557,9 +243,9 @@ class StrategyConformance:
         declining = self.make_declining_strategy()
         if declining is None:
             pytest.skip("make_declining_strategy() returns None: the strategy never declines")
-        after = Recorder()
+        after = LoopStrategy()
         result = self.experiment(plugins=[declining, after]).run(replicates=3)
-        self.expect(result.strategy == "Recorder", f"did not pass on when declining: {result.strategy!r} ran")
+        self.expect(result.strategy == "LoopStrategy", f"did not pass on when declining: {result.strategy!r} ran")
         self.expect(after.asked == 1, "the next implementer was not asked")
 
     def test_errors_inside_replicates_are_captured(self):
@@ -571,7 +257,7 @@ class StrategyConformance:
             == [
                 (1, "treated", "ValueError"),
                 (3, "treated", "ValueError"),
-                (4, "treated", "crystallize_core.testing.UnpicklableError"),
+                (4, "treated", f"{UnpicklableError.__module__}.{UnpicklableError.__qualname__}"),
             ],
             f"captured errors {got}",
         )
