@@ -2,45 +2,64 @@
 
 The experiments the checks run are made of the probe components in
 ``_probes``; this module holds only what is checked and how a failure is
-worded.
+worded. Every failure names the strategy under test and says, in words,
+what it did.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import json
 import os
+import pickle
+import random
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from crystallize_core.errors import (
+from crystallize_core import (
+    Capabilities,
+    Experiment,
     ExperimentInterrupted,
     NotPicklableError,
     ReplicateFailed,
+    ReplicateResult,
+    ReproducibilityWarning,
+    Result,
+    SeedPlugin,
     StrategyCapabilityError,
+    StrategyContractError,
+    Treatment,
     WorkerSetupError,
 )
-from crystallize_core.experiment import Experiment, Treatment
-from crystallize_core.hookspecs import Capabilities, capabilities_of, hookimpl
-from crystallize_core.result import Result
-from crystallize_core.seed import SeedPlugin
+from crystallize_core.hookspecs import PROJECT_NAME, capabilities_of
 from crystallize_core.testing._probes import (
     CountUnpickles,
     Decliner,
     DelayEarlyReplicates,
+    DrawGlobalRandom,
     FailOn,
     HoldsBuffer,
     InterruptAfter,
     KillWorkerOn,
     LoopStrategy,
+    MarkSeeding,
     RecordRuns,
     SleepEach,
     SleepOn,
     UnpicklableError,
     UnpicklesOnlyIn,
+    describe_process,
     live_child_processes,
     live_threads,
     numbers,
@@ -49,38 +68,85 @@ from crystallize_core.testing._probes import (
     wait_until,
 )
 
-
-class _KeepAnswer:
-    """Wraps a strategy to keep a reference to what it returned."""
-
-    def __init__(self, strategy: object):
-        from crystallize_core._manager import new_plugin_manager
-
-        self.manager = new_plugin_manager()
-        self.manager.register(strategy)
-        self.answer: object = None
-
-    @hookimpl
-    def run_experiment_loop(self, experiment, replicate_fn):
-        self.answer = self.manager.hook.run_experiment_loop(experiment=experiment, replicate_fn=replicate_fn)
-        return self.answer
-
-
-# --- the kit -------------------------------------------------------------------
-
 #: Seconds a check that can hang or kill may run before the watchdog ends the
 #: test session with every thread's traceback (faulthandler), instead of a
 #: silent hang in CI.
 WATCHDOG_SECONDS = 300
+
+#: The conditions of the kit's experiments: the baseline and one treatment.
+CONDITIONS = ("baseline", "treated")
+
+#: The script of the ``__main__`` check: an experiment whose datasource and
+#: step are defined in ``__main__``, run as ``python experiment_script.py``
+#: with the guard a user's script has. It reads the strategy under test from
+#: the pickle file named first, and writes what happened to the JSON file
+#: named second.
+MAIN_SCRIPT = '''\
+"""An experiment defined in __main__, run the way a user runs a script."""
+
+import json
+import pickle
+import sys
+
+from crystallize_core import Experiment, SeedPlugin, Treatment
+
+
+def draws(ctx):
+    return [ctx.rng.random() for _ in range(3)]
+
+
+class Scale:
+    """A step defined in __main__, as a user's script defines its steps."""
+
+    def __call__(self, data, ctx):
+        ctx.metrics.add("replicate", ctx.replicate)
+        ctx.metrics.add("total", sum(data) * ctx.get("factor", 1))
+        return data
+
+
+def experiment():
+    return Experiment(
+        draws,
+        [Scale()],
+        treatments=[Treatment("treated", {"factor": 2})],
+        plugins=[SeedPlugin(seed=11, auto_seed=False)],
+    )
+
+
+def main(strategy_file, answer_file, replicates):
+    with open(strategy_file, "rb") as given:
+        strategy = pickle.load(given)
+    expected = experiment().run(replicates=replicates, strategy="serial")
+    result = experiment().run(replicates=replicates, strategy=strategy)
+    answer = {
+        "strategy": result.strategy,
+        "errors": [str(error) for error in result.errors],
+        "same_metrics": result.metrics == expected.metrics,
+    }
+    with open(answer_file, "w") as written:
+        json.dump(answer, written)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+'''
 
 
 class StrategyConformance:
     """Checks every strategy must pass. Subclass it as ``Test<Something>``.
 
     Implement [`make_strategy`][], and set [`strategy_name`][] to the
-    entry point's name your strategy is published under. Checks that do not apply to what the strategy
-    declares in its [`Capabilities`][] are skipped,
-    with the reason; every failure names the strategy and says what it did.
+    entry point's name your strategy is published under. Checks that do not
+    apply to what the strategy declares in its [`Capabilities`][] are
+    skipped, with the reason; every failure names the strategy and says what
+    it did.
+
+    For strategies that declare ``ships_work``, one check runs an experiment
+    defined in ``__main__`` as a real ``python script.py``: the object
+    ``make_strategy()`` returns is pickled into that script, so it must
+    pickle by reference (its class importable by module path, not defined
+    in ``__main__`` or inside a function), holding its options rather than
+    live resources (a pool, a client).
     """
 
     #: The name the strategy is registered under, checked against
@@ -93,6 +159,12 @@ class StrategyConformance:
     #: per process and keeps for the process's life (dask's "Dask-Offload"):
     #: not counted as left behind by a run.
     lasting_threads: tuple[str, ...] = ()
+    #: Seconds the threads and processes a run started get to end once it
+    #: has returned, before they count as left behind.
+    settle_seconds: float = 10.0
+    #: Seconds the ``__main__`` script may take, start-up of the strategy's
+    #: workers (or cluster) included.
+    script_seconds: float = 180.0
 
     def make_strategy(self) -> object:
         """Return a new, configured instance of the strategy under test."""
@@ -130,7 +202,7 @@ class StrategyConformance:
 
         return self.strategy_name or identify(self.make_strategy())[0]
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         """Fail the check, naming the strategy under test."""
         raise AssertionError(f"strategy {self.label!r}: {what}")
 
@@ -159,9 +231,46 @@ class StrategyConformance:
         )
 
     def run_with_strategy(self, experiment: Experiment, replicates: int, strategy: object | None = None, **options):
-        """Run ``experiment`` with the strategy under test as its only strategy plugin."""
+        """Run ``experiment`` with the strategy under test as its only strategy plugin.
+
+        An answer the core refuses ([`StrategyContractError`][]) fails the
+        check with the core's account of it.
+        """
         experiment.plugins.append(strategy if strategy is not None else self.make_strategy())
-        return experiment.run(replicates=replicates, **options)
+        return self.run_checked(experiment, replicates=replicates, **options)
+
+    def run_checked(self, experiment: Experiment, **options) -> Result:
+        """``experiment.run(**options)``, failing the check on a broken contract."""
+        try:
+            return experiment.run(**options)
+        except StrategyContractError as broken:
+            self.fail(f"broke the run_experiment_loop contract: {broken}")
+
+    def keep_answers(self, strategy: object) -> list[tuple[object, list[object] | None]] | None:
+        """Make ``strategy`` keep what its ``run_experiment_loop`` returns,
+        without changing who it is (the core still names and asks the
+        strategy itself): each answer goes into the list returned, with a copy
+        of its items made the moment it returned when it is a list. None
+        where the hook cannot be followed (no instance ``__dict__``, say)."""
+        import inspect
+
+        hook = getattr(strategy, "run_experiment_loop", None)
+        options = getattr(hook, f"{PROJECT_NAME}_impl", None)
+        own = getattr(strategy, "__dict__", None)
+        if hook is None or options is None or not isinstance(own, dict) or isinstance(strategy, type):
+            return None
+        takes = [name for name in inspect.signature(hook).parameters if name in ("experiment", "replicate_fn")]
+        answers: list[tuple[object, list[object] | None]] = []
+
+        def run_experiment_loop(experiment, replicate_fn):
+            given = {"experiment": experiment, "replicate_fn": replicate_fn}
+            answer = hook(**{name: given[name] for name in takes})
+            answers.append((answer, list(answer) if isinstance(answer, list) else None))
+            return answer
+
+        setattr(run_experiment_loop, f"{PROJECT_NAME}_impl", dict(options))
+        own["run_experiment_loop"] = run_experiment_loop
+        return answers
 
     def assert_strategy_ran(self, result) -> None:
         if result.strategy != self.label:
@@ -171,34 +280,48 @@ class StrategyConformance:
         """Before a check that kills or hangs: prove the strategy under test is the one running."""
         self.assert_strategy_ran(self.run_with_strategy(self.experiment(), 2))
 
-    def assert_nothing_left(self, processes: dict[int, int], threads: set[int]) -> None:
-        """Every process and thread started since the snapshot has ended."""
-        import threading
+    def left_running(self, processes: dict[int, int], threads: set[Any]) -> tuple[list[int], list[str]]:
+        """Wait up to [`settle_seconds`][] for every process and thread
+        started since the snapshot ([`live_child_processes`][],
+        [`live_threads`][]) to end; return those still running (process ids,
+        thread names), leaving out [`lasting_threads`][]."""
 
         def threads_left() -> list[str]:
             started = live_threads() - threads
-            return [
-                t.name
-                for t in threading.enumerate()
-                if t.ident in started and not t.name.startswith(self.lasting_threads)
-            ]
+            return sorted(t.name for t in started if not t.name.startswith(self.lasting_threads))
 
-        gone = wait_until(lambda: not processes_started_since(processes) and not threads_left(), seconds=10)
-        if not gone:
-            names = threads_left()
-            self.fail(
-                f"left processes {processes_started_since(processes)} and threads {names} running after the run ended"
-            )
+        wait_until(lambda: not processes_started_since(processes) and not threads_left(), seconds=self.settle_seconds)
+        return processes_started_since(processes), threads_left()
+
+    def assert_nothing_left(self, processes: dict[int, int], threads: set[Any]) -> None:
+        """Every process and thread started since the snapshot has ended."""
+        left_processes, left_threads = self.left_running(processes, threads)
+        problems = []
+        if left_processes:
+            described = ", ".join(describe_process(pid) for pid in left_processes)
+            problems.append(f"left {_count(left_processes, 'process', 'processes')} running: {described}")
+        if left_threads:
+            problems.append(f"left {_count(left_threads, 'thread')} running: {', '.join(map(repr, left_threads))}")
+        if problems:
+            self.fail(f"{' and '.join(problems)}, {self.settle_seconds:g} s after the run ended")
 
     # checks -----------------------------------------------------------------
 
     def test_results_complete_and_in_replicate_order(self):
         n = 12
-        result = self.run_with_strategy(self.experiment(steps=[DelayEarlyReplicates(), record]), n)
+        log = self.scratch() / "runs.txt"
+        strategy = self.make_strategy()
+        answers = self.keep_answers(strategy)
+        experiment = self.experiment(steps=[RecordRuns(str(log)), DelayEarlyReplicates(), record])
+        experiment.plugins.append(strategy)
+        try:
+            result = experiment.run(replicates=n)
+        except StrategyContractError as broken:
+            self.fail(_what_the_answer_lacks(n, answers, _ran(log), broken))
         self.assert_strategy_ran(result)
         order = [r.replicate for r in result.replicate_results]
         self.expect(order == list(range(n)), f"returned replicates in the order {order}")
-        for condition in ("baseline", "treated"):
+        for condition in CONDITIONS:
             got = result.metrics[condition]["replicate"]
             self.expect(got == list(range(n)), f"{condition} metrics are not in replicate order: {got}")
         self.expect(result.errors == [], f"errors where none were expected: {result.errors}")
@@ -207,9 +330,8 @@ class StrategyConformance:
         log = self.scratch() / "runs.txt"
         n = self.many_replicates
         result = self.run_with_strategy(self.experiment(steps=[RecordRuns(str(log)), record]), n)
-        runs = Counter(log.read_text().splitlines())
-        expected = Counter({f"{i} {c}": 1 for i in range(n) for c in ("baseline", "treated")})
-        self.expect(runs == expected, f"ran these not exactly once: {dict((runs - expected) + (expected - runs))}")
+        wrong = _runs_other_than(Counter(log.read_text().splitlines()), range(n), times=1)
+        self.expect(not wrong, f"ran replicates other than exactly once: {wrong}")
         self.expect(result.replicates == n, f"returned {result.replicates} of {n} replicates")
 
     def test_a_single_replicate(self):
@@ -226,14 +348,14 @@ class StrategyConformance:
 
     def test_wins_after_a_declining_plugin_and_stops_the_search(self):
         before, after = Decliner(), LoopStrategy()
-        result = self.experiment(plugins=[before, self.make_strategy(), after]).run(replicates=3)
+        result = self.run_checked(self.experiment(plugins=[before, self.make_strategy(), after]), replicates=3)
         self.assert_strategy_ran(result)
         self.expect(before.asked == 1, "a plugin listed before the strategy was not asked first")
         self.expect(after.asked == 0, "a plugin listed after the winning strategy was asked")
 
     def test_chosen_for_the_run_comes_before_the_experiments_plugins(self):
         own = LoopStrategy()
-        result = self.experiment(plugins=[own]).run(replicates=3, strategy=self.make_strategy())
+        result = self.run_checked(self.experiment(plugins=[own]), replicates=3, strategy=self.make_strategy())
         self.assert_strategy_ran(result)
         self.expect(own.asked == 0, "the experiment's own strategy was asked before the one chosen for the run")
 
@@ -244,44 +366,58 @@ class StrategyConformance:
         if declining is None:
             pytest.skip("make_declining_strategy() returns None: the strategy never declines")
         after = LoopStrategy()
-        result = self.experiment(plugins=[declining, after]).run(replicates=3)
+        result = self.run_checked(self.experiment(plugins=[declining, after]), replicates=3)
         self.expect(result.strategy == "LoopStrategy", f"did not pass on when declining: {result.strategy!r} ran")
         self.expect(after.asked == 1, "the next implementer was not asked")
 
     def test_errors_inside_replicates_are_captured(self):
         steps = [record, FailOn(frozenset({1, 3})), FailOn(frozenset({4}), unpicklable=True)]
         result = self.run_with_strategy(self.experiment(steps=steps), 6)
-        got = sorted((e.replicate, e.condition, e.exc_type) for e in result.errors)
+        unpicklable = f"{UnpicklableError.__module__}.{UnpicklableError.__qualname__}"
+        expected = {(1, "treated", "ValueError"), (3, "treated", "ValueError"), (4, "treated", unpicklable)}
+        got = [(e.replicate, e.condition, e.exc_type) for e in result.errors]
+        swallowed = sorted(expected - set(got))
         self.expect(
-            got
-            == [
-                (1, "treated", "ValueError"),
-                (3, "treated", "ValueError"),
-                (4, "treated", f"{UnpicklableError.__module__}.{UnpicklableError.__qualname__}"),
-            ],
-            f"captured errors {got}",
+            not swallowed,
+            f"swallowed {_count(swallowed, 'error')} that a step raised: "
+            + ", ".join(f"replicate {i} ({c}): {kind}" for i, c, kind in swallowed)
+            + f"; the result's errors are {got}",
         )
-        unpicklable = next(e for e in result.errors if e.replicate == 4)
-        self.expect(unpicklable.message == "cannot travel 4", f"error message {unpicklable.message!r}")
-        self.expect("UnpicklableError" in unpicklable.traceback, "the traceback of an error was lost")
+        made_up = sorted(set(got) - expected)
+        self.expect(not made_up, f"reported errors that no step raised: {made_up}")
+        self.expect(len(got) == len(expected), f"reported an error more than once: {got}")
+        unpicklable_error = next(e for e in result.errors if e.replicate == 4)
+        self.expect(unpicklable_error.message == "cannot travel 4", f"error message {unpicklable_error.message!r}")
+        self.expect("UnpicklableError" in unpicklable_error.traceback, "the traceback of an error was lost")
         self.expect(
             result.metrics["baseline"]["replicate"] == list(range(6)), "a failure lost other conditions' results"
         )
         treated = result.metrics["treated"]["replicate"]
         self.expect(treated[0] == 0 and treated[1] is None, f"treated metrics {treated}")
 
-    def test_result_list_is_not_touched_after_return(self):
-        keeper = _KeepAnswer(self.make_strategy())
-        result = self.experiment(steps=[DelayEarlyReplicates(), record], plugins=[keeper]).run(replicates=10)
-        self.expect(result.metrics["baseline"]["replicate"] == list(range(10)), "lost results")
-        if not isinstance(keeper.answer, list):
-            return  # an iterator, or a view of the core's own results: no list of the strategy's to touch
-        snapshot = list(keeper.answer)
-        time.sleep(0.3)  # room for anything still running in the background to touch it
-        self.expect(
-            keeper.answer == snapshot and all(a is b for a, b in zip(keeper.answer or [], snapshot)),
-            "changed its answer after returning it",
+    def test_nothing_changes_after_the_run_returns(self):
+        # Whatever the strategy left running (threads, processes) is waited
+        # for until it ends, then the answer, the result and the record of
+        # replicates run are compared with what they were at the return.
+        processes, threads = live_child_processes(), live_threads()
+        log = self.scratch() / "runs.txt"
+        strategy = self.make_strategy()
+        answers = self.keep_answers(strategy)
+        n = 10
+        result = self.run_with_strategy(
+            self.experiment(steps=[RecordRuns(str(log)), DelayEarlyReplicates(), record]), n, strategy
         )
+        self.expect(result.metrics["baseline"]["replicate"] == list(range(n)), "lost results")
+        answer, kept = answers[0] if answers else (None, None)
+        metrics, ran = copy.deepcopy(result.metrics), log.read_text()
+        self.left_running(processes, threads)
+        if kept is not None and isinstance(answer, list):
+            self.expect(
+                answer == kept and all(a is b for a, b in zip(answer, kept)),
+                "changed the list it returned after returning it",
+            )
+        self.expect(log.read_text() == ran, "ran replicates after run_experiment_loop returned")
+        self.expect(result.metrics == metrics, "the result changed after the run returned")
 
     def test_the_experiment_is_not_changed_and_two_runs_at_once_agree(self):
         import threading
@@ -326,6 +462,68 @@ class StrategyConformance:
         self.expect(result.seeds == expected.seeds, f"seeds {result.seeds}, serial gave {expected.seeds}")
         self.expect(result.metrics == expected.metrics, "metrics differ from serial's for the same seed")
 
+    def test_global_random_and_numpy_draws_match_serial(self):
+        # Under SeedPlugin(auto_seed=True) a step's draws from the global
+        # random module and NumPy's global generator depend on the replicate's
+        # seed alone: a strategy that reseeds them (or draws from them) between
+        # that seeding and the steps changes them. Draws that followed another
+        # replicate's seeding or draw in the same process (threads, coroutines)
+        # are left out: sharing global state that way is the user's documented
+        # risk, and no strategy's fault.
+        import pytest
+
+        n = 8
+        seed = 2024
+
+        def experiment():
+            plugins = [MarkSeeding(), SeedPlugin(seed=seed, auto_seed=True)]
+            return self.experiment(steps=[DrawGlobalRandom(), record], plugins=plugins)
+
+        with _global_random_state_kept(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ReproducibilityWarning)  # threads share global state: said above
+            expected = experiment().run(replicates=n, strategy="serial")
+            result = self.run_with_strategy(experiment(), n)
+        self.assert_strategy_ran(result)
+        compared = 0
+        for condition in CONDITIONS:
+            ours, serial = result.metrics[condition], expected.metrics[condition]
+            for i in range(n):
+                if not ours["global_clean"][i]:
+                    continue
+                compared += 1
+                for name, drawn_by in (("global_random", "random.random()"), ("global_numpy", "numpy.random.random()")):
+                    self.expect(
+                        ours[name][i] == serial[name][i],
+                        f"reseeded (or drew from) the global random state: in replicate {i} ({condition}) a step's "
+                        f"{drawn_by} gave {ours[name][i]!r} where a serial run under SeedPlugin(seed={seed}, "
+                        f"auto_seed=True) gives {serial[name][i]!r}; leave random and NumPy's global generator to "
+                        "SeedPlugin",
+                    )
+        if not compared:
+            pytest.skip(
+                "every draw followed another replicate's seeding or draw in the same process: replicates "
+                "running at once share the global random state, so there was nothing to compare"
+            )
+
+    def test_progress_advances_to_the_total(self):
+        # The run's progress (plain lines where standard error is not a
+        # terminal) ends with how many replicates reached the core.
+        n = 12
+        shown = io.StringIO()
+        with contextlib.redirect_stderr(shown):
+            result = self.run_with_strategy(self.experiment(), n, progress=True)
+        self.assert_strategy_ran(result)
+        counts = re.findall(r"replicates: (\d+)/(\d+)", shown.getvalue())
+        done = int(counts[-1][0]) if counts else 0
+        self.expect(
+            done == n,
+            f"never advanced progress: it showed {done} of {n} replicates done at the end of the run; report each "
+            "finished replicate (call replicate_fn in this process, or drive the replicates with "
+            "crystallize_core.engine.drive)"
+            if done == 0
+            else f"progress showed {done} of {n} replicates done at the end of the run",
+        )
+
     def test_an_experiment_holding_a_large_buffer_runs(self):
         # NumPy arrays pickle their data as a PickleBuffer; a size check or a
         # sink that asks a written chunk for its len() fails on it.
@@ -358,6 +556,45 @@ class StrategyConformance:
         else:
             self.fail("shipped a lambda step without raising NotPicklableError")
         self.expect(not log.exists(), "started replicates before reporting the pickling error")
+
+    def test_an_experiment_defined_in_main_runs_as_a_script(self):
+        # What users do: define the datasource and steps in the script they
+        # run, under `if __name__ == "__main__":`. Workers elsewhere must get
+        # what __main__ defines (by value, as cloudpickle sends it); a fork
+        # inherits it, a spawned worker imports the script again.
+        self.requires("ships_work")
+        folder = self.scratch()
+        try:
+            (folder / "strategy.pickle").write_bytes(pickle.dumps(self.make_strategy()))
+        except Exception as exc:
+            self.fail(
+                f"cannot be pickled into the script of the __main__ check ({type(exc).__name__}: {exc}): "
+                "make_strategy() must return an object whose class is importable by module path and that "
+                "holds its options, not live resources"
+            )
+        script = folder / "experiment_script.py"
+        script.write_text(MAIN_SCRIPT)
+        answer = folder / "answer.json"
+        how = f"an experiment defined in __main__ and run as `python {script.name}` (with the __main__ guard)"
+        status, output = _run_script(
+            [sys.executable, script.name, "strategy.pickle", answer.name, "6"], folder, self.script_seconds
+        )
+        if status is None:
+            self.fail(f"{how} did not finish within {self.script_seconds:g} s; its last lines:\n{output}")
+        if status != 0 or not answer.exists():
+            last = output.strip().splitlines()[-1:] or ["no output"]
+            self.fail(
+                f"{how} failed (exit status {status}) with {last[0]!r}: its workers must receive what __main__ "
+                f"defines (by value, as cloudpickle sends it). The script's last lines:\n{output}"
+            )
+        ran = json.loads(answer.read_text())
+        self.expect(ran["strategy"] == self.label, f"{how}: declined or was passed over, {ran['strategy']!r} ran it")
+        self.expect(
+            not ran["errors"],
+            f"{how}: its replicates failed where a serial run's did not, so its workers could not use what "
+            f"__main__ defines: {ran['errors'][:3]}",
+        )
+        self.expect(ran["same_metrics"], f"{how}: gave other metrics than a serial run")
 
     def test_ctrl_c_stops_promptly_with_the_finished_replicates(self):
         n = 40
@@ -417,8 +654,15 @@ class StrategyConformance:
         self.assert_strategy_runs()
         processes, threads = live_child_processes(), live_threads()
         steps = [SleepOn(frozenset({1}), 10.0), record]
-        result = self.experiment(steps=steps, plugins=[self.make_strategy()]).run(replicates=4, timeout=2.0)
+        result = self.run_checked(
+            self.experiment(steps=steps, plugins=[self.make_strategy()]), replicates=4, timeout=2.0
+        )
         got = [(e.replicate, e.exc_type) for e in result.errors]
+        self.expect(
+            (1, "ReplicateTimeout") in got,
+            "declares Capabilities(timeout=True) but does not enforce a timeout: replicate 1 sleeps 10 s, past the "
+            f"run's timeout of 2 s, and was not stopped and recorded as ReplicateTimeout (errors: {got})",
+        )
         self.expect(got == [(1, "ReplicateTimeout")], f"a replicate past its timeout gave errors {got}")
         self.expect(
             result.metrics["baseline"]["replicate"] == [0, None, 2, 3], "a timeout lost other replicates' results"
@@ -433,7 +677,7 @@ class StrategyConformance:
         log = self.scratch() / "runs.txt"
         experiment = self.experiment(steps=[RecordRuns(str(log)), record], plugins=[self.make_strategy()])
         try:
-            experiment.run(replicates=3, timeout=1.0)
+            self.run_checked(experiment, replicates=3, timeout=1.0)
         except StrategyCapabilityError as refused:
             self.expect("timeout" in str(refused), f"the refusal does not say why: {refused}")
         else:
@@ -470,12 +714,123 @@ class StrategyConformance:
             return self.experiment(steps=steps, plugins=[SeedPlugin(seed=5, auto_seed=False), *plugins])
 
         experiment().run(replicates=4, checkpoint=path, strategy="serial")
-        resumed = experiment(self.make_strategy()).run(replicates=10, checkpoint=path)
+        resumed = self.run_checked(experiment(self.make_strategy()), replicates=10, checkpoint=path)
         self.assert_strategy_ran(resumed)
-        runs = Counter(line.split()[0] for line in log.read_text().splitlines())
-        self.expect(runs == Counter({str(i): 2 for i in range(10)}), f"replicates run other than once: {runs}")
+        wrong = _runs_other_than(Counter(log.read_text().splitlines()), range(10), times=1)
+        self.expect(not wrong, f"a run resumed from a checkpoint ran replicates other than exactly once: {wrong}")
         uninterrupted = experiment().run(replicates=10, strategy="serial")
         self.expect(
             resumed.metrics == uninterrupted.metrics, "a resumed run's metrics differ from an uninterrupted one"
         )
         self.expect(resumed.seeds == uninterrupted.seeds, "a resumed run's seeds differ from an uninterrupted one")
+
+
+# --- wording --------------------------------------------------------------------------
+
+
+def _count(items: Sequence[object], one: str, many: str | None = None) -> str:
+    return f"{len(items)} {one if len(items) == 1 else (many or one + 's')}"
+
+
+def _ran(log: Path) -> Counter[int]:
+    """How many conditions of each replicate ran, from a [`RecordRuns`][] log."""
+    if not log.exists():
+        return Counter()
+    return Counter(int(line.split()[0]) for line in log.read_text().splitlines())
+
+
+def _runs_other_than(runs: Counter[str], replicates: Iterable[int], times: int, shown: int = 6) -> str:
+    """In words, each ``"<replicate> <condition>"`` of ``runs`` (a
+    [`RecordRuns`][] log) that ran other than ``times`` times; "" if none did."""
+    wanted = {f"{i} {c}" for i in replicates for c in CONDITIONS}
+    wrong = []
+    for key in sorted(wanted | set(runs), key=lambda k: (int(k.split()[0]), k)):
+        count = runs.get(key, 0)
+        if key in wanted and count == times:
+            continue
+        replicate, condition = key.split(" ", 1)
+        where = f"replicate {replicate} ({condition})"
+        if key not in wanted:
+            wrong.append(f"{where} ran {count} times though it was not asked for")
+        elif count == 0:
+            wrong.append(f"{where} never ran")
+        else:
+            wrong.append(f"{where} ran {count} time{'s' if count != 1 else ''}")
+    more = f" and {len(wrong) - shown} more" if len(wrong) > shown else ""
+    return ", ".join(wrong[:shown]) + more
+
+
+def _what_the_answer_lacks(
+    n: int, answers: list[tuple[object, list[object] | None]] | None, ran: Counter[int], broken: Exception
+) -> str:
+    """In words, what was wrong with a strategy's answer to a run of ``n``
+    replicates that the core refused with ``broken``."""
+    never_ran = [i for i in range(n) if not ran.get(i)]
+    if never_ran:
+        return f"dropped {_count(never_ran, 'replicate')} {never_ran}: never ran them ({broken})"
+    kept = answers[0][1] if answers else None
+    if kept is not None and all(isinstance(item, ReplicateResult) for item in kept):
+        returned = [item.replicate for item in kept if isinstance(item, ReplicateResult)]
+        left_out = sorted(set(range(n)) - set(returned))
+        twice = sorted(i for i, count in Counter(returned).items() if count > 1)
+        if left_out:
+            return (
+                f"dropped {_count(left_out, 'replicate')} {left_out}: ran them, then left their results out of "
+                f"its answer ({broken})"
+            )
+        if twice:
+            return f"returned the results of replicates {twice} more than once ({broken})"
+        if returned != list(range(n)):
+            return f"reordered its results: returned replicates in the order {returned}, not 0 to {n - 1}"
+    return f"broke the run_experiment_loop contract: {broken}"
+
+
+@contextlib.contextmanager
+def _global_random_state_kept():
+    """Put the global random state back as it was: the check that seeds it
+    in this process must not change what the rest of the test session draws."""
+    state = random.getstate()
+    numpy = sys.modules.get("numpy")
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _run_script(command: list[str], folder: Path, seconds: float) -> tuple[int | None, str]:
+    """Run ``command`` in ``folder`` in a session of its own, able to import
+    what this process can; return its exit status (None past ``seconds``,
+    when its whole process group is killed) and its last lines of output."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    # This process's import path, less what any interpreter of this
+    # installation finds by itself: test folders, PYTHONPATH, a rootdir.
+    extra = [
+        path
+        for path in (os.path.abspath(entry or os.curdir) for entry in sys.path)
+        if not any(path == prefix or path.startswith(prefix + os.sep) for prefix in prefixes)
+    ]
+    inherited = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*extra, *([inherited] if inherited else [])])}
+    process = subprocess.Popen(
+        command,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=seconds)
+        status: int | None = process.returncode
+    except subprocess.TimeoutExpired:
+        import signal
+
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        status = None
+    return status, "\n".join(output.splitlines()[-25:])

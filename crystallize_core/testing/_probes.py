@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import signal
 import sys
 import threading
@@ -241,6 +242,77 @@ class KillWorkerOn:
         return data
 
 
+# --- global random state: what a step draws after SeedPlugin(auto_seed=True) ----------
+
+# SeedPlugin seeds the process-global generators before each condition.
+# Replicates that run at once in one process (threads, coroutines) seed and
+# draw from them in turn, so a draw in a step may follow another replicate's
+# seeding or draw: such a draw is marked as not clean and left out of
+# comparisons. Seedings and draws are counted under one lock. These live here, one per
+# process, and never travel: the probes that use them pickle by reference.
+_seeding_lock = threading.Lock()
+_seedings = [0]
+_seeded_at: dict[tuple[int, str], int] = {}
+_unlocked: set[tuple[int, str]] = set()
+#: The longest wait for the seeding lock, which only synchronous hooks hold.
+_SEEDING_LOCK_SECONDS = 10.0
+
+
+class MarkSeeding:
+    """A plugin bracketing the seeding of each condition (SeedPlugin's, and
+    anything else's in ``before_condition``), so that [`DrawGlobalRandom`][]
+    can tell whether another condition was seeded, or drew, in this process
+    between this condition's seeding and its draw.
+
+    Its first hook runs before every other ``before_condition`` and takes a
+    lock; its last runs after every other, counts the seeding and lets go.
+    Nothing that can wait (an ``await``) happens while the lock is held.
+    """
+
+    @hookimpl(tryfirst=True, specname="before_condition")
+    def lock_before_seeding(self, replicate: int, condition: str) -> None:
+        # Bounded: a hook that raised between the two halves never let go.
+        if not _seeding_lock.acquire(timeout=_SEEDING_LOCK_SECONDS):
+            _seeded_at.pop((replicate, condition), None)
+            _unlocked.add((replicate, condition))
+
+    @hookimpl(trylast=True, specname="before_condition")
+    def count_after_seeding(self, replicate: int, condition: str) -> None:
+        if (replicate, condition) in _unlocked:
+            _unlocked.discard((replicate, condition))
+            return
+        try:
+            _seedings[0] += 1
+            _seeded_at[(replicate, condition)] = _seedings[0]
+        finally:
+            _seeding_lock.release()
+
+
+class DrawGlobalRandom:
+    """A step recording one draw from the global [`random`][] module
+    (``global_random``) and one from NumPy's global generator
+    (``global_numpy``; None where NumPy is not installed), and whether they
+    are this condition's own (``global_clean``): no other condition in this
+    process was seeded or drew since this one was seeded, as [`MarkSeeding`][]
+    and this step count under one lock."""
+
+    def __call__(self, data, ctx):
+        try:
+            import numpy  # imported here: the kit does not need NumPy
+        except ImportError:
+            numpy = None
+        with _seeding_lock:
+            seeded_at = _seeded_at.pop((ctx.replicate, ctx.condition), None)
+            clean = seeded_at is not None and seeded_at == _seedings[0]
+            drawn = random.random()
+            drawn_numpy = None if numpy is None else float(numpy.random.random())
+            _seedings[0] += 1
+        ctx.metrics.add("global_random", drawn)
+        ctx.metrics.add("global_numpy", drawn_numpy)
+        ctx.metrics.add("global_clean", clean)
+        return data
+
+
 # --- reference strategies -------------------------------------------------------------
 
 
@@ -330,9 +402,22 @@ def processes_started_since(before: dict[int, int]) -> list[int]:
     return sorted(pid for pid in new if now[pid] == me or now[pid] in new)
 
 
-def live_threads() -> set[int]:
-    """Identifiers of this process's running threads."""
-    return {thread.ident for thread in threading.enumerate() if thread.ident is not None and thread.is_alive()}
+def describe_process(pid: int) -> str:
+    """``"<pid> (<command line>)"``, shortened, for messages about a process left running."""
+    import psutil
+
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return str(pid)
+    return f"{pid} ({command[:80]}{'...' if len(command) > 80 else ''})"
+
+
+def live_threads() -> set[threading.Thread]:
+    """This process's running threads. The thread objects, not their
+    identifiers: a thread started later can reuse the identifier of one that
+    was running, and would then not count as new."""
+    return {thread for thread in threading.enumerate() if thread.is_alive()}
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
