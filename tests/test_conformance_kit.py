@@ -6,6 +6,7 @@ the check that owns the bug with a message naming that strategy (never a
 wrapper of the kit's) and the bug in words.
 """
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -390,3 +391,33 @@ def test_kit_passes_a_correct_strategy_and_skips_what_does_not_apply(pytester):
     result.assert_outcomes(passed=KIT_CHECKS - CAPABILITY_CHECKS, skipped=CAPABILITY_CHECKS)
     assert "does not declare Capabilities(retries_dead_workers=True)" in "\n".join(result.outlines)
     assert "does not declare Capabilities(ships_work=True)" in "\n".join(result.outlines)
+
+
+def test_the_shared_discovery_check_passes_an_installed_strategy_and_returns_it_built():
+    from crystallize_core.testing import assert_discoverable
+    from crystallize_serial import SerialExecution
+
+    strategy = assert_discoverable("serial", SerialExecution, distribution="crystallize-serial", progress=True)
+    assert isinstance(strategy, SerialExecution) and strategy.progress is True
+
+
+@pytest.mark.parametrize(
+    "name, distribution, message",
+    [
+        ("serail", None, "strategy 'serail': no entry point of that name in the group 'crystallize.strategies'"),
+        ("serial", "crystallize-serial", "strategy 'serial': its entry point names 'crystallize_serial:Serial"),
+    ],
+)
+def test_the_shared_discovery_check_fails_naming_the_strategy_and_the_fix(name, distribution, message):
+    from crystallize_core.testing import LoopStrategy, assert_discoverable
+
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        assert_discoverable(name, LoopStrategy, distribution=distribution)
+
+
+def test_the_shared_discovery_check_names_a_distribution_that_does_not_publish_it():
+    from crystallize_core.testing import assert_discoverable
+    from crystallize_serial import SerialExecution
+
+    with pytest.raises(AssertionError, match="strategy 'serial': published by the distribution 'crystallize-serial'"):
+        assert_discoverable("serial", SerialExecution, distribution="someone-else")

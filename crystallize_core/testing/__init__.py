@@ -3,13 +3,16 @@
 Subclass [`StrategyConformance`][] in a test module, say how to build your
 strategy, and pytest runs every check against real experiments:
 
-    from crystallize_core.testing import StrategyConformance
+    from crystallize_core.testing import StrategyConformance, assert_discoverable
 
     class TestMyStrategy(StrategyConformance):
         strategy_name = "mine"          # its entry point name
 
         def make_strategy(self):
             return MyStrategy(workers=2)
+
+    def test_discovery():
+        assert_discoverable("mine", MyStrategy, distribution="crystallize-mine")
 
 Nothing is mocked: each check runs a real [`Experiment`][]
 through your strategy, with probe components (datasources, steps, plugins)
@@ -25,7 +28,7 @@ The kit (its checks) lives in ``_kit``, the probe components in
 
 from __future__ import annotations
 
-from crystallize_core.testing._kit import WATCHDOG_SECONDS, StrategyConformance
+from crystallize_core.testing._kit import WATCHDOG_SECONDS, StrategyConformance, assert_discoverable
 from crystallize_core.testing._probes import (
     CountUnpickles,
     Decliner,
@@ -70,6 +73,7 @@ __all__ = [
     "StrategyConformance",
     "UnpicklableError",
     "UnpicklesOnlyIn",
+    "assert_discoverable",
     "describe_process",
     "live_child_processes",
     "live_threads",

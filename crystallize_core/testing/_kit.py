@@ -1,4 +1,4 @@
-"""The conformance kit's checks: [`StrategyConformance`][].
+"""The conformance kit's checks: [`StrategyConformance`][] and [`assert_discoverable`][].
 
 The experiments the checks run are made of the probe components in
 ``_probes``; this module holds only what is checked and how a failure is
@@ -834,3 +834,53 @@ def _run_script(command: list[str], folder: Path, seconds: float) -> tuple[int |
         output, _ = process.communicate()
         status = None
     return status, "\n".join(output.splitlines()[-25:])
+
+
+# --- discovery ------------------------------------------------------------------------
+
+
+def assert_discoverable(name: str, strategy_class: type, *, distribution: str | None = None, **options: Any) -> object:
+    """Check that ``strategy_class`` is installed as the strategy ``name``, and
+    return ``load_strategy(name, **options)`` for further checks.
+
+    The shared test of a strategy package's entry point (Hydra's plugins each
+    have one ``test_discovery()``): exactly one entry point of that name in
+    the group ``crystallize.strategies``, naming ``strategy_class`` (from
+    ``distribution`` when given); listed as selectable by
+    [`available_strategies`][crystallize_core.available_strategies]; loaded
+    by name as an instance of ``strategy_class`` built with ``options``; and
+    named ``name`` in results. Each failure names the strategy and says what
+    to fix.
+    """
+    from importlib import metadata
+
+    from crystallize_core.discovery import ENTRY_POINT_GROUP, available_strategies, identify, load_strategy
+
+    def fail(what: str) -> NoReturn:
+        raise AssertionError(f"strategy {name!r}: {what}")
+
+    target = f"{strategy_class.__module__}:{strategy_class.__qualname__}"
+    found = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        fail(
+            f"no entry point of that name in the group {ENTRY_POINT_GROUP!r}: declare "
+            f'[project.entry-points."{ENTRY_POINT_GROUP}"] {name} = "{target}" and install the package'
+        )
+    if len(found) > 1:
+        fail(f"{len(found)} entry points have that name: {[ep.value for ep in found]}")
+    (entry_point,) = found
+    if entry_point.load() is not strategy_class:
+        fail(f"its entry point names {entry_point.value!r}, not {target!r}")
+    dist = getattr(entry_point, "dist", None)
+    published_by = dist.metadata["Name"] if dist is not None else None
+    if distribution is not None and published_by != distribution:
+        fail(f"published by the distribution {published_by!r}, not {distribution!r}")
+    (info,) = [info for info in available_strategies() if info.name == name]
+    if info.blocked or info.error:
+        fail(f"listed but cannot be selected here: {info.status}")
+    strategy = load_strategy(name, **options)
+    if not isinstance(strategy, strategy_class):
+        fail(f"load_strategy({name!r}) returned {type(strategy).__qualname__}, not {strategy_class.__qualname__}")
+    if identify(strategy)[0] != name:
+        fail(f"results would name it {identify(strategy)[0]!r}, not {name!r}")
+    return strategy
