@@ -827,10 +827,13 @@ def _run_script(command: list[str], folder: Path, seconds: float) -> tuple[int |
         output, _ = process.communicate(timeout=seconds)
         status: int | None = process.returncode
     except subprocess.TimeoutExpired:
-        import signal
-
         with contextlib.suppress(OSError):
-            os.killpg(process.pid, signal.SIGKILL)
+            if hasattr(os, "killpg"):  # the script and the workers it started
+                import signal
+
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
         output, _ = process.communicate()
         status = None
     return status, "\n".join(output.splitlines()[-25:])
