@@ -172,9 +172,9 @@ def test_disabled_autoload_keeps_only_the_fallback(site, monkeypatch):
 def test_a_blocked_fallback_fails_only_when_needed(site, monkeypatch):
     monkeypatch.setenv("CRYSTALLIZE_BLOCK_STRATEGIES", "serial")
     from crystallize_core import StrategyContractError
-    from crystallize_core.testing import Recorder
+    from crystallize_core.testing import LoopStrategy
 
-    assert Experiment(numbers, [record], plugins=[Recorder()]).run(replicates=2).strategy == "Recorder"
+    assert Experiment(numbers, [record], plugins=[LoopStrategy()]).run(replicates=2).strategy == "LoopStrategy"
     with pytest.raises(StrategyContractError, match="'serial' is blocked"):
         Experiment(numbers, [record]).run(replicates=2)
 

@@ -15,18 +15,18 @@ from crystallize_core import (
     Treatment,
     hookimpl,
 )
-from crystallize_core.testing import Decliner, Recorder, RecordRuns, SleepEach, numbers, record
+from crystallize_core.testing import Decliner, LoopStrategy, RecordRuns, SleepEach, numbers, record
 
 
-class First(Recorder):
+class First(LoopStrategy):
     pass
 
 
-class Second(Recorder):
+class Second(LoopStrategy):
     pass
 
 
-class Chosen(Recorder):
+class Chosen(LoopStrategy):
     pass
 
 
@@ -81,7 +81,7 @@ def test_the_fallback_runs_when_everyone_declines():
 
 
 def test_tryfirst_is_respected_as_pluggy_orders_it():
-    class Eager(Recorder):
+    class Eager(LoopStrategy):
         @hookimpl(tryfirst=True)
         def run_experiment_loop(self, experiment, replicate_fn):
             return super().run_experiment_loop(experiment, replicate_fn)
@@ -92,7 +92,7 @@ def test_tryfirst_is_respected_as_pluggy_orders_it():
 def test_capabilities_are_checked_after_declining():
     """A plugin that cannot honour the timeout is passed over, not a reason to refuse the run."""
 
-    class Timed(Recorder):
+    class Timed(LoopStrategy):
         capabilities = Capabilities(timeout=True)
 
     decliner, timed = Decliner(), Timed()
@@ -116,7 +116,7 @@ def test_a_misspelt_capability_is_an_error():
     with pytest.raises(TypeError, match="timeuot"):
         Capabilities(timeuot=True)
 
-    class Loose(Recorder):
+    class Loose(LoopStrategy):
         capabilities = {"timeout": True}
 
     with pytest.raises(TypeError, match=r"must be a crystallize_core\.Capabilities"):
@@ -128,7 +128,7 @@ def test_a_misspelt_capability_is_an_error():
     [
         (123, "strategy must be a name"),
         (["serial"], "strategy must be a name"),
-        (Recorder, r"not the class Recorder: pass Recorder\(\) instead"),
+        (LoopStrategy, r"not the class LoopStrategy: pass LoopStrategy\(\) instead"),
         (SeedPlugin(seed=1), "implements no run_experiment_loop hook"),
     ],
 )
@@ -144,7 +144,7 @@ def test_a_run_leaves_the_experiment_unchanged_and_runs_at_once_do_not_interfere
     experiment = Experiment(numbers, [SleepEach(0.01), record], plugins=[SeedPlugin(seed=2, auto_seed=False)])
     seen = []
 
-    class Looks(Recorder):
+    class Looks(LoopStrategy):
         @hookimpl
         def run_experiment_loop(self, experiment, replicate_fn):
             seen.append((experiment.replicates, experiment.timeout, experiment.fail_fast))
@@ -238,7 +238,7 @@ def test_the_run_view_copies_and_pickles_like_a_plain_object():
     assert (again.replicates, again.conditions) == (3, ("baseline",))
 
 
-class SeesTheRun(Recorder):
+class SeesTheRun(LoopStrategy):
     """A strategy and a run hook at once: what each of them is shown."""
 
     def __init__(self):

@@ -6,7 +6,6 @@ import sys
 import textwrap
 import time
 import warnings
-from importlib import metadata
 
 import pytest
 
@@ -30,6 +29,7 @@ from crystallize_core.testing import (
     SleepEach,
     SleepOn,
     StrategyConformance,
+    assert_discoverable,
     live_child_processes,
     live_threads,
     numbers,
@@ -160,10 +160,10 @@ def experiment(source=numbers, steps=(record,), plugins=(), **kwargs):
 # --- the tests -------------------------------------------------------------------------
 
 
-def test_registered_under_its_entry_point():
-    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "async"]
-    assert entry_point.value == "crystallize_async:AsyncExecution"
-    strategy = load_strategy("async", max_workers=7, rate_limit=2.5, progress=True)
+def test_discovery():
+    strategy = assert_discoverable(
+        "async", AsyncExecution, distribution="crystallize-async", max_workers=7, rate_limit=2.5, progress=True
+    )
     assert (strategy.max_workers, strategy.rate_limit, strategy.progress) == (7, 2.5, True)
     assert AsyncExecution().max_workers == DEFAULT_MAX_WORKERS == DEFAULT_MAX_CONCURRENCY == 100
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import wait
-from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,16 +26,16 @@ from crystallize_core import (
     SeedPlugin,
     StrategyUnavailableError,
     WorkerLostError,
-    load_strategy,
 )
 from crystallize_core.engine import INLINE_PAYLOAD_BYTES
 from crystallize_core.testing import (
     CountUnpickles,
     KillWorkerOn,
-    Recorder,
+    LoopStrategy,
     RecordRuns,
     SleepEach,
     StrategyConformance,
+    assert_discoverable,
     numbers,
     record,
     wait_until,
@@ -100,10 +99,10 @@ class TestDaskConformance(StrategyConformance):
         super().test_ctrl_c_stops_promptly_with_the_finished_replicates()
 
 
-def test_registered_under_its_entry_point():
-    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "dask"]
-    assert entry_point.value == "crystallize_dask:DaskExecution"
-    strategy = load_strategy("dask", n_workers=3, batch_size=4, max_workers=2, progress=True)
+def test_discovery():
+    strategy = assert_discoverable(
+        "dask", DaskExecution, distribution="crystallize-dask", n_workers=3, batch_size=4, max_workers=2, progress=True
+    )
     assert (strategy.n_workers, strategy.batch_size, strategy.address) == (3, 4, None)
     assert (strategy.max_workers, strategy.progress) == (2, True)
     with pytest.raises(TypeError, match="did you mean 'max_workers'"):
@@ -146,7 +145,7 @@ def test_a_malformed_address_is_refused_naming_it(address, monkeypatch, tmp_path
 
 def test_an_unreachable_scheduler_stops_the_run_naming_the_address_within_its_timeout():
     address = closed_address()
-    after = Recorder()
+    after = LoopStrategy()
     began = time.monotonic()
     with pytest.raises(StrategyUnavailableError, match=re.escape(address)) as refused:
         Experiment(numbers, [record], plugins=[DaskExecution(address=address, connect_timeout=3), after]).run(

@@ -1,7 +1,6 @@
 import os
 import pickle
 import warnings
-from importlib import metadata
 
 import pytest
 
@@ -11,9 +10,8 @@ from crystallize_core import (
     NotPicklableError,
     ReproducibilityWarning,
     SeedPlugin,
-    load_strategy,
 )
-from crystallize_core.testing import KillWorkerOn, StrategyConformance, numbers, record
+from crystallize_core.testing import KillWorkerOn, StrategyConformance, assert_discoverable, numbers, record
 from crystallize_parallel import ParallelExecution, default_max_workers
 
 
@@ -24,10 +22,10 @@ class TestThreadConformance(StrategyConformance):
         return ParallelExecution(executor_type="thread", max_workers=4)
 
 
-def test_registered_under_its_entry_point():
-    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "parallel"]
-    assert entry_point.value == "crystallize_parallel:ParallelExecution"
-    strategy = load_strategy("parallel", executor_type="process", max_workers=3)
+def test_discovery():
+    strategy = assert_discoverable(
+        "parallel", ParallelExecution, distribution="crystallize-parallel", executor_type="process", max_workers=3
+    )
     assert (strategy.executor_type, strategy.max_workers) == ("process", 3)
 
 

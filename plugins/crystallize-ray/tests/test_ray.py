@@ -2,7 +2,6 @@ import os
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,14 @@ import pytest
 import ray
 
 import crystallize_ray._core as core
-from crystallize_core import ConfigurationError, Experiment, SeedPlugin, Treatment, WorkerSetupError, load_strategy
+from crystallize_core import ConfigurationError, Experiment, SeedPlugin, Treatment, WorkerSetupError
 from crystallize_core.testing import (
     FailOn,
     RecordRuns,
     SleepEach,
     StrategyConformance,
     UnpicklesOnlyIn,
+    assert_discoverable,
     numbers,
     record,
 )
@@ -32,10 +32,17 @@ class TestRayConformance(StrategyConformance):
         return RayExecution()
 
 
-def test_registered_under_its_entry_point():
-    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "ray"]
-    assert entry_point.value == "crystallize_ray:RayExecution"
-    strategy = load_strategy("ray", num_cpus=0.5, batch_size=4, max_workers=2, progress=True, task_retries=2)
+def test_discovery():
+    strategy = assert_discoverable(
+        "ray",
+        RayExecution,
+        distribution="crystallize-ray",
+        num_cpus=0.5,
+        batch_size=4,
+        max_workers=2,
+        progress=True,
+        task_retries=2,
+    )
     assert (strategy.batch_size, strategy.max_workers, strategy.progress, strategy.task_retries) == (4, 2, True, 2)
     assert (strategy.max_retries, strategy.connect_timeout) == (1, 10.0)
     with pytest.raises(TypeError, match="did you mean 'max_workers'"):

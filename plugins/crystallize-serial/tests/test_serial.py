@@ -2,8 +2,8 @@ from importlib import metadata
 
 import pytest
 
-from crystallize_core import Experiment, load_strategy
-from crystallize_core.testing import StrategyConformance, numbers, record
+from crystallize_core import Experiment
+from crystallize_core.testing import StrategyConformance, assert_discoverable, numbers, record
 from crystallize_serial import SerialExecution
 
 
@@ -14,11 +14,8 @@ class TestSerialConformance(StrategyConformance):
         return SerialExecution()
 
 
-def test_registered_under_its_entry_point():
-    (entry_point,) = [ep for ep in metadata.entry_points(group="crystallize.strategies") if ep.name == "serial"]
-    assert entry_point.value == "crystallize_serial:SerialExecution"
-    assert entry_point.dist.metadata["Name"] == "crystallize-serial"
-    assert isinstance(load_strategy("serial"), SerialExecution)
+def test_discovery():
+    assert_discoverable("serial", SerialExecution, distribution="crystallize-serial")
 
 
 def test_is_the_fallback_when_no_strategy_is_given(monkeypatch):
