@@ -27,22 +27,20 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from crystallize_core import (
-    Capabilities,
-    Experiment,
+from crystallize_core.errors import (
     ExperimentInterrupted,
     NotPicklableError,
     ReplicateFailed,
-    ReplicateResult,
     ReproducibilityWarning,
-    Result,
-    SeedPlugin,
     StrategyCapabilityError,
     StrategyContractError,
-    Treatment,
     WorkerSetupError,
 )
-from crystallize_core.hookspecs import PROJECT_NAME, capabilities_of
+from crystallize_core.experiment import Experiment, Treatment
+from crystallize_core.hookspecs import PROJECT_NAME, Capabilities, capabilities_of
+from crystallize_core.records import ReplicateResult
+from crystallize_core.result import Result
+from crystallize_core.seed import SeedPlugin
 from crystallize_core.testing._probes import (
     CountUnpickles,
     Decliner,
@@ -198,7 +196,7 @@ class StrategyConformance:
     def label(self) -> str:
         """The name the strategy under test runs under: [`strategy_name`][],
         or else the name the core registers it by."""
-        from crystallize_core.discovery import identify
+        from crystallize_core.discovery import identify  # package metadata: when a name is asked
 
         return self.strategy_name or identify(self.make_strategy())[0]
 
@@ -857,6 +855,7 @@ def assert_discoverable(name: str, strategy_class: type, *, distribution: str | 
     """
     from importlib import metadata
 
+    # The kit is imported by test modules: entry points are read by this check only.
     from crystallize_core.discovery import ENTRY_POINT_GROUP, available_strategies, identify, load_strategy
 
     def fail(what: str) -> NoReturn:
