@@ -299,6 +299,59 @@ class Result:
         lines.append(f"errors: {errors}")
         return "\n".join(lines)
 
+    # --- display ------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """The summary as an HTML table, which Jupyter shows for a result: per
+        condition and metric n, mean and its 95% interval, each treatment's
+        paired difference from the baseline with its interval, the values not
+        counted, and each condition's errors. Every name is escaped."""
+        from crystallize_core._display import html_table  # loaded when a result is shown: a run needs none of it
+
+        return html_table(self)
+
+    def plot(
+        self,
+        metrics: str | Iterable[str] | None = None,
+        *,
+        conditions: Iterable[str] | None = None,
+        baseline: str = BASELINE,
+        confidence: float = 0.95,
+    ) -> Any:
+        """Draw, per metric, each condition's mean with its interval and each
+        treatment's paired difference from ``baseline`` with its interval,
+        labelled with the conditions' names; return the ``matplotlib.figure.Figure``.
+
+        One row of axes per metric: the means on the left, the differences on
+        the right (with a line at zero). ``metrics`` names the metrics to draw
+        (default: every metric with a finite number); ``conditions`` the
+        conditions (default: all; the baseline is always drawn). Intervals are
+        Student's t at ``confidence``; a condition with fewer than two finite
+        values is drawn as a point without one. The figure is made without
+        pyplot: in a notebook it shows as a cell's value, and
+        ``result.plot().savefig("result.png")`` writes it.
+
+        Needs matplotlib: ``pip install 'crystallize-core[plot]'``.
+        """
+        from crystallize_core._display import plot  # loaded when a result is plotted: a run needs none of it
+
+        return plot(self, metrics, conditions, baseline, confidence)
+
+    def summary_frame(self, baseline: str = BASELINE, confidence: float = 0.95) -> Any:
+        """[`summary`][] as a ``pandas.DataFrame``, one row per condition and metric.
+
+        Columns: ``condition``, ``metric``, ``n``, ``mean``, ``std``, ``low``
+        and ``high`` (the mean's interval at ``confidence``), ``nan``, ``inf``,
+        ``non_numeric`` (the values not counted), and for a treatment its
+        paired difference from ``baseline``: ``pairs``, ``difference``,
+        ``difference_low``, ``difference_high``. What is undefined is NaN.
+
+        Needs pandas: ``pip install 'crystallize-core[pandas]'``.
+        """
+        from crystallize_core._display import summary_frame  # loaded when asked: a run needs no pandas
+
+        return summary_frame(self, baseline, confidence)
+
     # --- output -------------------------------------------------------------------------
 
     def to_records(self) -> list[dict[str, Any]]:

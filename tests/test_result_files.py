@@ -282,3 +282,14 @@ def test_an_unknown_extension_is_refused_naming_the_ones_read(tmp_path):
         Result.load(tmp_path / "r.txt")
     with pytest.raises(FileNotFoundError):
         Result.load(tmp_path / "missing.json")
+
+
+def test_a_saved_result_plots_as_the_original_does(odd_result, tmp_path):
+    pytest.importorskip("matplotlib")
+    odd_result.save(tmp_path / "r.json")
+    back = Result.load(tmp_path / "r.json")
+    ours, theirs = odd_result.plot(), back.plot()
+    for a, b in zip(ours.axes, theirs.axes, strict=True):
+        assert a.get_title() == b.get_title()
+        assert [t.get_text() for t in a.get_yticklabels()] == [t.get_text() for t in b.get_yticklabels()]
+        assert [list(line.get_xdata()) for line in a.lines] == [list(line.get_xdata()) for line in b.lines]
