@@ -1,8 +1,11 @@
 """A saved result reads back: `Result.load` for each format `save` writes, with statistics equal
-to the original's, and clear errors for files it cannot read."""
+to the original's, clear errors for files it cannot read, and `crystallize show`."""
 
 import json
 import math
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -293,3 +296,110 @@ def test_a_saved_result_plots_as_the_original_does(odd_result, tmp_path):
         assert a.get_title() == b.get_title()
         assert [t.get_text() for t in a.get_yticklabels()] == [t.get_text() for t in b.get_yticklabels()]
         assert [list(line.get_xdata()) for line in a.lines] == [list(line.get_xdata()) for line in b.lines]
+
+
+# --- crystallize show ---------------------------------------------------------------------------
+
+STUDY = textwrap.dedent(
+    """
+    from crystallize_core import Experiment, Treatment
+
+    def measure(data, ctx):
+        ctx.metrics.add("score", ctx.replicate * ctx.get("k", 1))
+        ctx.metrics.add("other", 1.0)
+        return data
+
+    def build():
+        return Experiment(lambda ctx: None, [measure], treatments=[Treatment("big", {"k": 3}), Treatment("same", {})])
+    """
+)
+
+
+def crystallize(folder, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "crystallize_core", *args], capture_output=True, text=True, cwd=folder, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("show")
+    (folder / "study.py").write_text(STUDY)
+    done = crystallize(folder, "run", "study.py:build", "-n", "4", "--no-progress", "--output", "r.json")
+    assert done.returncode == 0, done.stderr
+    Result.load(folder / "r.json").save(folder / "r.csv")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["r.json", "r.csv"])
+def test_show_prints_the_summary_and_each_comparison(saved, name):
+    done = crystallize(saved, "show", name)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert Result.load(saved / name).format_summary() in out
+    comparisons = out[out.index("treatment  metric") :].splitlines()
+    header = ["treatment", "metric", "pairs", "difference", "from", "baseline"]
+    assert comparisons[0].split() == [*header, "95%", "interval"]
+    assert comparisons[1].split()[:4] == ["big", "score", "4", "+3"] and len(comparisons) == 5
+    assert ("strategy: serial" in out) == name.endswith(".json")
+    assert ("hold no errors" in out) == name.endswith(".csv")
+
+
+def test_show_chooses_metrics_treatments_baseline_and_confidence(saved):
+    done = crystallize(saved, "show", "r.json", "--metric", "score", "--compare", "big", "--confidence", "0.9")
+    assert done.returncode == 0, done.stderr
+    comparisons = done.stdout[done.stdout.index("treatment  metric") :].splitlines()
+    assert "90% interval" in comparisons[0] and len(comparisons) == 2 and comparisons[1].startswith("big ")
+    assert "other" not in done.stdout
+    done = crystallize(saved, "show", "r.json", "--baseline", "big", "-m", "score")
+    assert "difference from big" in done.stdout
+    assert ["baseline", "score", "4", "-3"] in [line.split()[:4] for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metric", "nope"], "--metric 'nope': the result has no metric of that name (metrics: 'score', 'other')"),
+        (["--compare", "<b>"], "--compare '<b>': the result has no condition"),
+        (["--confidence", "95"], "--confidence must be between 0 and 1"),
+        (["--plot", "plot.nope"], "--plot 'plot.nope': name the image with one of"),
+    ],
+)
+def test_show_refuses_what_the_result_does_not_hold_in_one_line(saved, args, message):
+    done = crystallize(saved, "show", "r.json", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_show_of_a_file_it_cannot_read_is_a_usage_error(saved):
+    (saved / "broken.json").write_text('{"conditions": [')
+    for name, message in [("broken.json", "not a whole JSON document"), ("gone.json", "No such file")]:
+        done = crystallize(saved, "show", name)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_show_and_run_write_the_plot(saved):
+    pytest.importorskip("matplotlib")
+    done = crystallize(saved, "show", "r.json", "--plot", "shown.png", "--compare", "big")
+    assert done.returncode == 0, done.stderr
+    assert (saved / "shown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "plot written to shown.png" in done.stdout
+    done = crystallize(saved, "run", "study.py:build", "-n", "3", "--no-progress", "--plot", "run.svg")
+    assert done.returncode == 0, done.stderr
+    assert b"<svg" in (saved / "run.svg").read_bytes()
+
+
+def test_run_refuses_a_plot_it_could_not_write_before_any_replicate(saved):
+    done = crystallize(saved, "run", "study.py:build", "--no-progress", "--plot", "missing/plot.png")
+    assert done.returncode == 2 and "--plot folder 'missing' does not exist" in done.stderr
+    assert "replicates:" not in done.stdout
+
+
+def test_show_reads_json_from_standard_input(saved):
+    done = subprocess.run(
+        [sys.executable, "-m", "crystallize_core", "show", "-"],
+        input=(saved / "r.json").read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "result: standard input" in done.stdout, done.stderr
