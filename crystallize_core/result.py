@@ -463,6 +463,8 @@ class Result:
         literal_text: dict[str, dict[str, list[int]]] = {}
         for condition, by_name in metrics.items():
             for name, made in by_name.items():
+                if not any(spelt in made for spelt in _FLOAT_SPELLINGS):  # most columns: scanned in C
+                    continue
                 positions = {p for p, value in enumerate(made) if type(value) is str and value in _FLOAT_SPELLINGS}
                 if positions:  # rare: only then are the recorded values read again
                     recorded = self._column(condition, name)
