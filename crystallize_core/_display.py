@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import lru_cache
 from html import escape
 from typing import Any
 
@@ -182,10 +183,7 @@ def plot(
     baseline: str,
     confidence: float,
 ) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(_PLOT_NEEDS) from None
+    figure_type = _figure_type()
     recorded = _metric_names(result)
     chosen_conditions = None if conditions is None else _known(list(conditions), list(result.conditions), "condition")
     if baseline not in result.conditions:
@@ -201,7 +199,7 @@ def plot(
     differences = any(d is not None for *_, d in statistics)
     shown = [c for c in result.conditions if chosen_conditions is None or c in chosen_conditions or c == baseline]
     height = max(1.6, 0.45 * len(shown) + 1.0)  # room for every condition's name
-    figure = Figure(figsize=(10.0 if differences else 5.5, height * len(names)), layout="constrained")
+    figure = figure_type(figsize=(10.0 if differences else 5.5, height * len(names)), layout="constrained")
     grid = figure.subplots(len(names), 2 if differences else 1, squeeze=False)
     level = f"{confidence:.0%}" if round(confidence * 100, 6) == round(confidence * 100) else f"{confidence:.1%}"
     for axes, metric in zip(grid, names):
@@ -215,6 +213,31 @@ def plot(
             )
             axes[1].axvline(0.0, color="0.5", linewidth=1, linestyle="--")
     return figure
+
+
+@lru_cache(maxsize=1)
+def _figure_type() -> Any:
+    """A matplotlib ``Figure`` that shows itself as a PNG in a notebook.
+
+    The figure is made without pyplot, so no global figure is left behind and
+    no window opens; but IPython shows a Figure as an image only where
+    pyplot's inline backend was loaded. ``_repr_png_`` makes it show whatever
+    the user imported.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(_PLOT_NEEDS) from None
+
+    class ResultFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png")
+            return buffer.getvalue()
+
+    return ResultFigure
 
 
 def _draw_intervals(ax: Any, points: list[tuple[str, Any, Any, Any]], title: str, label: str) -> None:

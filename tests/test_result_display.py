@@ -140,6 +140,9 @@ def test_the_plot_draws_means_and_paired_differences_labelled_with_the_condition
     # The names are text as given, not TeX: the figure draws, though DOLLAR would not parse as TeX.
     assert all(not t.get_parse_math() for t in means.get_yticklabels())
     figure.savefig(io.BytesIO(), format="png")
+    # In a notebook, whether or not pyplot's inline backend was loaded, it shows as an image.
+    assert figure._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "matplotlib.pyplot" not in sys.modules or not matplotlib.pyplot.get_fignums(), "no pyplot figure is left"
 
 
 def test_the_plot_draws_the_metrics_and_conditions_asked_for():
