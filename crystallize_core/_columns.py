@@ -512,6 +512,18 @@ class ResultColumns(Sequence):
             self._order = order
         return self._order
 
+    def layouts(self) -> tuple[list[tuple[tuple[str, tuple[str, ...]], ...]], list[int]]:
+        """What each row recorded, which the aligned metric lists cannot say
+        (a failed condition and a metric recorded as None both read None there):
+        the distinct layouts, each ``((condition, metric names), ...)`` in the
+        order recorded, numbered by first row; and each row's layout number."""
+        numbered: dict[tuple, int] = {}
+        number_of: dict[int, int] = {}
+        for shape_id in sorted(self._used(), key=self._first_row):
+            layout = tuple((condition, names) for condition, names, _ in self._shapes[shape_id].layout)  # type: ignore[union-attr]
+            number_of[shape_id] = numbered.setdefault(layout, len(numbered))
+        return list(numbered), [number_of[shape_id] for shape_id in self._shape_of]
+
     def column_values(self, column: Column) -> list:
         """``column``'s value for each row, None where the row recorded none."""
         values = column.values()

@@ -18,6 +18,11 @@ from crystallize_core.errors import ConfigurationError, logger
 OUTPUT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 #: The columns of [`Result.to_records`][crystallize_core.Result.to_records], in order.
 RECORD_FIELDS = ("replicate", "seed", "condition", "metric", "value")
+#: What a saved JSON document says it is (its ``format`` key), and the version
+#: of its layout (``format_version``): a document without them is version 1.
+#: Version 2 adds ``layouts``, ``layout_of`` and ``literal_text``.
+DOCUMENT_FORMAT = "crystallize-result"
+DOCUMENT_VERSION = 2
 
 
 def output_format(path: str | os.PathLike) -> str:

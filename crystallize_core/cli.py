@@ -1,4 +1,4 @@
-"""The ``crystallize`` command line: list strategies and run experiments.
+"""The ``crystallize`` command line: list strategies, run experiments and show saved results.
 
 A mistake in what the user asked for, or an exception in the user's code
 while the experiment is imported or built, ends with one line on standard
@@ -231,9 +231,71 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME:KEY=VALUE,...",
         help="add a treatment with these context values, or replace the experiment's treatment of that name",
     )
+    run.add_argument("--plot", metavar="FILE.png", help=_PLOT_HELP)
     run.add_argument("--traceback", **traceback_flag)
     run.set_defaults(handler=_cmd_run)
+
+    show = commands.add_parser(
+        "show",
+        help="summarise a saved result and compare its treatments with the baseline",
+        description="Summarise a result saved by `crystallize run --output` or Result.save, and compare each "
+        "treatment with the baseline, replicate by replicate.",
+        epilog=_SHOW_EXAMPLES + "\n" + _EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument(
+        "path",
+        metavar="PATH",
+        help="a saved result: .json (everything), .jsonl or .csv (metrics, seeds and conditions only); "
+        "'-' reads JSON from standard input",
+    )
+    show.add_argument(
+        "--metric",
+        "-m",
+        dest="metrics",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="show only this metric; repeat for more (default: every metric)",
+    )
+    show.add_argument(
+        "--compare",
+        dest="compare",
+        action="append",
+        default=[],
+        metavar="TREATMENT",
+        help="compare only this treatment with the baseline; repeat for more (default: every treatment)",
+    )
+    show.add_argument(
+        "--baseline",
+        default=None,
+        metavar="NAME",
+        help="the condition the treatments are compared with (default: baseline)",
+    )
+    show.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        metavar="LEVEL",
+        help="confidence level of the paired differences' intervals (default: 0.95)",
+    )
+    show.add_argument("--plot", metavar="FILE.png", help=_PLOT_HELP)
+    show.add_argument("--traceback", **traceback_flag)
+    show.set_defaults(handler=_cmd_show)
     return parser
+
+
+_PLOT_HELP = (
+    "also draw each condition's mean and each treatment's paired difference from the baseline, with their "
+    "intervals, to this image file (.png, .svg, .pdf, ...); needs matplotlib: pip install 'crystallize-core[plot]'"
+)
+
+_SHOW_EXAMPLES = """\
+examples:
+  crystallize show result.json
+  crystallize show result.json --metric accuracy --compare C=0.1 --plot accuracy.png
+  crystallize run study.py:build --output - | crystallize show -
+"""
 
 
 _RUN_EXAMPLES = """\
@@ -305,6 +367,7 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     added = _treatments_from_options(args.sweeps, args.treatments)  # checked before any import
     _check_output(args.output)
+    _check_plot(args.plot)
     document = _set_stdout_aside() if args.output == "-" else None
     try:
         return _run(args, added, document)
@@ -356,12 +419,14 @@ def _run(args: argparse.Namespace, added: list[Any], document: int | None) -> in
         print(f"\ninterrupted: {partial.replicates if partial else 0} replicate(s) finished", file=sys.stderr)
         if partial is not None:
             _report(partial, args.output, document)
+            _write_plot(partial, args.plot, sys.stderr if args.output == "-" else sys.stdout)
         return EXIT_INTERRUPTED
     except StrategyContractError as exc:
         raise RunError(str(exc)) from exc
     except CrystallizeError as exc:  # bad input, refused before any replicate started
         raise UsageError(str(exc)) from exc
     _report(result, args.output, document)
+    _write_plot(result, args.plot, sys.stderr if args.output == "-" else sys.stdout)
     unsaved = result.unsaved_replicates
     if unsaved:
         shown = ", ".join(map(str, unsaved[:10])) + (f" and {len(unsaved) - 10} more" if len(unsaved) > 10 else "")
@@ -532,6 +597,125 @@ def _report(result: Any, output: str | None, document: int | None = None) -> Non
             raise UsageError(f"cannot write --output {output!r}: {exc.strerror or exc}") from None
         if output != "-":
             print(f"result written to {output}", file=shown)
+
+
+# --- --plot ----------------------------------------------------------------------
+
+
+def _check_plot(path: str | None) -> None:
+    """Refuse, before any work, a --plot that could not be written."""
+    if path is None:
+        return
+    try:
+        # Loaded by the option that uses it: matplotlib is large, and optional.
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed: pip install 'crystallize-core[plot]'"
+        ) from None
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"--plot {path!r} is a directory; name an image file in it")
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        raise UsageError(f"--plot {path!r}: name the image with one of .{', .'.join(sorted(kinds))}")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UsageError(f"--plot folder {str(folder)!r} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write --plot {path!r}: permission denied")
+
+
+def _write_plot(result: Any, path: str | None, shown: Any = None, **choices: Any) -> None:
+    if path is None:
+        return
+    try:
+        figure = result.plot(**choices)
+    except (KeyError, ValueError) as exc:  # nothing to draw: the summary above says what there is
+        raise RunError(f"--plot: {exc.args[0] if exc.args else exc}") from None
+    try:
+        figure.savefig(path)
+    except OSError as exc:
+        raise RunError(f"cannot write --plot {path!r}: {exc.strerror or exc}") from None
+    print(f"plot written to {path}", file=shown or sys.stdout)
+
+
+# --- crystallize show ------------------------------------------------------------
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    # Loaded by the command that uses it: the CLI starts quickly.
+    from crystallize_core.records import BASELINE
+    from crystallize_core.result import Result
+
+    if not 0.0 < args.confidence < 1.0:
+        raise UsageError(f"--confidence must be between 0 and 1, e.g. 0.95; got {args.confidence}")
+    _check_plot(args.plot)
+    try:
+        result = Result.load(args.path)
+    except CrystallizeError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.path!r}: {exc.strerror or exc}") from None
+    baseline = args.baseline or BASELINE
+    conditions = list(result.conditions)
+    metric_names = list(dict.fromkeys(name for by_name in result.metrics.values() for name in by_name))
+    for name, given, known in (
+        ("--metric", args.metrics, metric_names),
+        ("--compare", args.compare, conditions),
+        ("--baseline", [baseline], conditions),
+    ):
+        for item in given:
+            if item not in known:
+                listed = ", ".join(map(repr, known)) or "none"
+                what = "metric" if name == "--metric" else "condition"
+                raise UsageError(f"{name} {item!r}: the result has no {what} of that name ({what}s: {listed})")
+    metrics = args.metrics or None
+    kind = "JSON" if args.path == "-" or args.path.lower().endswith(".json") else "tidy rows"
+    print(f"result: {'standard input' if args.path == '-' else args.path}" + ("" if result.complete else " (partial)"))
+    if kind == "JSON":
+        print(f"strategy: {result.strategy} {result.strategy_version or ''}".rstrip())
+    print(f"replicates: {result.replicates}")
+    print(result.format_summary(metrics=metrics))
+    if kind != "JSON":
+        print("(JSON lines and CSV hold no errors, durations, treatment parameters or record of the run)")
+    for error in result.errors[:5]:
+        print(f"  {error}")
+    if len(result.errors) > 5:
+        print(f"  ... and {len(result.errors) - 5} more")
+    treatments = [c for c in (args.compare or conditions) if c != baseline]
+    print()
+    print(_comparisons(result, treatments, metrics, baseline, args.confidence))
+    _write_plot(
+        result,
+        args.plot,
+        metrics=metrics,
+        conditions=args.compare or None,
+        baseline=baseline,
+        confidence=args.confidence,
+    )
+    return 0
+
+
+def _comparisons(result: Any, treatments: list[str], metrics: list[str] | None, baseline: str, level: float) -> str:
+    """Each treatment's paired difference from ``baseline``, one line per metric both recorded."""
+    # Loaded by the command that uses it: the CLI starts quickly.
+    from crystallize_core.summaries import number_text
+
+    header = ("treatment", "metric", "pairs", f"difference from {baseline}", f"{level * 100:.4g}% interval")
+    rows = []
+    recorded = result.metrics
+    for treatment in treatments:
+        for metric in recorded.get(treatment, {}):
+            if (metrics is None or metric in metrics) and metric in recorded.get(baseline, {}):
+                d = result.paired_difference(treatment, metric, baseline, level)
+                interval = "-" if d.low is None else f"[{number_text(d.low)}, {number_text(d.high)}]"
+                rows.append((treatment, metric, str(d.n), number_text(d.mean, sign=True), interval))
+    if not rows:
+        return f"no treatment recorded a metric that {baseline!r} recorded too: nothing to compare"
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
 def _chosen_strategy(args: argparse.Namespace) -> object | None:

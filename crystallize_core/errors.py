@@ -76,6 +76,13 @@ class CheckpointPermissionError(CheckpointError, PermissionError):
     """A checkpoint file, or its folder, cannot be read or written."""
 
 
+class ResultFileError(CrystallizeError, ValueError):
+    """A file given to [`Result.load`][crystallize_core.Result.load] cannot be
+    read as a saved result: empty, truncated or corrupt, another program's,
+    of a format it cannot tell by the name, or written by a newer Crystallize.
+    The message names the file and, where it can, the line."""
+
+
 class WorkerLostError(CrystallizeError):
     """A worker died and its backend can neither replace it nor rerun its
     replicates (an executor that was passed in, not made by a factory).

@@ -11,17 +11,27 @@ from functools import cached_property
 from typing import Any
 
 from crystallize_core._columns import ResultColumns
+from crystallize_core._export import (
+    DOCUMENT_FORMAT,
+    DOCUMENT_VERSION,
+    RECORD_FIELDS,
+    Unwritable,
+    csv_text,
+    installed_versions,
+    iso_time,
+    plain_rows,
+)
 from crystallize_core._export import OUTPUT_FORMATS as OUTPUT_FORMATS
-from crystallize_core._export import RECORD_FIELDS, Unwritable, csv_text, installed_versions, iso_time, plain_rows
 from crystallize_core._export import csv_text_cell as csv_text_cell
 from crystallize_core._export import output_format as output_format
-from crystallize_core._values import any_int_digits, plain
+from crystallize_core._values import INF, INF_JSON, NAN, NAN_JSON, NEG_INF_JSON, any_int_digits, classify, plain
 from crystallize_core._version import __version__
 from crystallize_core.records import BASELINE, ReplicateError
 from crystallize_core.records import ReplicateResult as ReplicateResult  # where it was first defined
 from crystallize_core.summaries import (  # MetricSummary and PairedDifference: where they were first defined
     MetricSummary,
     PairedDifference,
+    error_counts,
     left_out_text,
     number_text,
     paired,
@@ -92,6 +102,9 @@ class Result:
         #: this result, and a rerun with the checkpoint runs them again.
         self.unsaved_replicates: list[int] = list(unsaved_replicates)
         self.errors: list[ReplicateError] = columns.errors()
+        #: ``(crystallize_core_version, versions)`` as a loaded file recorded
+        #: them: saving it again keeps what the run ran with, not what reads it.
+        self._saved_versions: tuple[Any, Any] | None = None
 
     @cached_property
     def replicate_results(self) -> list[ReplicateResult]:
@@ -183,6 +196,7 @@ class Result:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         state.setdefault("unsaved_replicates", [])  # pickled before checkpoints said what they could not save
+        state.setdefault("_saved_versions", None)  # pickled before results were read back from files
         if "_strategy" not in state:  # pickled before the strategy was named when first asked
             state["_strategy"] = state.pop("strategy", None)
             state["_strategy_version"] = state.pop("strategy_version", None)
@@ -248,20 +262,22 @@ class Result:
             raise KeyError(f"condition {condition!r} recorded no metric {metric!r} (metrics: {known})")
         return by_name[metric]
 
-    def format_summary(self) -> str:
+    def format_summary(self, metrics: Iterable[str] | None = None) -> str:
         """A plain-text table of [`summary`][]: n, mean and std per condition and
         metric, each treatment's paired difference against the baseline with its
-        95% interval, the values left out of the statistics, and the error counts."""
+        95% interval, the values left out of the statistics, and the error counts.
+
+        ``metrics`` names the metrics to show (default: all).
+        """
         header = ("condition", "metric", "n", "mean", "std", "diff vs baseline", "95% CI", "not counted")
         rows: list[tuple[str, ...]] = []
-        error_counts = {c: 0 for c in self.conditions}
-        for error in self.errors:
-            for condition in [error.condition] if error.condition else self.conditions:
-                error_counts[condition] = error_counts.get(condition, 0) + 1
+        counts = error_counts(self.errors, self.conditions)
+        chosen = None if metrics is None else set(metrics)
         summary = self.summary()
         for condition in self.conditions:
-            metrics = summary.get(condition, {})
-            for name, s in metrics.items():
+            metrics_of = summary.get(condition, {})
+            shown = [(name, s) for name, s in metrics_of.items() if chosen is None or name in chosen]
+            for name, s in shown:
                 d = s.difference
                 rows.append(
                     (
@@ -275,13 +291,66 @@ class Result:
                         left_out_text(s),
                     )
                 )
-            if not metrics:
+            if not shown:
                 rows.append((condition, "-", "0", "-", "-", "-", "-", "-"))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-        errors = ", ".join(f"{c}: {error_counts.get(c, 0)}" for c in self.conditions)
+        errors = ", ".join(f"{c}: {counts.get(c, 0)}" for c in self.conditions)
         lines.append(f"errors: {errors}")
         return "\n".join(lines)
+
+    # --- display ------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """The summary as an HTML table, which Jupyter shows for a result: per
+        condition and metric n, mean and its 95% interval, each treatment's
+        paired difference from the baseline with its interval, the values not
+        counted, and each condition's errors. Every name is escaped."""
+        from crystallize_core._display import html_table  # loaded when a result is shown: a run needs none of it
+
+        return html_table(self)
+
+    def plot(
+        self,
+        metrics: str | Iterable[str] | None = None,
+        *,
+        conditions: Iterable[str] | None = None,
+        baseline: str = BASELINE,
+        confidence: float = 0.95,
+    ) -> Any:
+        """Draw, per metric, each condition's mean with its interval and each
+        treatment's paired difference from ``baseline`` with its interval,
+        labelled with the conditions' names; return the ``matplotlib.figure.Figure``.
+
+        One row of axes per metric: the means on the left, the differences on
+        the right (with a line at zero). ``metrics`` names the metrics to draw
+        (default: every metric with a finite number); ``conditions`` the
+        conditions (default: all; the baseline is always drawn). Intervals are
+        Student's t at ``confidence``; a condition with fewer than two finite
+        values is drawn as a point without one. The figure is made without
+        pyplot: in a notebook it shows as a cell's value, and
+        ``result.plot().savefig("result.png")`` writes it.
+
+        Needs matplotlib: ``pip install 'crystallize-core[plot]'``.
+        """
+        from crystallize_core._display import plot  # loaded when a result is plotted: a run needs none of it
+
+        return plot(self, metrics, conditions, baseline, confidence)
+
+    def summary_frame(self, baseline: str = BASELINE, confidence: float = 0.95) -> Any:
+        """[`summary`][] as a ``pandas.DataFrame``, one row per condition and metric.
+
+        Columns: ``condition``, ``metric``, ``n``, ``mean``, ``std``, ``low``
+        and ``high`` (the mean's interval at ``confidence``), ``nan``, ``inf``,
+        ``non_numeric`` (the values not counted), and for a treatment its
+        paired difference from ``baseline``: ``pairs``, ``difference``,
+        ``difference_low``, ``difference_high``. What is undefined is NaN.
+
+        Needs pandas: ``pip install 'crystallize-core[pandas]'``.
+        """
+        from crystallize_core._display import summary_frame  # loaded when asked: a run needs no pandas
+
+        return summary_frame(self, baseline, confidence)
 
     # --- output -------------------------------------------------------------------------
 
@@ -327,6 +396,14 @@ class Result:
         says: NaN and the infinities become the strings ``"NaN"``,
         ``"Infinity"`` and ``"-Infinity"``, NumPy values Python numbers and
         lists, other objects their ``repr``. Times are ISO 8601 in UTC.
+
+        What [`load`][] needs beyond the aligned metric lists is kept too:
+        ``layouts`` and ``layout_of`` say which conditions each replicate
+        finished and which metrics each recorded, in order (a failed condition
+        and a metric recorded as None both read None in ``metrics``);
+        ``literal_text`` lists the positions whose value is the text
+        ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` itself, not a float.
+        ``format`` and ``format_version`` say what the document is.
         """
         from crystallize_core._secrets import masked  # only a run that saves reads secrets' names
 
@@ -334,7 +411,15 @@ class Result:
             condition: {name: summary_document(s) for name, s in by_name.items()}
             for condition, by_name in self.summary().items()
         }
+        metrics, literal_text = self._plain_metrics()
+        layouts, layout_of = self._columns.layouts()
+        if self._saved_versions is None:
+            core_version, versions = __version__, installed_versions()
+        else:
+            core_version, versions = self._saved_versions
         return {
+            "format": DOCUMENT_FORMAT,
+            "format_version": DOCUMENT_VERSION,
             "complete": self.complete,
             "replicates": self.replicates,
             "replicate_indices": self.replicate_indices,
@@ -344,19 +429,24 @@ class Result:
             "strategy": self.strategy,
             "strategy_version": self.strategy_version,
             "strategy_options": masked(plain(self.strategy_options)),  # reprs of objects may show secrets
-            "crystallize_core_version": __version__,
-            "versions": installed_versions(),
+            "crystallize_core_version": core_version,
+            "versions": versions,
             "started_at": iso_time(self.started_at),
             "finished_at": iso_time(self.finished_at),
             "seeds": self.seeds,
             "durations": self.durations,
-            "metrics": self._plain_metrics(),
+            "metrics": metrics,
+            "literal_text": literal_text,
+            "layouts": [[[condition, list(names)] for condition, names in layout] for layout in layouts],
+            "layout_of": layout_of,
             "summary": summary,
             "errors": [e._asdict() for e in self.errors],
             "unsaved_replicates": list(self.unsaved_replicates),
         }
 
-    def _plain_metrics(self) -> dict[str, dict[str, list[Any]]]:
+    def _plain_metrics(self) -> tuple[dict[str, dict[str, list[Any]]], dict[str, dict[str, list[int]]]]:
+        """The metrics made JSON, and where a value is text spelt as JSON
+        spells a non-finite float (``"NaN"``), which reads back as text."""
         unwritable = Unwritable()
         indices = self.replicate_indices
         metrics = {
@@ -370,7 +460,18 @@ class Result:
             for condition, by_name in self._metric_values().items()
         }
         unwritable.report()
-        return metrics
+        literal_text: dict[str, dict[str, list[int]]] = {}
+        for condition, by_name in metrics.items():
+            for name, made in by_name.items():
+                if not any(spelt in made for spelt in _FLOAT_SPELLINGS):  # most columns: scanned in C
+                    continue
+                positions = {p for p, value in enumerate(made) if type(value) is str and value in _FLOAT_SPELLINGS}
+                if positions:  # rare: only then are the recorded values read again
+                    recorded = self._column(condition, name)
+                    kept = [p for p, value in enumerate(recorded) if p in positions and _not_a_float(value)]
+                    if kept:
+                        literal_text.setdefault(condition, {})[name] = kept
+        return metrics, literal_text
 
     def to_json(self, indent: int | None = 2) -> str:
         """[`to_dict`][] as strict JSON text (never a bare ``NaN`` or ``Infinity``).
@@ -418,11 +519,49 @@ class Result:
         with open(path, "wb") as file:
             file.write(data)
 
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Result:
+        """The result that [`save`][] wrote to ``path``, in the format its extension names.
+
+        ``.json`` gives the result in full: the conditions in order, each
+        replicate's seed, metrics, errors and duration, which conditions
+        finished and which metrics each recorded, each treatment's parameters,
+        and the run's record (strategy, options, base seed, times, versions).
+        Values read back as the JSON holds them: NumPy numbers as Python
+        numbers, arrays and tuples as lists, other objects as their ``repr``,
+        so that the statistics are those of the original.
+
+        ``.jsonl`` and ``.csv`` hold the tidy rows only: replicates, seeds,
+        conditions and metric values. Left out: errors, durations, treatment
+        parameters, the run's record, a condition or replicate that recorded
+        no metric at all (the baseline is always a condition), and whether
+        the run was complete. They cannot tell text spelt as a non-finite
+        float (``"NaN"``; in CSV ``nan``, ``inf``) from the float, and in CSV
+        text that reads as a number (``"1.5"``, ``"True"``) from the number,
+        nor an empty text from None. Text cells that ``csv_text_cell``
+        quoted read back as recorded.
+
+        ``"-"`` reads JSON from standard input. A file that cannot be read
+        (empty, truncated, corrupt, another program's, written by a newer
+        Crystallize) raises [`ResultFileError`][crystallize_core.errors.ResultFileError],
+        an unknown extension too.
+        """
+        from crystallize_core._load import load  # reading files back: a run never needs it
+
+        return load(path, cls)
+
     def __repr__(self) -> str:
         return (
             f"Result(replicates={self.replicates}, conditions={list(self.conditions)}, "
             f"errors={len(self.errors)}, strategy={self.strategy!r})"
         )
+
+
+_FLOAT_SPELLINGS = frozenset((NAN_JSON, INF_JSON, NEG_INF_JSON))
+
+
+def _not_a_float(value: Any) -> bool:
+    return classify(value)[0] not in (NAN, INF)
 
 
 class _ColumnValues:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from crystallize_core._values import FINITE, INF, NAN, NON_NUMERIC, classify, mean_and_std, plain, t_quantile
@@ -78,6 +78,25 @@ def paired(treated: Iterable[Any], reference: Iterable[Any], confidence: float) 
         return PairedDifference(n, mean, std, None, None, confidence)
     half_width = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
     return PairedDifference(n, mean, std, mean - half_width, mean + half_width, confidence)
+
+
+def mean_interval(summary: MetricSummary, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """``(low, high)``: Student's t interval of ``summary``'s mean at
+    ``confidence``; ``(None, None)`` below two finite values."""
+    if summary.n < 2 or summary.mean is None or summary.std is None:
+        return None, None
+    half_width = t_quantile(0.5 + confidence / 2, summary.n - 1) * summary.std / math.sqrt(summary.n)
+    return summary.mean - half_width, summary.mean + half_width
+
+
+def error_counts(errors: Iterable[Any], conditions: Sequence[str]) -> dict[str, int]:
+    """How many errors each condition had; an error of the replicate as a
+    whole (no condition) counts for every condition."""
+    counts = {c: 0 for c in conditions}
+    for error in errors:
+        for condition in [error.condition] if error.condition else conditions:
+            counts[condition] = counts.get(condition, 0) + 1
+    return counts
 
 
 def number_text(value: float | None, sign: bool = False) -> str:
