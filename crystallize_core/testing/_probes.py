@@ -338,14 +338,8 @@ class LoopStrategy:
     @hookimpl
     def run_experiment_loop(self, experiment, replicate_fn):
         self.asked += 1
-        results = []
-        try:
-            for replicate in range(experiment.replicates):
-                results.append(replicate_fn(replicate))
-        except KeyboardInterrupt as interrupt:
-            interrupt.completed = results
-            raise
-        return results
+        # On Ctrl-C nothing to hand over: each finished replicate reported itself to the run.
+        return [replicate_fn(replicate) for replicate in range(experiment.replicates)]
 
 
 # --- what a run leaves running ---------------------------------------------------------
