@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
@@ -23,7 +22,7 @@ from crystallize_core.errors import ConfigurationError, WorkerLostError
 from crystallize_core.hookspecs import Backend, Capabilities, ReplicateFn, RunView, hookimpl
 from crystallize_core.options import check_max_retries, check_progress, strategy_options, whole_number
 from crystallize_core.records import ReplicateResult
-from crystallize_core.replicate import dumps_replicate_fn
+from crystallize_core.replicate import dumps_replicate_fn, pickle_for_workers
 from crystallize_core.seed import warn_if_seeding_globally
 from crystallize_core.worker import run_shipped_span, run_span
 
@@ -61,7 +60,7 @@ def inline_payload(replicate_fn: Callable[[int], Any]) -> bytes | None:
     """
     buffer = _BoundedBuffer()
     try:
-        pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(replicate_fn)
+        pickle_for_workers(replicate_fn, buffer)
     except _TooLarge:
         return None
     except Exception:

@@ -585,6 +585,11 @@ class ReplicateSubset:
 def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:
     """Pickle ``replicate_fn`` once for shipping to other processes.
 
+    Importable code goes by reference, as [`pickle`][] sends it; functions
+    and classes defined in ``__main__`` (a notebook, or a script run
+    directly), which a fresh worker process cannot import, go by value with
+    cloudpickle, as loky sends them (see [`pickle_for_workers`][crystallize_core.replicate.pickle_for_workers]).
+
     Raises [`NotPicklableError`][] naming the component (datasource, step,
     treatment or plugin) that cannot be pickled and how to fix it, so that a
     strategy can fail before any replicate starts.
@@ -610,16 +615,58 @@ class _Discard:
         # array's data, under protocol 5) has a size but no len().
         return memoryview(data).nbytes
 
+    def seek(self, position: int) -> int:
+        return 0
+
+    def truncate(self, size: int | None = None) -> int:
+        return 0
+
+
+class _FromMain(Exception):
+    """Met a function or class defined in ``__main__`` while pickling by reference."""
+
+
+class _ByReference(pickle.Pickler):
+    """pickle's own pickler, stopping at code defined in ``__main__``: a worker
+    process that did not run the user's script or notebook cannot import it."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)) and getattr(obj, "__module__", None) == "__main__":
+            raise _FromMain
+        return NotImplemented
+
+
+def pickle_for_workers(obj: object, file: Any) -> None:
+    """Pickle ``obj`` into ``file`` (``write``, ``seek`` and ``truncate``) for
+    another process: by reference, as [`pickle`][] does, except the functions
+    and classes defined in ``__main__``, which go by value with cloudpickle
+    (as loky and Ray send them), so that workers started by ``spawn`` or
+    ``forkserver``, or on other machines, can run what a notebook or a
+    script defines (cloudpickle also sends lambdas and nested functions by
+    value then; without code of ``__main__``'s they refuse to pickle, as
+    with [`pickle`][]). A worker needs cloudpickle installed to read it.
+    Importable code goes by reference either way."""
+    try:
+        _ByReference(file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+        return
+    except _FromMain:
+        file.seek(0)
+        file.truncate(0)
+    # cloudpickle is imported by runs that ship code defined in __main__, and only by them.
+    import cloudpickle
+
+    cloudpickle.Pickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+
 
 def _pickle_into(replicate_fn: Callable[[int], Any], sink) -> None:
     try:
-        pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(replicate_fn)
+        pickle_for_workers(replicate_fn, sink)
     except Exception as whole_failed:
         components = getattr(replicate_fn, "components", None)
         label, reason = "the replicate function", whole_failed
         for part_label, part in components() if components is not None else ():
             try:
-                pickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(part)
+                pickle_for_workers(part, _Discard())
             except Exception as part_failed:
                 label, reason = part_label, part_failed
                 break

@@ -520,7 +520,7 @@ print(" ".join(sorted(sys.modules)))
     "pool, never",
     [
         ("threads", {"hashlib", "_hashlib", "sqlite3", "multiprocessing", "multiprocessing.connection", "uuid"}),
-        ("processes", {"hashlib", "_hashlib", "sqlite3", "uuid", "dataclasses"}),
+        ("processes", {"hashlib", "_hashlib", "sqlite3", "uuid", "dataclasses", "cloudpickle"}),
     ],
 )
 def test_a_run_without_a_checkpoint_imports_only_what_it_uses(pool, never):
@@ -532,3 +532,53 @@ def test_a_run_without_a_checkpoint_imports_only_what_it_uses(pool, never):
         [sys.executable, "-c", RUN_AND_LIST_MODULES, pool], capture_output=True, text=True, env=env, check=True
     )
     assert not never & set(done.stdout.split()), never & set(done.stdout.split())
+
+
+DEFINED_IN_MAIN = """
+import sys
+from crystallize_core import Experiment, SeedPlugin, Treatment
+
+class Scale:  # a class of __main__'s, its instance a step
+    def __init__(self, by):
+        self.by = by
+    def __call__(self, data, ctx):
+        return [x * self.by for x in data]
+
+def source(ctx):
+    return [ctx.rng.random() for _ in range(3)]
+
+def measure(data, ctx):
+    ctx.metrics.add("total", sum(data) * ctx.get("factor", 1))
+    return data
+
+if __name__ == "__main__":
+    experiment = Experiment(source, [Scale(2), measure], plugins=[SeedPlugin(seed=3)],
+                            treatments=[Treatment("t", {"factor": 3})])
+    here = experiment.run(replicates=6, progress=False)
+    spec = "parallel:executor_type=process,max_workers=2,start_method=" + sys.argv[1]
+    there = experiment.run(replicates=6, strategy=spec, progress=False)
+    assert there.errors == [], there.errors
+    print(there.strategy, there.metrics == here.metrics, "cloudpickle" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_code_defined_in_main_reaches_workers_that_cannot_import_it(start_method):
+    # `python -c` has no file a spawned worker could import __main__ from, as in a notebook.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYSTALLIZE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", DEFINED_IN_MAIN, start_method], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["parallel", "True", "True"]
+
+
+def test_a_lambda_of_an_importable_module_still_refuses_to_pickle():
+    from crystallize_core.errors import NotPicklableError
+    from crystallize_core.replicate import dumps_replicate_fn
+
+    with pytest.raises(NotPicklableError, match="lambda"):
+        dumps_replicate_fn(lambda i: i)
