@@ -20,10 +20,10 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from crystallize_core._export import DOCUMENT_FORMAT, DOCUMENT_VERSION, OUTPUT_FORMATS, RECORD_FIELDS
+from crystallize_core._export import DOCUMENT_FORMAT, DOCUMENT_VERSION, OUTPUT_FORMATS, RECORD_FIELDS, output_format
 from crystallize_core._values import INF_JSON, NAN_JSON, NEG_INF_JSON, any_int_digits
 from crystallize_core._version import __version__
-from crystallize_core.errors import ResultFileError
+from crystallize_core.errors import ConfigurationError, ResultFileError
 from crystallize_core.records import BASELINE, ReplicateError, ReplicateResult
 
 #: How JSON and JSON lines spell the non-finite floats, and how CSV does.
@@ -50,16 +50,13 @@ def load(path: str | os.PathLike, make: Callable[..., Any]) -> Any:
 
 
 def _format_of(path: str | os.PathLike, where: str) -> str:
-    if str(path) == "-":
-        return "json"
-    suffix = os.path.splitext(str(path))[1].lower()
-    found = OUTPUT_FORMATS.get(suffix)
-    if found is None:
+    try:
+        return output_format(path)
+    except ConfigurationError:
         raise ResultFileError(
             f"cannot tell the format of {where}: Result.load reads what Result.save writes, a file named "
             f"{', '.join(OUTPUT_FORMATS)} (JSON, JSON lines, CSV)"
-        )
-    return found
+        ) from None
 
 
 def _read(path: str | os.PathLike) -> str:
