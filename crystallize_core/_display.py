@@ -1,4 +1,4 @@
-"""How a [`Result`][crystallize_core.Result] is shown: an HTML table for
+"""How a [`Result`][crystallize_core.result.Result] is shown: an HTML table for
 notebooks, a matplotlib figure of means and paired differences, and the
 summary as a pandas DataFrame.
 

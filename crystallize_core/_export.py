@@ -1,4 +1,4 @@
-"""How a [`Result`][crystallize_core.Result] is written: the output formats,
+"""How a [`Result`][crystallize_core.result.Result] is written: the output formats,
 tidy rows as CSV (safe to open in a spreadsheet) or JSON, timestamps and the
 versions a saved result records. A value that cannot be written costs only
 itself, named in one warning."""
@@ -14,9 +14,9 @@ from crystallize_core._values import INF, MISSING, NAN, NON_NUMERIC, classify, p
 from crystallize_core._version import __version__
 from crystallize_core.errors import ConfigurationError, logger
 
-#: The file formats [`Result.save`][crystallize_core.Result.save] writes, by file name extension.
+#: The file formats [`Result.save`][crystallize_core.result.Result.save] writes, by file name extension.
 OUTPUT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-#: The columns of [`Result.to_records`][crystallize_core.Result.to_records], in order.
+#: The columns of [`Result.to_records`][crystallize_core.result.Result.to_records], in order.
 RECORD_FIELDS = ("replicate", "seed", "condition", "metric", "value")
 #: What a saved JSON document says it is (its ``format`` key), and the version
 #: of its layout (``format_version``): a document without them is version 1.
@@ -26,7 +26,7 @@ DOCUMENT_VERSION = 2
 
 
 def output_format(path: str | os.PathLike) -> str:
-    """The format [`Result.save`][crystallize_core.Result.save] writes to
+    """The format [`Result.save`][crystallize_core.result.Result.save] writes to
     ``path``: ``"json"``, ``"jsonl"`` or ``"csv"``.
 
     ``"-"`` means JSON on standard output. Raises

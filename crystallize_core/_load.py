@@ -1,4 +1,4 @@
-"""Reading back what [`Result.save`][crystallize_core.Result.save] wrote.
+"""Reading back what [`Result.save`][crystallize_core.result.Result.save] wrote.
 
 A JSON document gives the whole result: its conditions in order, every
 replicate's seed, metrics (which conditions finished and which metrics each
@@ -36,7 +36,7 @@ _FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 
 def load(path: str | os.PathLike, make: Callable[..., Any]) -> Any:
     """The result saved at ``path``, made with ``make`` (the
-    [`Result`][crystallize_core.Result] class) as [`Result.load`][crystallize_core.Result.load] says."""
+    [`Result`][crystallize_core.result.Result] class) as [`Result.load`][crystallize_core.result.Result.load] says."""
     where = "standard input" if str(path) == "-" else repr(str(path))
     chosen = _format_of(path, where)
     text = _read(path)

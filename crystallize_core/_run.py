@@ -1,6 +1,6 @@
 """One run of an experiment, from its options to its result.
 
-The model ([`Experiment.run`][crystallize_core.Experiment.run]) checks what
+The model ([`Experiment.run`][crystallize_core.experiment.Experiment.run]) checks what
 the user asked for; this module runs it: it resolves the chosen strategy,
 builds the replicate function, opens the checkpoint, owns the run's
 columns and progress, asks the strategies in turn, and makes the result,
@@ -58,7 +58,7 @@ def run_experiment(
 ) -> R:
     """Run ``count`` replicates of the baseline and ``treatments`` and return
     the ``result_type`` made of their columns; options already checked, as
-    [`Experiment.run`][crystallize_core.Experiment.run] documents them.
+    [`Experiment.run`][crystallize_core.experiment.Experiment.run] documents them.
 
     A run stopped by Ctrl-C, fail-fast or a lost worker raises with a
     ``partial_result`` made of what the run's columns hold.
@@ -301,7 +301,7 @@ class ExperimentRun:
     ``treatments`` and ``conditions`` (those of this run, the baseline's name
     first), ``timeout``, ``fail_fast``, ``progress`` and ``plugins`` — and
     the experiment's ``datasource`` and ``pipeline``; nothing else, and it
-    cannot be changed. See [`RunView`][crystallize_core.RunView].
+    cannot be changed. See [`RunView`][crystallize_core.hookspecs.RunView].
     """
 
     __slots__ = (

@@ -77,7 +77,7 @@ class CheckpointPermissionError(CheckpointError, PermissionError):
 
 
 class ResultFileError(CrystallizeError, ValueError):
-    """A file given to [`Result.load`][crystallize_core.Result.load] cannot be
+    """A file given to [`Result.load`][crystallize_core.result.Result.load] cannot be
     read as a saved result: empty, truncated or corrupt, another program's,
     of a format it cannot tell by the name, or written by a newer Crystallize.
     The message names the file and, where it can, the line."""

@@ -189,7 +189,7 @@ class ReplicateFn(Protocol):
 
 class RunResult(Protocol):
     """What the ``after_run`` hook reads of the run's result: a
-    [`Result`][crystallize_core.Result], which offers much more (statistics,
+    [`Result`][crystallize_core.result.Result], which offers much more (statistics,
     export), described here without reaching up to the model."""
 
     #: The baseline's name first, then each treatment's.
@@ -389,7 +389,7 @@ def before_run(experiment: RunView) -> None:
 @hookspec
 def after_run(experiment: RunView, result: RunResult) -> None:
     """Called in the calling process with the finished
-    [`Result`][crystallize_core.Result], after the strategy returned."""
+    [`Result`][crystallize_core.result.Result], after the strategy returned."""
 
 
 @hookspec(firstresult=True)

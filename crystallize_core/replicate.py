@@ -588,7 +588,7 @@ def dumps_replicate_fn(replicate_fn: Callable[[int], Any]) -> bytes:
     Importable code goes by reference, as [`pickle`][] sends it; functions
     and classes defined in ``__main__`` (a notebook, or a script run
     directly), which a fresh worker process cannot import, go by value with
-    cloudpickle, as loky sends them (see [`pickle_for_workers`][crystallize_core.replicate.pickle_for_workers]).
+    cloudpickle, as loky sends them (see ``pickle_for_workers``).
 
     Raises [`NotPicklableError`][] naming the component (datasource, step,
     treatment or plugin) that cannot be pickled and how to fix it, so that a

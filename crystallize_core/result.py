@@ -387,7 +387,15 @@ class Result:
                 "Result.to_pandas() needs pandas, which is not installed: "
                 "pip install 'crystallize-core[pandas]' (or pip install pandas)"
             ) from None
-        return pandas.DataFrame.from_records(self.to_records(), columns=list(RECORD_FIELDS))
+        records = self.to_records()
+        columns = {}
+        for field in RECORD_FIELDS:
+            values = [record[field] for record in records]
+            try:
+                columns[field] = pandas.Series(values)
+            except OverflowError:  # pandas 2 infers floats for ints beyond a float's range, and fails
+                columns[field] = pandas.Series(values, dtype=object)
+        return pandas.DataFrame(columns)
 
     def to_dict(self) -> dict[str, Any]:
         """The whole result and what reproduces it, as data that is strict JSON.

@@ -1,4 +1,4 @@
-"""What [`Result`][crystallize_core.Result]'s statistics are made of: a
+"""What [`Result`][crystallize_core.result.Result]'s statistics are made of: a
 metric summarised over replicates, and a treatment's paired difference from
 the baseline with its confidence interval."""
 
@@ -38,7 +38,8 @@ class MetricSummary(NamedTuple):
     beyond a float's range) and ``non_numeric`` (strings, sequences, arrays,
     objects). ``mean`` is None when ``n`` is 0, ``std`` when ``n`` is below 2.
     For a treatment, ``difference`` is its paired difference against the
-    baseline (see [`Result.paired_difference`][crystallize_core.Result.paired_difference]); None for the baseline.
+    baseline (see [`Result.paired_difference`][crystallize_core.result.Result.paired_difference]);
+    None for the baseline.
     """
 
     n: int

@@ -280,8 +280,8 @@ class StrategyConformance:
 
     def left_running(self, processes: dict[int, int], threads: set[Any]) -> tuple[list[int], list[str]]:
         """Wait up to [`settle_seconds`][] for every process and thread
-        started since the snapshot ([`live_child_processes`][],
-        [`live_threads`][]) to end; return those still running (process ids,
+        started since the snapshot (``live_child_processes``,
+        ``live_threads``) to end; return those still running (process ids,
         thread names), leaving out [`lasting_threads`][]."""
 
         def threads_left() -> list[str]:
